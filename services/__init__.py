@@ -1,0 +1,1 @@
+"""Waldo's control plane (jobs API). Imports only `training.spec` from training."""

@@ -1,0 +1,1 @@
+"""Waldo's inference service: FastAPI on ONNX Runtime. Never imports torch."""

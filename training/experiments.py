@@ -1,0 +1,43 @@
+"""Comparisons of several networks on the same data, under one parent MLflow run.
+
+The source material's experiment is one of them: the dense MLP against the two-conv CNN on
+MNIST-like digits, both with Adam at lr 0.005 and batches of 1,000.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from training import viz
+from training.spec import TrainSpec
+from training.tracking import start_run
+from training.train import TrainResult, train
+
+# The source's settings; `waldo compare` starts from these, and flags override them.
+SOURCE_EXPERIMENT = {
+    "optimizer": "adam",
+    "lr": 0.005,
+    "batch_size": 1000,
+    "epochs": 60,
+    "experiment": "mlp-vs-cnn",
+}
+
+
+def compare(models: Sequence[str], base: TrainSpec) -> tuple[str, dict[str, TrainResult]]:
+    """Train each of `models` with `base`'s settings as nested runs of one parent run, and log
+    a plot of their validation accuracy per epoch on the parent. Returns the parent run id and
+    the result of each model."""
+    with start_run(base.experiment, run_name="compare " + " vs ".join(models),
+                   tracking_uri=base.tracking_uri, tags={"waldo.compare": ",".join(models)}) as parent:
+        params = {k: v for k, v in base.to_params().items() if k != "model"}
+        parent.log_params({**params, "models": ",".join(models)})
+        results = {m: train(base.model_copy(update={"model": m}), parent_run_id=parent.run_id)
+                   for m in models}
+        curves = {}
+        for name, result in results.items():
+            child = type(parent)(parent.client, result.run_id, parent.experiment_id, parent.tracking_uri)
+            curves[name] = child.metric_history("val_acc")
+            parent.log_metrics({f"{name}.final_val_acc": curves[name][-1],
+                                f"{name}.test_acc": result.metrics.get("test_acc", float("nan"))})
+        parent.log_figure(viz.compare_curves(curves, "val_acc"), "val_acc_comparison.png")
+    return parent.run_id, results

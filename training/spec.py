@@ -1,0 +1,141 @@
+"""Typed job specs: the one description of a training job.
+
+The CLI flags, a YAML file, the jobs API body and Ray Tune's overrides all build the same
+`TrainSpec`. It is validated here, once, and logged to MLflow as the run's params. This module
+stays torch-free so that light processes (the jobs API) can validate specs.
+"""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    NonNegativeFloat,
+    NonNegativeInt,
+    PositiveFloat,
+    PositiveInt,
+    ValidationError,
+)
+
+from training.errors import WaldoError
+
+Precision = Literal["32", "bf16-mixed", "16-mixed"]
+
+
+class TrainSpec(BaseModel):
+    """Everything that defines one training run. Field names double as CLI flags."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, protected_namespaces=())
+
+    # What to train.
+    task: Literal["classify"] = Field("classify", description="what the network predicts")
+    model: str = Field("cnn", description="network name from `waldo models`")
+    model_args: dict[str, Any] = Field(
+        default_factory=dict, description="extra builder arguments, e.g. aux_logits=true"
+    )
+
+    # Data.
+    data: str = Field("digits", description="data set name")
+    data_dir: str | None = Field(None, description="folder holding (or receiving) the data")
+    image_size: PositiveInt | None = Field(
+        None, description="resize images to this square size (default: the data set's own)"
+    )
+    download: bool = Field(True, description="download torchvision data sets when online")
+    val_fraction: float = Field(0.15, gt=0, lt=1, description="share of training data held out")
+    loader_workers: NonNegativeInt = Field(0, description="DataLoader worker processes")
+
+    # Optimisation.
+    epochs: PositiveInt = Field(10, description="number of training epochs")
+    batch_size: PositiveInt = Field(64, description="images per step (per worker)")
+    optimizer: Literal["adam", "adamw", "sgd"] = Field("adam", description="optimizer")
+    lr: PositiveFloat = Field(1e-3, description="learning rate")
+    momentum: float = Field(0.9, ge=0, lt=1, description="SGD momentum")
+    weight_decay: NonNegativeFloat = Field(0.0, description="weight decay")
+    lr_schedule: Literal["none", "cosine", "step"] = Field("none", description="LR schedule")
+    lr_step_size: PositiveInt = Field(10, description="epochs between steps (step schedule)")
+    lr_gamma: float = Field(0.1, gt=0, le=1, description="LR factor per step (step schedule)")
+    monitor: Literal["val_acc", "val_loss"] = Field(
+        "val_acc", description="validation metric that picks the best checkpoint"
+    )
+    early_stopping_patience: PositiveInt | None = Field(
+        None, description="stop after this many epochs without improvement (off by default)"
+    )
+    seed: int = Field(0, description="random seed for weights, shuffling and splits")
+
+    # Hardware.
+    accelerator: Literal["auto", "cpu", "gpu"] = Field("auto", description="device type")
+    precision: Precision = Field("32", description="numeric precision")
+    channels_last: bool = Field(False, description="use the channels_last memory format")
+
+    # Tracking and storage.
+    experiment: str = Field("waldo", min_length=1, description="MLflow experiment name")
+    run_name: str | None = Field(None, description="MLflow run name (default: generated)")
+    tracking_uri: str | None = Field(
+        None, description="MLflow tracking URI (default: MLFLOW_TRACKING_URI or ./mlflow.db)"
+    )
+    storage: str | None = Field(None, description="checkpoint folder (default: ./waldo_runs)")
+    progress_bar: bool = Field(True, description="show a progress bar")
+
+    def to_params(self) -> dict[str, str]:
+        """Flatten the spec into MLflow params (strings, nested args as `model_args.key`)."""
+        params: dict[str, str] = {}
+        for key, value in self.model_dump().items():
+            if isinstance(value, dict):
+                params.update({f"{key}.{k}": str(v) for k, v in value.items()})
+            else:
+                params[key] = str(value)
+        return params
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+
+def format_validation_error(exc: ValidationError, spec_cls: type[BaseModel]) -> str:
+    """Turn pydantic's report into one line that names each bad field and what it accepts."""
+    fields = sorted(spec_cls.model_fields)
+    parts = []
+    for err in exc.errors():
+        name = ".".join(str(p) for p in err["loc"]) or "<spec>"
+        if err["type"] == "extra_forbidden":
+            hint = difflib.get_close_matches(name, fields, n=1)
+            did_you_mean = f" (did you mean {hint[0]!r}?)" if hint else ""
+            parts.append(f"unknown field {name!r}{did_you_mean}; valid fields: {', '.join(fields)}")
+        else:
+            parts.append(f"field {name!r}: {err['msg']} (got {err.get('input')!r})")
+    return "invalid spec: " + "; ".join(parts)
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a spec file into a mapping, with user errors for missing or malformed files."""
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise WaldoError(f"spec file {str(path)!r} does not exist") from None
+    except yaml.YAMLError as exc:
+        raise WaldoError(f"spec file {str(path)!r} is not valid YAML: {exc}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise WaldoError(f"spec file {str(path)!r} must hold a mapping of field: value")
+    return data
+
+
+def build_spec(
+    spec_cls: type[BaseModel] = TrainSpec,
+    config: str | Path | None = None,
+    overrides: dict[str, Any] | None = None,
+) -> Any:
+    """Build a spec from an optional YAML file plus overrides (flags win over the file)."""
+    data = load_yaml(config) if config else {}
+    data.update(overrides or {})
+    try:
+        return spec_cls.model_validate(data)
+    except ValidationError as exc:
+        raise WaldoError(format_validation_error(exc, spec_cls)) from None

@@ -1,0 +1,122 @@
+"""MLflow run lifecycle: one place that opens, fills and closes runs.
+
+Runs are created with `MlflowClient` (no fluent global state), so nested runs, Lightning's
+`MLFlowLogger` and Ray workers can all point at the same run by id.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from mlflow.entities import RunStatus
+from mlflow.tracking import MlflowClient
+from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
+
+from training.errors import WaldoError
+
+
+def resolve_tracking_uri(uri: str | None = None) -> str:
+    """The URI asked for, else $MLFLOW_TRACKING_URI, else a SQLite store in the working folder."""
+    return uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path.cwd() / 'mlflow.db'}"
+
+
+@dataclass
+class Run:
+    """An open MLflow run and the client that writes to it."""
+
+    client: MlflowClient
+    run_id: str
+    experiment_id: str
+    tracking_uri: str
+
+    def log_params(self, params: dict[str, Any]) -> None:
+        for key, value in params.items():
+            self.client.log_param(self.run_id, key, value)
+
+    def set_tags(self, tags: dict[str, Any]) -> None:
+        for key, value in tags.items():
+            self.client.set_tag(self.run_id, key, str(value))
+
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+        for key, value in metrics.items():
+            self.client.log_metric(self.run_id, key, float(value), step=step)
+
+    def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
+        self.client.log_artifact(self.run_id, str(path), artifact_path)
+
+    def log_text(self, text: str, name: str) -> None:
+        self.client.log_text(self.run_id, text, name)
+
+    def log_figure(self, figure, name: str) -> None:
+        """Log a matplotlib figure as a PNG and close it."""
+        import matplotlib.pyplot as plt
+
+        self.client.log_figure(self.run_id, figure, name)
+        plt.close(figure)
+
+    def log_image_file(self, write, name: str) -> None:
+        """Log a PNG produced by `write(path)` (e.g. torchvision's save_image)."""
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / name
+            write(path)
+            self.log_artifact(path)
+
+    def metric_history(self, key: str) -> list[float]:
+        """Values of `key` in the order they were logged (one per epoch for epoch metrics)."""
+        history = self.client.get_metric_history(self.run_id, key)
+        return [m.value for m in sorted(history, key=lambda m: (m.step, m.timestamp))]
+
+    @property
+    def ui_hint(self) -> str:
+        """How to open this run in the MLflow UI."""
+        fragment = f"#/experiments/{self.experiment_id}/runs/{self.run_id}"
+        if self.tracking_uri.startswith(("http://", "https://")):
+            return f"{self.tracking_uri.rstrip('/')}/{fragment}"
+        return (f"mlflow ui --backend-store-uri {self.tracking_uri}  "
+                f"then open http://127.0.0.1:5000/{fragment}")
+
+
+def _experiment_id(client: MlflowClient, name: str) -> str:
+    experiment = client.get_experiment_by_name(name)
+    if experiment is not None:
+        return experiment.experiment_id
+    return client.create_experiment(name)
+
+
+@contextmanager
+def start_run(
+    experiment: str,
+    *,
+    run_name: str | None = None,
+    tracking_uri: str | None = None,
+    parent_run_id: str | None = None,
+    tags: dict[str, Any] | None = None,
+) -> Iterator[Run]:
+    """Open a run (nested under `parent_run_id` if given) and close it with the right status:
+    FINISHED, FAILED on an exception, KILLED on Ctrl-C."""
+    uri = resolve_tracking_uri(tracking_uri)
+    client = MlflowClient(tracking_uri=uri)
+    try:
+        experiment_id = _experiment_id(client, experiment)
+    except Exception as exc:  # unreachable server, bad URI, unwritable store
+        raise WaldoError(f"cannot reach MLflow tracking at {uri!r}: {exc}") from None
+    all_tags = {k: str(v) for k, v in (tags or {}).items()}
+    if parent_run_id:
+        all_tags[MLFLOW_PARENT_RUN_ID] = parent_run_id
+    info = client.create_run(experiment_id, run_name=run_name, tags=all_tags).info
+    run = Run(client, info.run_id, experiment_id, uri)
+    try:
+        yield run
+    except KeyboardInterrupt:
+        client.set_terminated(run.run_id, RunStatus.to_string(RunStatus.KILLED))
+        raise
+    except BaseException:
+        client.set_terminated(run.run_id, RunStatus.to_string(RunStatus.FAILED))
+        raise
+    client.set_terminated(run.run_id, RunStatus.to_string(RunStatus.FINISHED))
