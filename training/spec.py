@@ -51,10 +51,10 @@ class TrainSpec(BaseModel):
     loader_workers: NonNegativeInt = Field(0, description="DataLoader worker processes")
 
     # Optimisation.
-    epochs: PositiveInt = Field(10, description="number of training epochs")
+    epochs: PositiveInt = Field(20, description="number of training epochs")
     batch_size: PositiveInt = Field(64, description="images per step (per worker)")
     optimizer: Literal["adam", "adamw", "sgd"] = Field("adam", description="optimizer")
-    lr: PositiveFloat = Field(1e-3, description="learning rate")
+    lr: PositiveFloat = Field(3e-3, description="learning rate")
     momentum: float = Field(0.9, ge=0, lt=1, description="SGD momentum")
     weight_decay: NonNegativeFloat = Field(0.0, description="weight decay")
     lr_schedule: Literal["none", "cosine", "step"] = Field("none", description="LR schedule")
