@@ -22,7 +22,12 @@ EXIT_USAGE = 2
 
 
 class _Parser(argparse.ArgumentParser):
-    """argparse, but a usage error is one line (plus where to read more) and exit status 2."""
+    """argparse, but a usage error is one line (plus where to read more) and exit status 2,
+    and no abbreviated flags: `--epoch 3` must fail like `epoch: 3` in a spec file does."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> typing.NoReturn:
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
@@ -41,9 +46,10 @@ def _add_spec_flags(parser: argparse.ArgumentParser, exclude: set[str] = frozens
             continue
         flag = "--" + name.replace("_", "-")
         help_text = field.description or ""
-        if name == "model_args":
-            group.add_argument("--model-arg", dest="model_args", action="append",
-                               metavar="KEY=VALUE", default=argparse.SUPPRESS, help=help_text)
+        if name.endswith("_args"):  # model_args -> repeated --model-arg KEY=VALUE
+            group.add_argument("--" + name.removesuffix("s").replace("_", "-"), dest=name,
+                               action="append", metavar="KEY=VALUE", default=argparse.SUPPRESS,
+                               help=help_text)
             continue
         if field.annotation is bool:
             group.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction,
@@ -56,20 +62,22 @@ def _add_spec_flags(parser: argparse.ArgumentParser, exclude: set[str] = frozens
                            help=f"{help_text} (default: {field.default})")
 
 
-def _parse_model_args(pairs: list[str]) -> dict[str, Any]:
+def _parse_pairs(flag: str, pairs: list[str]) -> dict[str, Any]:
     out = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep or not key:
-            raise WaldoError(f"malformed --model-arg {pair!r}: expected KEY=VALUE, e.g. aux_logits=true")
+            raise WaldoError(f"malformed {flag} {pair!r}: expected KEY=VALUE, e.g. {flag} size=64")
         out[key] = yaml.safe_load(value)
     return out
 
 
 def _spec_from_args(args: argparse.Namespace, defaults: dict[str, Any] | None = None) -> TrainSpec:
     overrides = {k: v for k, v in vars(args).items() if k in TrainSpec.model_fields}
-    if "model_args" in overrides:
-        overrides["model_args"] = _parse_model_args(overrides["model_args"])
+    for name in ("model_args", "data_args"):
+        if name in overrides:
+            flag = "--" + name.removesuffix("s").replace("_", "-")
+            overrides[name] = _parse_pairs(flag, overrides[name])
     base = dict(defaults or {})
     if args.config:
         from training.spec import load_yaml
@@ -128,6 +136,27 @@ def cmd_summary(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_predict(args: argparse.Namespace) -> int:
+    from training.predict import predict
+
+    results = predict(args.checkpoint, args.images, top_k=args.top_k, threshold=args.threshold)
+    if args.json:
+        print(json.dumps(results, indent=2))
+        return 0
+    for result in results:
+        line = f"{result['image']}: "
+        if "box" in result:
+            b = result["box"]
+            found = "object" if result["object"] else "no object"
+            line += (f"{found} (p_c={result['p_c']:.3f}), class {result['label']} "
+                     f"({result['probability']:.3f}), box x={b['x']:.1f} y={b['y']:.1f} "
+                     f"w={b['w']:.1f} h={b['h']:.1f} px")
+        else:
+            line += f"{result['label']} ({result['probability']:.3f})"
+        print(line)
+    return 0
+
+
 def cmd_models(args: argparse.Namespace) -> int:
     from training.models import get_model_info, list_models
 
@@ -161,6 +190,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-classes", type=int, default=10)
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=cmd_summary)
+
+    p = sub.add_parser("predict", help="predict images with a trained checkpoint",
+                       description="Classify (or localize) images with a checkpoint, using the "
+                       "same pre- and post-processing as the inference service.")
+    p.add_argument("--checkpoint", required=True, help="a .ckpt file written by `waldo train`")
+    p.add_argument("images", nargs="+", metavar="IMAGE")
+    p.add_argument("--top-k", type=int, default=3, help="classes to report (classification)")
+    p.add_argument("--threshold", type=float, default=0.5, help="p_c above which an object is found")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("models", help="list the registered networks")
     p.set_defaults(func=cmd_models)

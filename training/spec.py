@@ -21,6 +21,7 @@ from pydantic import (
     PositiveFloat,
     PositiveInt,
     ValidationError,
+    field_validator,
 )
 
 from training.errors import WaldoError
@@ -34,7 +35,9 @@ class TrainSpec(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, protected_namespaces=())
 
     # What to train.
-    task: Literal["classify"] = Field("classify", description="what the network predicts")
+    task: Literal["classify", "localize"] = Field(
+        "classify", description="what the network predicts: a class, or a class and its box"
+    )
     model: str = Field("cnn", description="network name from `waldo models`")
     model_args: dict[str, Any] = Field(
         default_factory=dict, description="extra builder arguments, e.g. aux_logits=true"
@@ -42,6 +45,9 @@ class TrainSpec(BaseModel):
 
     # Data.
     data: str = Field("digits", description="data set name")
+    data_args: dict[str, Any] = Field(
+        default_factory=dict, description="data set options, e.g. empty_fraction=0.3"
+    )
     data_dir: str | None = Field(None, description="folder holding (or receiving) the data")
     image_size: PositiveInt | None = Field(
         None, description="resize images to this square size (default: the data set's own)"
@@ -60,8 +66,15 @@ class TrainSpec(BaseModel):
     lr_schedule: Literal["none", "cosine", "step"] = Field("none", description="LR schedule")
     lr_step_size: PositiveInt = Field(10, description="epochs between steps (step schedule)")
     lr_gamma: float = Field(0.1, gt=0, le=1, description="LR factor per step (step schedule)")
-    monitor: Literal["val_acc", "val_loss"] = Field(
-        "val_acc", description="validation metric that picks the best checkpoint"
+    loss_variant: Literal["mse", "ce"] = Field(
+        "mse", description="localization loss: the source's squared error, or cross-entropy"
+    )
+    box_loss: Literal["smooth_l1", "giou"] = Field(
+        "smooth_l1", description="box term of the cross-entropy localization loss"
+    )
+    monitor: str | None = Field(
+        None, description="validation metric that picks the best checkpoint "
+        "(default: val_acc to classify, val_loss to localize)"
     )
     early_stopping_patience: PositiveInt | None = Field(
         None, description="stop after this many epochs without improvement (off by default)"
@@ -81,6 +94,12 @@ class TrainSpec(BaseModel):
     )
     storage: str | None = Field(None, description="checkpoint folder (default: ./waldo_runs)")
     progress_bar: bool = Field(True, description="show a progress bar")
+
+    @field_validator("precision", mode="before")
+    @classmethod
+    def _precision_as_text(cls, value: Any) -> Any:
+        # YAML reads `precision: 32` as a number; the flag gives the string "32".
+        return str(value) if isinstance(value, int) and not isinstance(value, bool) else value
 
     def to_params(self) -> dict[str, str]:
         """Flatten the spec into MLflow params (strings, nested args as `model_args.key`)."""

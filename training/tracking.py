@@ -60,12 +60,12 @@ class Run:
         self.client.log_figure(self.run_id, figure, name)
         plt.close(figure)
 
-    def log_image_file(self, write, name: str) -> None:
+    def log_image_file(self, write, name: str, artifact_path: str | None = None) -> None:
         """Log a PNG produced by `write(path)` (e.g. torchvision's save_image)."""
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / name
             write(path)
-            self.log_artifact(path)
+            self.log_artifact(path, artifact_path)
 
     def metric_history(self, key: str) -> list[float]:
         """Values of `key` in the order they were logged (one per epoch for epoch metrics)."""

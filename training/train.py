@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import uuid
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -22,12 +24,24 @@ from training import viz
 from training.data import ImageDataModule, create_datamodule
 from training.errors import WaldoError
 from training.spec import TrainSpec
-from training.tasks import ClassificationTask
+from training.models import get_model_info
+from training.tasks import TASKS, BaseTask, ClassificationTask
 from training.tracking import Run, start_run
 
 # Lightning's advice about DataLoader workers does not apply to in-memory tensors.
 warnings.filterwarnings("ignore", ".*does not have many workers.*")
 warnings.filterwarnings("ignore", ".*smaller than the logging interval.*")
+warnings.filterwarnings("ignore", ".*treespec, LeafSpec.*")
+
+
+class _NoTips(logging.Filter):
+    """Drop Lightning's advertisements for its cloud products from the console."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Tip:" not in str(record.msg)
+
+
+logging.getLogger("pytorch_lightning.utilities.rank_zero").addFilter(_NoTips())
 
 
 @dataclass
@@ -40,14 +54,30 @@ class TrainResult:
     ui_hint: str = ""
 
 
-def build_task(spec: TrainSpec, dm: ImageDataModule) -> ClassificationTask:
-    return ClassificationTask(
+def build_task(spec: TrainSpec, dm: ImageDataModule) -> BaseTask:
+    """The spec's task around the spec's network, shaped by the data (channels, classes, size)."""
+    extra = {"loss_variant": spec.loss_variant, "box_loss": spec.box_loss} if spec.task == "localize" else {}
+    return TASKS[spec.task](
         model_name=spec.model, model_args=dict(spec.model_args), num_classes=dm.num_classes,
         in_channels=dm.in_channels, image_size=dm.image_size, labels=dm.labels,
+        mean=list(dm.mean), std=list(dm.std),
         optimizer=spec.optimizer, lr=spec.lr, weight_decay=spec.weight_decay,
         momentum=spec.momentum, lr_schedule=spec.lr_schedule, epochs=spec.epochs,
         lr_step_size=spec.lr_step_size, lr_gamma=spec.lr_gamma, channels_last=spec.channels_last,
+        **extra,
     )
+
+
+def monitor_of(spec: TrainSpec) -> tuple[str, str]:
+    """(metric, mode) that picks the best checkpoint and drives early stopping."""
+    metric, mode = TASKS[spec.task].default_monitor
+    if spec.monitor:
+        metric = spec.monitor
+        mode = "min" if metric.endswith("loss") else "max"
+        if not metric.startswith("val_"):
+            raise WaldoError(f"monitor {metric!r} must be a validation metric (val_...), "
+                             f"e.g. {TASKS[spec.task].default_monitor[0]}")
+    return metric, mode
 
 
 def build_trainer(spec: TrainSpec, *, callbacks: list[Callback], logger, root: Path) -> pl.Trainer:
@@ -71,27 +101,29 @@ def train(
     MLflow gets the spec as params, per-epoch train/val loss and accuracy, test metrics, the
     best checkpoint, the resolved spec, and learning-curve, confusion-matrix and filter plots.
     """
+    # Named before seeding: MLflow's generated names come from the seeded `random` module.
+    run_name = spec.run_name or f"{spec.model}-{spec.data}-{uuid.uuid4().hex[:6]}"
+    get_model_info(spec.model)  # fail on a bad name before loading any data
+    monitor, mode = monitor_of(spec)
     pl.seed_everything(spec.seed, workers=True, verbose=False)
     dm = create_datamodule(spec)
     dm.setup("fit")  # the network's shape depends on the data: channels, classes, size
     task = build_task(spec, dm)
 
     tags = {"waldo.task": spec.task, "waldo.model": spec.model, "waldo.data": spec.data}
-    with start_run(spec.experiment, run_name=spec.run_name, tracking_uri=spec.tracking_uri,
+    with start_run(spec.experiment, run_name=run_name, tracking_uri=spec.tracking_uri,
                    parent_run_id=parent_run_id, tags=tags) as run:
         run.log_params(spec.to_params())
         run.log_text(spec.to_yaml(), "spec.yaml")
         root = Path(spec.storage or "waldo_runs") / run.run_id
-        checkpoint = ModelCheckpoint(
-            dirpath=root / "checkpoints", filename="best", monitor=spec.monitor,
-            mode="max" if spec.monitor.endswith("acc") else "min", save_last=True,
-        )
+        checkpoint = ModelCheckpoint(dirpath=root / "checkpoints", filename="best",
+                                     monitor=monitor, mode=mode, save_last=True)
         all_callbacks: list[Callback] = [checkpoint, *callbacks]
         if spec.early_stopping_patience:
-            all_callbacks.append(EarlyStopping(
-                monitor=spec.monitor, patience=spec.early_stopping_patience,
-                mode="max" if spec.monitor.endswith("acc") else "min",
-            ))
+            all_callbacks.append(EarlyStopping(monitor=monitor, mode=mode,
+                                               patience=spec.early_stopping_patience))
+        if spec.task == "localize":
+            all_callbacks.append(BoxPictures(run, dm))
         if spec.lr_schedule != "none":
             all_callbacks.append(LearningRateMonitor(logging_interval="epoch"))
         logger = MLFlowLogger(experiment_name=spec.experiment, tracking_uri=run.tracking_uri,
@@ -105,12 +137,36 @@ def train(
                        Path(checkpoint.best_model_path), metrics, run.ui_hint)
 
 
-def log_pictures(run: Run, task: ClassificationTask, dm: ImageDataModule) -> None:
+def log_pictures(run: Run, task: BaseTask, dm: ImageDataModule) -> None:
     """Learning curves, test confusion matrix and first-layer filters, as PNG artifacts."""
     history = {k: run.metric_history(k) for k in ["train_loss", "val_loss", "train_acc", "val_acc"]}
     run.log_figure(viz.learning_curves(history), "learning_curves.png")
-    if task.test_confusion is not None:
+    if isinstance(task, ClassificationTask) and task.test_confusion is not None:
         run.log_figure(viz.confusion_matrix(task.test_confusion, dm.labels), "confusion_matrix.png")
     grid = viz.filter_grid(task.net)
     if grid is not None:
         run.log_image_file(lambda path: save_image(grid, path), "first_layer_filters.png")
+
+
+class BoxPictures(Callback):
+    """Every validation epoch, log a grid of validation images with true (green) and
+    predicted (red) boxes and labels, as `boxes/epoch_NNN.png`."""
+
+    def __init__(self, run: Run, dm: ImageDataModule, count: int = 16):
+        self.run, self.dm, self.count = run, dm, count
+        self._batch = None
+
+    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx,
+                                dataloader_idx=0) -> None:
+        if batch_idx == 0 and outputs is not None:
+            x, target = batch
+            n = self.count
+            self._batch = (x[:n].detach().float().cpu(), target[:n].cpu(), outputs[:n].float().cpu())
+
+    def on_validation_epoch_end(self, trainer, pl_module) -> None:
+        if self._batch is None or trainer.sanity_checking or not trainer.is_global_zero:
+            return
+        grid = viz.box_grid(*self._batch, mean=self.dm.mean, std=self.dm.std, labels=self.dm.labels)
+        name = f"epoch_{trainer.current_epoch:03d}.png"
+        self.run.log_image_file(lambda path: save_image(grid, path), name, artifact_path="boxes")
+        self._batch = None

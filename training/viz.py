@@ -12,7 +12,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
 from torchmetrics.utilities.plot import plot_confusion_matrix  # noqa: E402
-from torchvision.utils import make_grid  # noqa: E402
+from torchvision.ops import box_convert  # noqa: E402
+from torchvision.utils import draw_bounding_boxes, make_grid  # noqa: E402
 
 
 def learning_curves(history: Mapping[str, Sequence[float]]):
@@ -74,3 +75,36 @@ def compare_curves(curves: Mapping[str, Sequence[float]], metric: str = "val_acc
     ax.legend()
     fig.tight_layout()
     return fig
+
+
+def box_grid(
+    images: torch.Tensor, target: torch.Tensor, pred: torch.Tensor, *,
+    mean: Sequence[float], std: Sequence[float], labels: Sequence[str], threshold: float = 0.5,
+    scale: int = 2,
+) -> torch.Tensor:
+    """Normalized images (B, C, H, W) with true boxes (green, "label") and predicted boxes
+    (red, "label p_c") drawn on them, as one (3, H', W') grid in [0, 1]."""
+    m = torch.tensor(list(mean)).view(1, -1, 1, 1)
+    s = torch.tensor(list(std)).view(1, -1, 1, 1)
+    pixels = ((images * s + m).clamp(0, 1) * 255).to(torch.uint8)
+    if scale > 1:
+        pixels = torch.nn.functional.interpolate(pixels.float(), scale_factor=scale).to(torch.uint8)
+    h, w = pixels.shape[-2:]
+    size = torch.tensor([w, h, w, h], dtype=torch.float32)
+    drawn = []
+    for img, t, p in zip(pixels, target, pred):
+        img = img.expand(3, -1, -1) if img.shape[0] == 1 else img
+        boxes, names, colors = [], [], []
+        if t[0] > 0.5:
+            boxes.append(t[1:5] * size)
+            names.append(labels[int(t[5:].argmax())])
+            colors.append("lime")
+        if p[0] >= threshold:
+            boxes.append(p[1:5].clamp(0, 1) * size)
+            names.append(f"{labels[int(p[5:].argmax())]} {float(p[0]):.2f}")
+            colors.append("red")
+        if boxes:
+            xyxy = box_convert(torch.stack(boxes), "xywh", "xyxy")
+            img = draw_bounding_boxes(img, xyxy, labels=names, colors=colors, width=1)
+        drawn.append(img)
+    return make_grid(torch.stack(drawn).float() / 255, nrow=4, padding=2, pad_value=1.0)

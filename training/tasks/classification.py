@@ -4,63 +4,39 @@ from __future__ import annotations
 
 from typing import Any
 
-import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
 
+from serving.modelcard import CLASSIFY_OUTPUTS
 from training.models import create_model
-from training.tasks.optim import build_optimizers
+from training.tasks.base import BaseTask
 
 # GoogLeNet's auxiliary classifiers count 0.3 each in the loss (Szegedy et al., 2014).
 AUX_LOSS_WEIGHT = 0.3
 
 
-class ClassificationTask(pl.LightningModule):
-    """Train a classifier. The checkpoint stores the network's name and arguments, so
-    `ClassificationTask.load_from_checkpoint(path)` rebuilds it with no config file."""
+class ClassificationTask(BaseTask):
+    """Train a classifier; `forward` returns logits (B, K)."""
 
-    def __init__(
-        self,
-        *,
-        model_name: str,
-        num_classes: int,
-        in_channels: int,
-        image_size: int,
-        model_args: dict[str, Any] | None = None,
-        labels: list[str] | None = None,
-        optimizer: str = "adam",
-        lr: float = 1e-3,
-        weight_decay: float = 0.0,
-        momentum: float = 0.9,
-        lr_schedule: str = "none",
-        epochs: int = 10,
-        lr_step_size: int = 10,
-        lr_gamma: float = 0.1,
-        channels_last: bool = False,
-        net: nn.Module | None = None,
-    ):
-        super().__init__()
-        # The spec is logged as the run's params; the hparams are for rebuilding from a checkpoint.
-        self.save_hyperparameters(ignore=["net"], logger=False)
+    task = "classify"
+    outputs = CLASSIFY_OUTPUTS
+    default_monitor = ("val_acc", "max")
+
+    def __init__(self, *, net: nn.Module | None = None, **kwargs: Any):
+        super().__init__(**kwargs)
+        h = self.hparams
         self.net = net if net is not None else create_model(
-            model_name, num_classes=num_classes, in_channels=in_channels,
-            image_size=image_size, **(model_args or {}),
+            h.model_name, num_classes=h.num_classes, in_channels=h.in_channels,
+            image_size=h.image_size, **(h.model_args or {}),
         )
-        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
-        self.example_input_array = torch.zeros(1, in_channels, image_size, image_size)
-        self.train_acc = MulticlassAccuracy(num_classes)
-        self.val_acc = MulticlassAccuracy(num_classes)
-        self.test_acc = MulticlassAccuracy(num_classes)
-        self.test_confmat = MulticlassConfusionMatrix(num_classes)
+        k = h.num_classes
+        self.train_acc = MulticlassAccuracy(k, average="micro")
+        self.val_acc = MulticlassAccuracy(k, average="micro")
+        self.test_acc = MulticlassAccuracy(k, average="micro")
+        self.test_confmat = MulticlassConfusionMatrix(k)
         self.test_confusion: torch.Tensor | None = None  # (K, K) counts after `trainer.test`
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x.contiguous(memory_format=self.memory_format))
-
-    def setup(self, stage: str) -> None:
-        self.net.to(memory_format=self.memory_format)
 
     def _loss(self, out, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if isinstance(out, tuple):  # GoogLeNet with aux classifiers: (logits, aux2, aux1)
@@ -96,11 +72,3 @@ class ClassificationTask(pl.LightningModule):
     def on_test_epoch_end(self) -> None:
         self.test_confusion = self.test_confmat.compute().cpu()
         self.test_confmat.reset()
-
-    def configure_optimizers(self):
-        h = self.hparams
-        return build_optimizers(
-            self.parameters(), optimizer=h.optimizer, lr=h.lr, weight_decay=h.weight_decay,
-            momentum=h.momentum, lr_schedule=h.lr_schedule, epochs=h.epochs,
-            lr_step_size=h.lr_step_size, lr_gamma=h.lr_gamma,
-        )

@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# Fresh machine -> whole test suite: make .venv, install Waldo with its dev tools, run the tests.
+# Extra arguments go to pytest (e.g. `scripts/test.sh -m "not slow"`).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+[ -x .venv/bin/python ] || python3 -m venv .venv
+.venv/bin/python -m pip install -q --upgrade pip
+.venv/bin/python -m pip install -q -e '.[all,dev]'
+
+.venv/bin/lint-imports
+.venv/bin/python -m pytest "$@"

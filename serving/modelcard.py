@@ -1,0 +1,60 @@
+"""The ModelCard: what a served model is and how to feed it. The one contract that training
+(which writes it) and serving (which reads it) share.
+
+It lives inside the ONNX file's metadata and as `modelcard.json` beside it. Serving derives
+all pre- and post-processing from it and never from training code.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class InputSpec(BaseModel):
+    """How an image becomes the network's input tensor."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    channels: int = Field(gt=0)
+    height: int = Field(gt=0)
+    width: int = Field(gt=0)
+    dtype: Literal["float32"] = "float32"
+    layout: Literal["NCHW"] = "NCHW"
+    scale: float = Field(1 / 255, description="multiply uint8 pixels by this first")
+    mean: list[float]
+    std: list[float]
+    resize: Literal["stretch-bilinear"] = Field(
+        "stretch-bilinear", description="resize to height x width, bilinear, aspect not kept"
+    )
+
+
+class OutputSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    meaning: str
+
+
+CLASSIFY_OUTPUTS = [OutputSpec(name="logits", meaning="(B, K) class scores before softmax")]
+LOCALIZE_OUTPUTS = [OutputSpec(
+    name="y",
+    meaning="(B, 5+K) [p_c, x, y, w, h, p_1..p_K]: object probability, box top-left corner "
+            "and size as fractions of the input width/height, class probabilities",
+)]
+
+
+class ModelCard(BaseModel):
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+    name: str
+    version: str = "1"
+    task: Literal["classify", "localize"]
+    labels: list[str]
+    input: InputSpec
+    outputs: list[OutputSpec]
+    architecture: str = ""
+    source_run: str | None = None
+    metrics: dict[str, float] = Field(default_factory=dict)
+    opset: int | None = None

@@ -1,0 +1,61 @@
+"""Fixtures shared by every test: the `waldo` command as a real subprocess, and a scratch
+working folder for anything that trains (mlflow.db, mlruns/ and waldo_runs/ land there)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BIN = Path(sys.executable).parent
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def waldo_command() -> list[str]:
+    """The installed console script next to this interpreter, else `python -m training.cli`."""
+    script = BIN / "waldo"
+    return [str(script)] if script.exists() else [sys.executable, "-m", "training.cli"]
+
+
+def waldo_env() -> dict[str, str]:
+    """A clean environment: no inherited tracking server, plain (uncoloured) output."""
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    env.update(PYTHONUNBUFFERED="1", NO_COLOR="1")
+    return env
+
+
+def start_waldo(*args: str, cwd: Path) -> subprocess.Popen:
+    """Start `waldo ARGS...` in `cwd` without waiting (so several can run at once)."""
+    return subprocess.Popen(
+        [*waldo_command(), *args], cwd=cwd, env=waldo_env(), text=True,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )
+
+
+def run_waldo(*args: str, cwd: Path, timeout: float = 180) -> subprocess.CompletedProcess:
+    proc = start_waldo(*args, cwd=cwd)
+    out, err = proc.communicate(timeout=timeout)
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+
+@pytest.fixture
+def in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Run the test in an empty working folder, with no tracking URI from the environment."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    return tmp_path
+
+
+@pytest.fixture(scope="session")
+def waldo():
+    """The `waldo` command as helpers: `waldo.start(*args, cwd=...)`, `waldo.run(...)`."""
+
+    class Waldo:
+        start = staticmethod(start_waldo)
+        run = staticmethod(run_waldo)
+        command = staticmethod(waldo_command)
+
+    return Waldo

@@ -1,0 +1,37 @@
+"""The layering rules of DESIGN.md: light modules stay light, and import-linter holds."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+HEAVY = ["torch", "torchvision", "pytorch_lightning", "lightning", "mlflow", "ray"]
+
+
+@pytest.mark.parametrize("module", ["training", "training.spec", "training.errors"])
+def test_light_modules_import_no_heavy_stack(module):
+    script = (
+        f"import json, sys, {module}, training.spec\n"
+        "spec = training.spec.build_spec(overrides={'epochs': 2})\n"
+        "print(json.dumps(sorted({m.split('.')[0] for m in sys.modules})))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=60, cwd=REPO_ROOT)
+    assert proc.returncode == 0, proc.stderr
+    loaded = set(json.loads(proc.stdout.strip().splitlines()[-1]))
+    assert "training" in loaded and "pydantic" in loaded  # the probe did import something
+    assert not loaded & set(HEAVY), f"importing {module} pulled in {sorted(loaded & set(HEAVY))}"
+
+
+def test_import_linter_contracts_hold():
+    lint_imports = Path(sys.executable).parent / "lint-imports"
+    assert lint_imports.exists(), "import-linter is not installed next to this interpreter"
+    proc = subprocess.run([str(lint_imports)], capture_output=True, text=True, timeout=300,
+                          cwd=REPO_ROOT)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "broken" in proc.stdout and " 0 broken" in proc.stdout

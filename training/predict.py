@@ -1,0 +1,45 @@
+"""`waldo predict`: a checkpoint plus image files -> predictions.
+
+Pre- and post-processing come from `serving.processing`, driven by the checkpoint's ModelCard,
+so a prediction here means exactly what the HTTP service will answer.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+
+from serving.processing import postprocess, preprocess
+from training.errors import WaldoError
+from training.tasks import load_task
+
+
+def predict(checkpoint: str | Path, images: list[str | Path], *, top_k: int = 3,
+            threshold: float = 0.5) -> list[dict[str, Any]]:
+    path = Path(checkpoint)
+    if not path.is_file():
+        raise WaldoError(f"checkpoint {str(path)!r} does not exist")
+    try:
+        task = load_task(str(path))
+    except (KeyError, RuntimeError, EOFError, OSError) as exc:
+        raise WaldoError(f"{str(path)!r} is not a Waldo checkpoint ({type(exc).__name__}: {exc})") from None
+    task.eval()
+    card = task.model_card()
+    arrays, sizes = [], []
+    for name in images:
+        try:
+            with Image.open(name) as image:
+                sizes.append(image.size)
+                arrays.append(preprocess(card, image))
+        except (FileNotFoundError, IsADirectoryError):
+            raise WaldoError(f"image {str(name)!r} does not exist") from None
+        except UnidentifiedImageError:
+            raise WaldoError(f"{str(name)!r} is not an image Pillow can read (PNG, JPEG, ...)") from None
+    with torch.inference_mode():
+        output = task(torch.from_numpy(np.stack(arrays)))
+    results = postprocess(card, output.float().numpy(), sizes, top_k=top_k, threshold=threshold)
+    return [{"image": str(name), **r} for name, r in zip(images, results)]

@@ -1,0 +1,91 @@
+"""What every task shares: the network from the registry, the optimizer, the memory format,
+and a ModelCard describing how to feed the trained network."""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import pytorch_lightning as pl
+import torch
+from torch import nn
+
+from serving.modelcard import InputSpec, ModelCard, OutputSpec
+from training.tasks.optim import build_optimizers
+
+
+class BaseTask(pl.LightningModule):
+    """Subclasses set `task`, `outputs`, `default_monitor` and build `self.net`.
+
+    The hyperparameters hold the network's name and arguments and the data's labels and
+    normalization, so `load_from_checkpoint(path)` rebuilds everything with no config file.
+    """
+
+    task: ClassVar[str] = ""
+    outputs: ClassVar[list[OutputSpec]] = []
+    default_monitor: ClassVar[tuple[str, str]] = ("val_loss", "min")  # (metric, mode)
+
+    def __init__(
+        self,
+        *,
+        model_name: str,
+        num_classes: int,
+        in_channels: int,
+        image_size: int,
+        model_args: dict[str, Any] | None = None,
+        labels: list[str] | None = None,
+        mean: list[float] | None = None,
+        std: list[float] | None = None,
+        optimizer: str = "adam",
+        lr: float = 1e-3,
+        weight_decay: float = 0.0,
+        momentum: float = 0.9,
+        lr_schedule: str = "none",
+        epochs: int = 10,
+        lr_step_size: int = 10,
+        lr_gamma: float = 0.1,
+        channels_last: bool = False,
+    ):
+        super().__init__()
+        # Collects the subclass's arguments too. The spec is logged as the run's params, so
+        # these are only for rebuilding from a checkpoint, not for the logger.
+        self.save_hyperparameters(ignore=["net"], logger=False)
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        self.example_input_array = torch.zeros(1, in_channels, image_size, image_size)
+
+    def forward(self, x: torch.Tensor):
+        return self.net(x.contiguous(memory_format=self.memory_format))
+
+    def setup(self, stage: str) -> None:
+        self.net.to(memory_format=self.memory_format)
+
+    def configure_optimizers(self):
+        h = self.hparams
+        return build_optimizers(
+            self.parameters(), optimizer=h.optimizer, lr=h.lr, weight_decay=h.weight_decay,
+            momentum=h.momentum, lr_schedule=h.lr_schedule, epochs=h.epochs,
+            lr_step_size=h.lr_step_size, lr_gamma=h.lr_gamma,
+        )
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["waldo_task"] = self.task  # lets `load_task` pick the class
+
+    def model_card(self, name: str | None = None, **extra: Any) -> ModelCard:
+        h = self.hparams
+        labels = list(h.labels or [str(i) for i in range(h.num_classes)])
+        return ModelCard(
+            name=name or h.model_name,
+            task=self.task,
+            labels=labels,
+            architecture=h.model_name,
+            input=InputSpec(
+                channels=h.in_channels, height=h.image_size, width=h.image_size,
+                mean=list(h.mean or [0.0] * h.in_channels),
+                std=list(h.std or [1.0] * h.in_channels),
+            ),
+            outputs=self.outputs,
+            **extra,
+        )
+
+
+def count_parameters(net: nn.Module) -> int:
+    return sum(p.numel() for p in net.parameters())

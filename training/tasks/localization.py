@@ -1,0 +1,116 @@
+"""Single-object localization: is there an object, which class, where is its box.
+
+Any registered backbone (through `forward_features`) gets a localization head whose output,
+after activations, is the source's vector y = [p_c, x, y, w, h, p_1..p_K].
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+from torchmetrics import MeanMetric
+from torchmetrics.classification import BinaryAccuracy, MulticlassAccuracy
+from torchvision.ops import box_convert, box_iou
+
+from serving.modelcard import LOCALIZE_OUTPUTS
+from training.losses import localization_loss
+from training.models import create_model
+from training.tasks.base import BaseTask
+
+# Feature maps are pooled to at most this side before the dense head: enough spatial detail
+# for the box, and a head whose size does not grow with the input.
+MAX_GRID = 8
+
+
+class LocalizationNet(nn.Module):
+    """A backbone's features -> pooled grid -> MLP -> activated (B, 5 + K) vector."""
+
+    def __init__(self, backbone: nn.Module, num_classes: int, in_channels: int, image_size: int,
+                 hidden: int = 256):
+        super().__init__()
+        self.backbone = backbone
+        with torch.no_grad():  # one dry run tells the feature shape
+            was_training = backbone.training
+            f = backbone.eval().forward_features(torch.zeros(1, in_channels, image_size, image_size))
+            backbone.train(was_training)
+        if f.ndim == 4:  # (1, C, h, w)
+            side = min(f.shape[-1], MAX_GRID)
+            self.pool: nn.Module = nn.AdaptiveAvgPool2d(side)
+            flat = f.shape[1] * side * side
+        else:  # (1, F) from a dense backbone
+            self.pool = nn.Identity()
+            flat = f.shape[1]
+        self.head = nn.Sequential(
+            nn.Flatten(), nn.Linear(flat, hidden), nn.ReLU(inplace=True),
+            nn.Linear(hidden, 5 + num_classes),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        raw = self.head(self.pool(self.backbone.forward_features(x)))  # (B, 5 + K)
+        return torch.cat([raw[:, :5].sigmoid(), raw[:, 5:].softmax(dim=1)], dim=1)
+
+
+def xywh_iou(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """IoU of matching rows of two (N, 4) xywh box tensors."""
+    if len(pred) == 0:
+        return pred.new_zeros(0)
+    a, b = box_convert(pred, "xywh", "xyxy"), box_convert(target, "xywh", "xyxy")
+    return box_iou(a, b).diagonal()
+
+
+class LocalizationTask(BaseTask):
+    """Train a localizer. Targets are (B, 5 + K) vectors laid out like the output."""
+
+    task = "localize"
+    outputs = LOCALIZE_OUTPUTS
+    default_monitor = ("val_loss", "min")
+
+    def __init__(self, *, loss_variant: str = "mse", box_loss: str = "smooth_l1",
+                 net: nn.Module | None = None, **kwargs: Any):
+        super().__init__(**kwargs)
+        h = self.hparams
+        if net is None:
+            # The backbone's own classifier is not used; build it with one class to keep it small.
+            backbone = create_model(h.model_name, num_classes=1, in_channels=h.in_channels,
+                                    image_size=h.image_size, **(h.model_args or {}))
+            net = LocalizationNet(backbone, h.num_classes, h.in_channels, h.image_size)
+        self.net = net
+        self.metrics = nn.ModuleDict({
+            split: nn.ModuleDict({
+                "obj_acc": BinaryAccuracy(),
+                "cls_acc": MulticlassAccuracy(h.num_classes, average="micro"),
+                "iou": MeanMetric(),
+                "iou50": MeanMetric(),
+            }) for split in ["train_", "val_", "test_"]  # ModuleDict keys can't be "train"
+        })
+
+    def _step(self, batch, split: str):
+        x, target = batch
+        pred = self(x)
+        loss = localization_loss(pred, target, variant=self.hparams.loss_variant,
+                                 box_loss=self.hparams.box_loss)
+        m = self.metrics[split + "_"]
+        present = target[:, 0] > 0.5
+        m["obj_acc"].update(pred[:, 0], present.long())
+        if present.any():
+            m["cls_acc"].update(pred[present, 5:], target[present, 5:].argmax(1))
+            iou = xywh_iou(pred[present, 1:5].float(), target[present, 1:5].float())
+            m["iou"].update(iou)
+            m["iou50"].update((iou >= 0.5).float())
+        on_step = False
+        self.log(f"{split}_loss", loss, on_step=on_step, on_epoch=True, prog_bar=True)
+        for name, metric in m.items():
+            self.log(f"{split}_{name}", metric, on_step=on_step, on_epoch=True,
+                     prog_bar=name == "iou")
+        return loss, pred
+
+    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+        return self._step(batch, "train")[0]
+
+    def validation_step(self, batch, batch_idx: int):
+        return self._step(batch, "val")[1]  # the pictures callback draws these
+
+    def test_step(self, batch, batch_idx: int) -> None:
+        self._step(batch, "test")
