@@ -7,6 +7,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
 
 from serving.modelcard import CLASSIFY_OUTPUTS
@@ -32,6 +33,7 @@ class ClassificationTask(BaseTask):
             image_size=h.image_size, **(h.model_args or {}),
         )
         k = h.num_classes
+        self.train_loss = MeanMetric()
         self.train_acc = MulticlassAccuracy(k, average="micro")
         self.val_acc = MulticlassAccuracy(k, average="micro")
         self.test_acc = MulticlassAccuracy(k, average="micro")
@@ -49,10 +51,17 @@ class ClassificationTask(BaseTask):
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         x, y = batch
         loss, logits = self._loss(self(x), y)
-        self.train_acc(logits, y)
-        self.log("train_loss", loss, on_step=False, on_epoch=True, prog_bar=True)
-        self.log("train_acc", self.train_acc, on_step=False, on_epoch=True, prog_bar=True)
+        # Only update here and log once per epoch: on CPU, a `self.log` per step costs about
+        # as much as a forward pass of the small networks.
+        self.train_loss.update(loss.detach(), weight=len(y))
+        self.train_acc.update(logits.detach(), y)
         return loss
+
+    def on_train_epoch_end(self) -> None:
+        for name in ("train_loss", "train_acc"):
+            metric = getattr(self, name)
+            self.log(name, metric.compute(), prog_bar=True)
+            metric.reset()
 
     def validation_step(self, batch, batch_idx: int) -> None:
         x, y = batch

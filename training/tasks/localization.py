@@ -79,6 +79,7 @@ class LocalizationTask(BaseTask):
         self.net = net
         self.metrics = nn.ModuleDict({
             split: nn.ModuleDict({
+                "loss": MeanMetric(),
                 "obj_acc": BinaryAccuracy(),
                 "cls_acc": MulticlassAccuracy(h.num_classes, average="micro"),
                 "iou": MeanMetric(),
@@ -92,6 +93,8 @@ class LocalizationTask(BaseTask):
         loss = localization_loss(pred, target, variant=self.hparams.loss_variant,
                                  box_loss=self.hparams.box_loss)
         m = self.metrics[split + "_"]
+        # Metrics are updated per step and logged once per epoch (see ClassificationTask).
+        m["loss"].update(loss.detach(), weight=len(x))
         present = target[:, 0] > 0.5
         m["obj_acc"].update(pred[:, 0], present.long())
         if present.any():
@@ -99,12 +102,22 @@ class LocalizationTask(BaseTask):
             iou = xywh_iou(pred[present, 1:5].float(), target[present, 1:5].float())
             m["iou"].update(iou)
             m["iou50"].update((iou >= 0.5).float())
-        on_step = False
-        self.log(f"{split}_loss", loss, on_step=on_step, on_epoch=True, prog_bar=True)
-        for name, metric in m.items():
-            self.log(f"{split}_{name}", metric, on_step=on_step, on_epoch=True,
-                     prog_bar=name == "iou")
         return loss, pred
+
+    def _log_epoch(self, split: str) -> None:
+        for name, metric in self.metrics[split + "_"].items():
+            if metric.update_count:  # class/IoU metrics see no update in an all-empty epoch
+                self.log(f"{split}_{name}", metric.compute(), prog_bar=name in ("loss", "iou"))
+            metric.reset()
+
+    def on_train_epoch_end(self) -> None:
+        self._log_epoch("train")
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_epoch("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._log_epoch("test")
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         return self._step(batch, "train")[0]
