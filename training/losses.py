@@ -42,22 +42,25 @@ def localization_loss(
                    cross-entropy on the class and a box loss (smooth L1 on (x, y, w, h), or
                    GIoU from torchvision.ops).
     Terms that a sample does not use contribute no gradient (they are selected out, not
-    multiplied by zero, so even NaN "don't care" targets are safe).
+    multiplied by zero, so even NaN or inf "don't care" targets are safe).
     """
     if pred.shape != target.shape or pred.ndim != 2 or pred.shape[1] < 6:
         raise ValueError(f"pred and target must both be (B, 5+K) with K >= 1; got "
                          f"{tuple(pred.shape)} and {tuple(target.shape)}")
     present = target[:, 0] > 0.5  # (B,)
     zeros = torch.zeros((), dtype=pred.dtype, device=pred.device)
+    # Blank the don't-care slots of empty samples, so that junk there (NaN, inf) cannot reach
+    # the value or, through 0 * inf in the backward pass, the gradient.
+    target = torch.cat([target[:, :1], torch.where(present[:, None], target[:, 1:], zeros)], dim=1)
     if variant == "mse":
         objectness = (pred[:, 0] - target[:, 0]) ** 2
-        rest = ((pred[:, 1:] - target[:, 1:].nan_to_num()) ** 2).sum(dim=1)
+        rest = ((pred[:, 1:] - target[:, 1:]) ** 2).sum(dim=1)
         return _reduce(objectness + torch.where(present, rest, zeros), reduction)
     if variant != "ce":
         raise ValueError(f"unknown variant {variant!r}; valid: mse, ce")
 
     objectness = F.binary_cross_entropy(pred[:, 0].clamp(0, 1), target[:, 0], reduction="none")
-    safe_target = target.nan_to_num()
+    safe_target = target
     class_index = safe_target[:, 5:].argmax(dim=1)
     log_probs = pred[:, 5:].clamp_min(1e-7).log()
     cls = F.nll_loss(log_probs, class_index, reduction="none")

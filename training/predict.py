@@ -6,6 +6,7 @@ so a prediction here means exactly what the HTTP service will answer.
 
 from __future__ import annotations
 
+import pickle
 from pathlib import Path
 from typing import Any
 
@@ -25,8 +26,11 @@ def predict(checkpoint: str | Path, images: list[str | Path], *, top_k: int = 3,
         raise WaldoError(f"checkpoint {str(path)!r} does not exist")
     try:
         task = load_task(str(path))
-    except (KeyError, RuntimeError, EOFError, OSError) as exc:
-        raise WaldoError(f"{str(path)!r} is not a Waldo checkpoint ({type(exc).__name__}: {exc})") from None
+    except (KeyError, AttributeError, RuntimeError, EOFError, OSError,
+            pickle.UnpicklingError) as exc:
+        reason = " ".join(str(exc).split())[:200]  # one line, whatever the unpickler said
+        raise WaldoError(f"{str(path)!r} is not a Waldo checkpoint "
+                         f"({type(exc).__name__}: {reason})") from None
     task.eval()
     card = task.model_card()
     arrays, sizes = [], []

@@ -139,8 +139,13 @@ def train(
 
 def log_pictures(run: Run, task: BaseTask, dm: ImageDataModule) -> None:
     """Learning curves, test confusion matrix and first-layer filters, as PNG artifacts."""
-    history = {k: run.metric_history(k) for k in ["train_loss", "val_loss", "train_acc", "val_acc"]}
-    run.log_figure(viz.learning_curves(history), "learning_curves.png")
+    if isinstance(task, ClassificationTask):
+        keys, loss_name = ["train_acc", "val_acc"], "cross-entropy"
+    else:
+        keys = ["val_obj_acc", "val_cls_acc", "val_iou", "val_iou50"]
+        loss_name = f"localization loss ({task.hparams.loss_variant})"
+    history = {k: run.metric_history(k) for k in ["train_loss", "val_loss", *keys]}
+    run.log_figure(viz.learning_curves(history, loss_name), "learning_curves.png")
     if isinstance(task, ClassificationTask) and task.test_confusion is not None:
         run.log_figure(viz.confusion_matrix(task.test_confusion, dm.labels), "confusion_matrix.png")
     grid = viz.filter_grid(task.net)

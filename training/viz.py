@@ -16,18 +16,20 @@ from torchvision.ops import box_convert  # noqa: E402
 from torchvision.utils import draw_bounding_boxes, make_grid  # noqa: E402
 
 
-def learning_curves(history: Mapping[str, Sequence[float]]):
-    """Loss and accuracy per epoch, train against validation."""
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-    for ax, metric in zip(axes, ["loss", "acc"]):
-        for split in ["train", "val"]:
-            values = history.get(f"{split}_{metric}", [])
-            if values:
-                ax.plot(range(1, len(values) + 1), values, marker="o", label=split)
+def learning_curves(history: Mapping[str, Sequence[float]], loss_name: str = "loss"):
+    """Per epoch: train and validation loss on the left, every other metric on the right."""
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+    for key, values in history.items():
+        if values:
+            ax = left if key.endswith("_loss") else right
+            ax.plot(range(1, len(values) + 1), values, marker=".", label=key)
+    left.set_ylabel(loss_name)
+    right.set_ylabel("metric")
+    for ax in (left, right):
         ax.set_xlabel("epoch")
-        ax.set_ylabel({"loss": "cross-entropy", "acc": "accuracy"}[metric])
         ax.grid(alpha=0.3)
-        ax.legend()
+        if ax.lines:
+            ax.legend()
     fig.tight_layout()
     return fig
 

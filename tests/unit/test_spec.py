@@ -25,8 +25,8 @@ def write_yaml(tmp_path, data: dict | str, name: str = "spec.yaml"):
 def test_defaults():
     spec = TrainSpec()
     assert (spec.task, spec.model, spec.data) == ("classify", "cnn", "digits")
-    assert (spec.epochs, spec.lr, spec.batch_size, spec.optimizer) == (20, 3e-3, 64, "adam")
-    assert (spec.lr_schedule, spec.precision, spec.accelerator) == ("none", "32", "auto")
+    assert (spec.epochs, spec.lr, spec.batch_size, spec.optimizer) == (30, 3e-3, 32, "adam")
+    assert (spec.lr_schedule, spec.precision, spec.accelerator) == ("cosine", "32", "auto")
     assert spec.model_args == {} and spec.image_size is None and spec.data_dir is None
     assert spec.experiment == "waldo" and spec.tracking_uri is None and spec.seed == 0
     assert spec.progress_bar is True and spec.download is True

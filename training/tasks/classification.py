@@ -23,7 +23,7 @@ class ClassificationTask(BaseTask):
 
     task = "classify"
     outputs = CLASSIFY_OUTPUTS
-    default_monitor = ("val_acc", "max")
+    default_monitor = ("val_loss", "min")
 
     def __init__(self, *, net: nn.Module | None = None, **kwargs: Any):
         super().__init__(**kwargs)

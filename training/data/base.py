@@ -1,0 +1,144 @@
+"""The base data module: uint8 images in, normalized float batches out.
+
+Datasets yield uint8 tensors (C, H, W) of one size, so collation is cheap. Converting to float,
+resizing to `image_size` and normalizing happen once per batch in `on_after_batch_transfer`,
+on the device the batch lives on (the GPU when there is one). Serving repeats exactly these
+steps from the ModelCard: scale to [0, 1], bilinear resize, subtract mean, divide by std.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from torch.utils.data import DataLoader, Dataset
+from torchvision.transforms import v2
+
+from training.errors import WaldoError
+
+# The train/val/test split does not follow --seed: runs with different seeds see the same data.
+SPLIT_SEED = 0
+
+
+class ImageDataModule(pl.LightningDataModule):
+    """Common loaders, batch transform and metadata; subclasses implement `load()`."""
+
+    name: str = ""
+    task: str = "classify"  # the task whose targets this data module yields
+    native_size: int = 28  # side of the images as the data set stores them
+    in_channels: int = 1
+
+    def __init__(
+        self,
+        *,
+        batch_size: int = 64,
+        image_size: int | None = None,
+        data_dir: str | Path | None = None,
+        download: bool = True,
+        val_fraction: float = 0.15,
+        num_workers: int = 0,
+    ):
+        super().__init__()
+        self.batch_size = batch_size
+        self.data_dir = Path(data_dir) if data_dir else None
+        self.download = download
+        self.val_fraction = val_fraction
+        self.num_workers = num_workers
+        self._image_size = image_size
+        self.labels: list[str] = []
+        self.mean: tuple[float, ...] = ()
+        self.std: tuple[float, ...] = ()
+        self.train_set: Dataset | None = None
+        self.val_set: Dataset | None = None
+        self.test_set: Dataset | None = None
+        self._batch_transform: v2.Transform | None = None
+
+    # --- what subclasses provide ---------------------------------------------------------
+    def load(self) -> tuple[Dataset, Dataset, Dataset]:
+        """Return (train, val, test) datasets of (uint8 image (C, H, W), int label) and set
+        `labels`, `mean` and `std` (per channel, on the [0, 1] scale)."""
+        raise NotImplementedError
+
+    # --- metadata ------------------------------------------------------------------------
+    @property
+    def image_size(self) -> int:
+        return self._image_size or self.native_size
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.labels)
+
+    def resolve_dir(self, default: str = "data") -> Path:
+        """The data folder: an explicit one must exist; the default is created on demand."""
+        if self.data_dir is not None:
+            if not self.data_dir.is_dir():
+                raise WaldoError(f"data directory {str(self.data_dir)!r} does not exist")
+            return self.data_dir
+        path = Path(default)
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def state_dict(self) -> dict[str, Any]:
+        """Labels and normalization travel with the data module into checkpoints."""
+        return {
+            "name": self.name,
+            "labels": list(self.labels),
+            "mean": list(self.mean),
+            "std": list(self.std),
+            "in_channels": self.in_channels,
+            "image_size": self.image_size,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.labels = list(state["labels"])
+        self.mean, self.std = tuple(state["mean"]), tuple(state["std"])
+        self._image_size = state["image_size"]
+
+    # --- Lightning hooks -----------------------------------------------------------------
+    def setup(self, stage: str | None = None) -> None:
+        if self.train_set is None:
+            self.train_set, self.val_set, self.test_set = self.load()
+
+    def _loader(self, dataset: Dataset | None, shuffle: bool) -> DataLoader:
+        if dataset is None:
+            raise RuntimeError("call setup() before asking for a data loader")
+        return DataLoader(
+            dataset,
+            batch_size=self.batch_size,
+            shuffle=shuffle,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.train_set, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.val_set, shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader(self.test_set, shuffle=False)
+
+    def batch_transform(self) -> v2.Transform:
+        """uint8 (B, C, H, W) -> normalized float32 (B, C, S, S) with S = image_size."""
+        if self._batch_transform is None:
+            self._batch_transform = v2.Compose([
+                v2.ToDtype(torch.float32, scale=True),
+                v2.Resize((self.image_size, self.image_size), antialias=True),
+                v2.Normalize(mean=list(self.mean), std=list(self.std)),
+            ])
+        return self._batch_transform
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        images, *rest = batch
+        return (self.batch_transform()(images), *rest)
+
+
+def channel_stats(images: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean and std of uint8 images (N, C, H, W) on the [0, 1] scale."""
+    x = images.float().div_(255)
+    mean = x.mean(dim=(0, 2, 3))
+    std = x.std(dim=(0, 2, 3)).clamp_min(1e-6)
+    return tuple(round(v, 6) for v in mean.tolist()), tuple(round(v, 6) for v in std.tolist())

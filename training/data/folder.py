@@ -1,0 +1,74 @@
+"""`folder`: the user's own images, one sub-folder per class (torchvision's ImageFolder).
+
+If `--data-dir` holds `train/` (and optionally `val/`, `test/`) sub-folders they are used as
+given; otherwise one folder of classes is split with fixed fractions. Images are read as RGB
+and resized to `--image-size` (64 by default) as they load, so batches collate.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch.utils.data import Dataset, Subset, random_split
+from torchvision import datasets
+from torchvision.transforms import v2
+
+from training.data.base import SPLIT_SEED, ImageDataModule, channel_stats
+from training.errors import WaldoError
+
+# Normalization statistics come from at most this many training images.
+_STATS_SAMPLE = 512
+
+
+class FolderDataModule(ImageDataModule):
+    name = "folder"
+    native_size = 64
+    in_channels = 3
+
+    def _image_folder(self, root) -> datasets.ImageFolder:
+        to_uint8 = v2.Compose([
+            v2.PILToTensor(),
+            v2.Resize((self.image_size, self.image_size), antialias=True),
+        ])
+        try:
+            return datasets.ImageFolder(str(root), transform=to_uint8)
+        except (FileNotFoundError, RuntimeError) as exc:
+            raise WaldoError(
+                f"no images found in {str(root)!r}: expected one sub-folder per class "
+                f"holding .jpg/.png files ({exc})"
+            ) from None
+
+    def load(self):
+        if self.data_dir is None:
+            raise WaldoError("data set 'folder' needs --data-dir: a folder with one sub-folder per class")
+        root = self.resolve_dir()
+        if (root / "train").is_dir():
+            train = self._image_folder(root / "train")
+            val = self._image_folder(root / "val") if (root / "val").is_dir() else None
+            test = self._image_folder(root / "test") if (root / "test").is_dir() else None
+            classes = train.classes
+            if val is None:
+                train, val = self._split(train, self.val_fraction)
+            test = test if test is not None else val
+        else:
+            full = self._image_folder(root)
+            classes = full.classes
+            rest, test = self._split(full, 0.2)
+            train, val = self._split(rest, self.val_fraction)
+        self.labels = list(classes)
+        self.mean, self.std = channel_stats(_sample_images(train, _STATS_SAMPLE))
+        return train, val, test
+
+    @staticmethod
+    def _split(ds: Dataset, fraction: float) -> tuple[Subset, Subset]:
+        n_out = max(1, round(len(ds) * fraction))
+        if n_out >= len(ds):
+            raise WaldoError(f"too few images ({len(ds)}) to hold out {fraction:.0%} of them")
+        kept, held = random_split(
+            ds, [len(ds) - n_out, n_out], generator=torch.Generator().manual_seed(SPLIT_SEED)
+        )
+        return kept, held
+
+
+def _sample_images(ds: Dataset, limit: int) -> torch.Tensor:
+    step = max(1, len(ds) // limit)
+    return torch.stack([ds[i][0] for i in range(0, len(ds), step)][:limit])
