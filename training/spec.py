@@ -86,13 +86,26 @@ class TrainSpec(BaseModel):
     precision: Precision = Field("32", description="numeric precision")
     channels_last: bool = Field(False, description="use the channels_last memory format")
 
+    # Ray (workers > 0 runs the same training as a Ray Train job).
+    workers: NonNegativeInt = Field(0, description="Ray Train workers (0: plain Lightning in-process)")
+    cpus_per_worker: PositiveFloat = Field(1.0, description="CPUs reserved per Ray worker")
+    gpus_per_worker: NonNegativeFloat = Field(0.0, description="GPUs per Ray worker (0: CPU, gloo)")
+    ray_address: str | None = Field(
+        None, description="Ray cluster to join (default: RAY_ADDRESS, else a local Ray)"
+    )
+    max_failures: NonNegativeInt = Field(
+        0, description="worker-group restarts after a failure, resuming from the last checkpoint"
+    )
+
     # Tracking and storage.
     experiment: str = Field("waldo", min_length=1, description="MLflow experiment name")
     run_name: str | None = Field(None, description="MLflow run name (default: generated)")
     tracking_uri: str | None = Field(
         None, description="MLflow tracking URI (default: MLFLOW_TRACKING_URI or ./mlflow.db)"
     )
-    storage: str | None = Field(None, description="checkpoint folder (default: ./waldo_runs)")
+    storage: str | None = Field(
+        None, description="checkpoint storage: a folder (default ./waldo_runs) or s3://bucket/path"
+    )
     progress_bar: bool = Field(True, description="show a progress bar")
 
     @field_validator("precision", mode="before")

@@ -97,9 +97,10 @@ def start_run(
     tracking_uri: str | None = None,
     parent_run_id: str | None = None,
     tags: dict[str, Any] | None = None,
+    run_id: str | None = None,
 ) -> Iterator[Run]:
-    """Open a run (nested under `parent_run_id` if given) and close it with the right status:
-    FINISHED, FAILED on an exception, KILLED on Ctrl-C."""
+    """Open a run (nested under `parent_run_id` if given), or reopen `run_id`, and close it
+    with the right status: FINISHED, FAILED on an exception, KILLED on Ctrl-C."""
     uri = resolve_tracking_uri(tracking_uri)
     client = MlflowClient(tracking_uri=uri)
     try:
@@ -109,8 +110,13 @@ def start_run(
     all_tags = {k: str(v) for k, v in (tags or {}).items()}
     if parent_run_id:
         all_tags[MLFLOW_PARENT_RUN_ID] = parent_run_id
-    info = client.create_run(experiment_id, run_name=run_name, tags=all_tags).info
-    run = Run(client, info.run_id, experiment_id, uri)
+    if run_id is not None:
+        client.update_run(run_id, status=RunStatus.to_string(RunStatus.RUNNING))
+        for key, value in all_tags.items():
+            client.set_tag(run_id, key, value)
+    else:
+        run_id = client.create_run(experiment_id, run_name=run_name, tags=all_tags).info.run_id
+    run = Run(client, run_id, experiment_id, uri)
     try:
         yield run
     except KeyboardInterrupt:

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytorch_lightning as pl
+import torch
 from lightning_fabric.utilities.exceptions import MisconfigurationException
 from pytorch_lightning.callbacks import (
     Callback,
@@ -80,17 +81,47 @@ def monitor_of(spec: TrainSpec) -> tuple[str, str]:
     return metric, mode
 
 
-def build_trainer(spec: TrainSpec, *, callbacks: list[Callback], logger, root: Path) -> pl.Trainer:
+def build_trainer(spec: TrainSpec, *, callbacks: list[Callback], logger, root: Path | str,
+                  **overrides) -> pl.Trainer:
+    """The Lightning Trainer for a spec; Ray passes its strategy and plugins as overrides."""
+    kwargs = dict(
+        max_epochs=spec.epochs, accelerator=spec.accelerator, devices=1,
+        precision=spec.precision, logger=logger, callbacks=callbacks,
+        enable_progress_bar=spec.progress_bar, enable_model_summary=False,
+        log_every_n_steps=1, default_root_dir=root,
+    )
     try:
-        return pl.Trainer(
-            max_epochs=spec.epochs, accelerator=spec.accelerator, devices=1,
-            precision=spec.precision, logger=logger, callbacks=callbacks,
-            enable_progress_bar=spec.progress_bar, enable_model_summary=False,
-            log_every_n_steps=1, default_root_dir=root,
-        )
+        return pl.Trainer(**{**kwargs, **overrides})
     except (MisconfigurationException, ValueError) as exc:
         raise WaldoError(f"cannot run with accelerator={spec.accelerator!r}, "
                          f"precision={spec.precision!r} here: {exc}") from None
+
+
+def standard_callbacks(spec: TrainSpec, run: Run, dm: ImageDataModule) -> list[Callback]:
+    """Callbacks every run gets, in-process or on Ray: early stopping, pictures, LR, samples."""
+    monitor, mode = monitor_of(spec)
+    callbacks: list[Callback] = [SamplesPerRank()]
+    if spec.early_stopping_patience:
+        callbacks.append(EarlyStopping(monitor=monitor, mode=mode,
+                                       patience=spec.early_stopping_patience))
+    if spec.task == "localize":
+        callbacks.append(BoxPictures(run, dm))
+    if spec.lr_schedule != "none":
+        callbacks.append(LearningRateMonitor(logging_interval="epoch"))
+    return callbacks
+
+
+def prepare(spec: TrainSpec) -> tuple[ImageDataModule, BaseTask]:
+    """Seed, load the data and build the task: the first steps of every run, on every rank."""
+    pl.seed_everything(spec.seed, workers=True, verbose=False)
+    dm = create_datamodule(spec)
+    dm.setup("fit")  # the network's shape depends on the data: channels, classes, size
+    return dm, build_task(spec, dm)
+
+
+def default_run_name(spec: TrainSpec) -> str:
+    # uuid4 draws from the OS, not from `random`, which seeding makes repeat across runs.
+    return spec.run_name or f"{spec.model}-{spec.data}-{uuid.uuid4().hex[:6]}"
 
 
 def train(
@@ -100,15 +131,16 @@ def train(
 
     MLflow gets the spec as params, per-epoch train/val loss and accuracy, test metrics, the
     best checkpoint, the resolved spec, and learning-curve, confusion-matrix and filter plots.
+    With `spec.workers > 0` the same steps run as a Ray Train job (`training.distributed`).
     """
-    # Named before seeding: MLflow's generated names come from the seeded `random` module.
-    run_name = spec.run_name or f"{spec.model}-{spec.data}-{uuid.uuid4().hex[:6]}"
+    if spec.workers > 0:
+        from training.distributed import train_distributed
+
+        return train_distributed(spec, callbacks=callbacks, parent_run_id=parent_run_id)
+    run_name = default_run_name(spec)
     get_model_info(spec.model)  # fail on a bad name before loading any data
     monitor, mode = monitor_of(spec)
-    pl.seed_everything(spec.seed, workers=True, verbose=False)
-    dm = create_datamodule(spec)
-    dm.setup("fit")  # the network's shape depends on the data: channels, classes, size
-    task = build_task(spec, dm)
+    dm, task = prepare(spec)
 
     tags = {"waldo.task": spec.task, "waldo.model": spec.model, "waldo.data": spec.data}
     with start_run(spec.experiment, run_name=run_name, tracking_uri=spec.tracking_uri,
@@ -118,14 +150,7 @@ def train(
         root = Path(spec.storage or "waldo_runs") / run.run_id
         checkpoint = ModelCheckpoint(dirpath=root / "checkpoints", filename="best",
                                      monitor=monitor, mode=mode, save_last=True)
-        all_callbacks: list[Callback] = [checkpoint, *callbacks]
-        if spec.early_stopping_patience:
-            all_callbacks.append(EarlyStopping(monitor=monitor, mode=mode,
-                                               patience=spec.early_stopping_patience))
-        if spec.task == "localize":
-            all_callbacks.append(BoxPictures(run, dm))
-        if spec.lr_schedule != "none":
-            all_callbacks.append(LearningRateMonitor(logging_interval="epoch"))
+        all_callbacks = [checkpoint, *callbacks, *standard_callbacks(spec, run, dm)]
         logger = MLFlowLogger(experiment_name=spec.experiment, tracking_uri=run.tracking_uri,
                               run_id=run.run_id, log_model=True)
         trainer = build_trainer(spec, callbacks=all_callbacks, logger=logger, root=root)
@@ -151,6 +176,27 @@ def log_pictures(run: Run, task: BaseTask, dm: ImageDataModule) -> None:
     grid = viz.filter_grid(task.net)
     if grid is not None:
         run.log_image_file(lambda path: save_image(grid, path), "first_layer_filters.png")
+
+
+class SamplesPerRank(Callback):
+    """Log how many training images each rank saw per epoch (`train_samples_rank{r}`), so a
+    distributed run shows that every worker really trained."""
+
+    def __init__(self):
+        self.count = 0
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        self.count = 0
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self.count += len(batch[0])
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        counts = trainer.strategy.all_gather(torch.tensor(self.count, device=pl_module.device))
+        if trainer.is_global_zero and trainer.logger is not None:
+            values = counts.reshape(-1).tolist()
+            trainer.logger.log_metrics({f"train_samples_rank{r}": float(v)
+                                        for r, v in enumerate(values)}, step=trainer.global_step)
 
 
 class BoxPictures(Callback):

@@ -1,0 +1,212 @@
+"""`train(spec)` on Ray Train: the same steps, run as the per-worker loop of a TorchTrainer.
+
+Distribution adds only Ray's Lightning pieces (RayDDPStrategy, RayLightningEnvironment,
+RayTrainReportCallback, prepare_trainer) and resumes from `ray.train.get_checkpoint()`, so a
+restarted worker group carries on at the epoch, optimizer and scheduler state it had reached.
+The driver owns the MLflow run; workers log into it by id, and only rank 0 writes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from training.errors import WaldoError
+from training.spec import TrainSpec
+from training.tracking import Run, start_run
+from training.train import TrainResult, default_run_name
+
+JOB_FILE = "waldo_job.json"  # beside Ray's own state: the spec and MLflow run of the job
+
+
+def connect(address: str | None) -> None:
+    """Join the Ray cluster at `address` (or $RAY_ADDRESS), else start a local Ray."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    address = address or os.environ.get("RAY_ADDRESS")
+    try:
+        # Workers must find this project's code: in a dev checkout it is on sys.path already;
+        # on a cluster the images have it installed.
+        ray.init(address=address, log_to_driver=False, include_dashboard=False,
+                 logging_level="ERROR", configure_logging=True)
+    except (ConnectionError, ValueError, RuntimeError) as exc:
+        where = address or "a local Ray"
+        raise WaldoError(f"cannot connect to Ray at {where!r}: {' '.join(str(exc).split())[:200]}"
+                         " (check --ray-address / RAY_ADDRESS, and RAY_AUTH_MODE=token with "
+                         "the cluster's token)") from None
+
+
+def storage_root(spec: TrainSpec) -> str:
+    """RunConfig storage: an absolute local folder, or a URI such as s3://bucket/path."""
+    storage = spec.storage or "waldo_runs"
+    return storage if "://" in storage else str(Path(storage).resolve())
+
+
+def _check_capacity(spec: TrainSpec) -> None:
+    """Refuse, with a message, a job the cluster can never place (Ray would wait forever)."""
+    import ray
+
+    total = ray.cluster_resources()
+    cpus, gpus = total.get("CPU", 0.0), total.get("GPU", 0.0)
+    need_cpu = spec.workers * spec.cpus_per_worker
+    need_gpu = spec.workers * spec.gpus_per_worker
+    if need_cpu > cpus or need_gpu > gpus:
+        raise WaldoError(
+            f"{spec.workers} workers need {need_cpu:g} CPUs and {need_gpu:g} GPUs, but the Ray "
+            f"cluster has {cpus:g} CPUs and {gpus:g} GPUs; use fewer --workers or smaller "
+            "--cpus-per-worker / --gpus-per-worker, or add nodes"
+        )
+
+
+def train_loop_per_worker(config: dict[str, Any]) -> None:
+    """What every Ray worker runs: build, fit (resuming if Ray has a checkpoint), test."""
+    import ray.train
+    from pytorch_lightning.loggers import MLFlowLogger
+    from ray.train.lightning import (
+        RayDDPStrategy,
+        RayLightningEnvironment,
+        RayTrainReportCallback,
+        prepare_trainer,
+    )
+
+    from training.train import build_trainer, log_pictures, prepare, standard_callbacks
+    from training.tracking import Run
+    from mlflow.tracking import MlflowClient
+
+    spec = TrainSpec.model_validate(config["spec"])
+    run = Run(MlflowClient(config["tracking_uri"]), config["run_id"], config["experiment_id"],
+              config["tracking_uri"])
+    dm, task = prepare(spec)
+    logger = MLFlowLogger(experiment_name=spec.experiment, tracking_uri=run.tracking_uri,
+                          run_id=run.run_id)
+    callbacks = [RayTrainReportCallback(), *standard_callbacks(spec, run, dm),
+                 *config.get("callbacks", [])]
+    trainer = build_trainer(
+        spec, callbacks=callbacks, logger=logger, root=tempfile.mkdtemp(prefix="waldo-"),
+        devices="auto", accelerator="gpu" if spec.gpus_per_worker > 0 else "cpu",
+        strategy=RayDDPStrategy(), plugins=[RayLightningEnvironment()],
+        enable_checkpointing=False,  # RayTrainReportCallback checkpoints every epoch
+        enable_progress_bar=False,
+    )
+    trainer = prepare_trainer(trainer)
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is None:
+        trainer.fit(task, datamodule=dm)
+    else:
+        with checkpoint.as_directory() as folder:
+            trainer.fit(task, datamodule=dm,
+                        ckpt_path=str(Path(folder) / RayTrainReportCallback.CHECKPOINT_NAME))
+    trainer.test(task, datamodule=dm, verbose=False)
+    if trainer.is_global_zero:
+        log_pictures(run, task, dm)
+
+
+def _write_job_file(root: str, name: str, payload: dict[str, Any]) -> None:
+    import pyarrow.fs
+
+    fs, path = pyarrow.fs.FileSystem.from_uri(root)
+    fs.create_dir(f"{path}/{name}", recursive=True)
+    with fs.open_output_stream(f"{path}/{name}/{JOB_FILE}") as f:
+        f.write(json.dumps(payload).encode())
+
+
+def read_job_file(storage: str | None, name: str) -> dict[str, Any]:
+    """The spec and MLflow run of job `name`, as its driver stored them."""
+    import pyarrow.fs
+
+    root = storage if storage and "://" in storage else str(Path(storage or "waldo_runs").resolve())
+    fs, path = pyarrow.fs.FileSystem.from_uri(root)
+    try:
+        with fs.open_input_stream(f"{path}/{name}/{JOB_FILE}") as f:
+            return json.loads(f.read())
+    except FileNotFoundError:
+        raise WaldoError(f"no job named {name!r} under storage {root!r} (looked for "
+                         f"{name}/{JOB_FILE}); pass the --storage it ran with") from None
+
+
+def train_distributed(
+    spec: TrainSpec,
+    *,
+    callbacks: Sequence[Any] = (),
+    parent_run_id: str | None = None,
+    resume_run_id: str | None = None,
+    ray_callbacks: Sequence[Any] = (),
+    on_start: Callable[[Run, str], None] | None = None,
+) -> TrainResult:
+    """Run `spec` as a Ray Train job of `spec.workers` workers, tracked in one MLflow run.
+
+    `resume_run_id` continues an existing MLflow run (a job whose driver died); Ray itself
+    restores the job's checkpoint state from `storage/<run_name>`.
+    """
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    from training.train import monitor_of
+
+    name = default_run_name(spec)
+    spec = spec.model_copy(update={"run_name": name})
+    monitor, mode = monitor_of(spec)
+    connect(spec.ray_address)
+    _check_capacity(spec)
+    root = storage_root(spec)
+    tags = {"waldo.task": spec.task, "waldo.model": spec.model, "waldo.data": spec.data,
+            "ray.run_name": name, "ray.storage_path": f"{root.rstrip('/')}/{name}",
+            "ray.workers": spec.workers}
+    with start_run(spec.experiment, run_name=name, tracking_uri=spec.tracking_uri,
+                   parent_run_id=parent_run_id, tags=tags, run_id=resume_run_id) as run:
+        if resume_run_id is None:
+            run.log_params(spec.to_params())
+            run.log_text(spec.to_yaml(), "spec.yaml")
+            _write_job_file(root, name, {"spec": spec.model_dump(mode="json"),
+                                         "run_id": run.run_id,
+                                         "tracking_uri": run.tracking_uri})
+        if on_start is not None:
+            on_start(run, name)
+        trainer = TorchTrainer(
+            train_loop_per_worker,
+            train_loop_config={"spec": spec.model_dump(mode="json"), "run_id": run.run_id,
+                               "experiment_id": run.experiment_id,
+                               "tracking_uri": run.tracking_uri, "callbacks": list(callbacks)},
+            scaling_config=ScalingConfig(
+                num_workers=spec.workers, use_gpu=spec.gpus_per_worker > 0,
+                resources_per_worker={"CPU": spec.cpus_per_worker,
+                                      **({"GPU": spec.gpus_per_worker} if spec.gpus_per_worker else {})},
+            ),
+            run_config=RunConfig(
+                name=name, storage_path=root,
+                failure_config=FailureConfig(max_failures=spec.max_failures),
+                checkpoint_config=CheckpointConfig(checkpoint_score_attribute=monitor,
+                                                   checkpoint_score_order=mode),
+                callbacks=list(ray_callbacks),
+            ),
+        )
+        result = trainer.fit()
+        if result.error is not None:
+            raise result.error
+        best = result.get_best_checkpoint(monitor, mode) or result.checkpoint
+        with best.as_directory() as folder:
+            best_file = Path(folder) / "checkpoint.ckpt"
+            run.log_artifact(best_file, "best")
+        metrics = dict(run.client.get_run(run.run_id).data.metrics)  # rank 0 logged test_* too
+        run.set_tags({"ray.best_checkpoint": best.path})
+    return TrainResult(run.run_id, run.experiment_id, run.tracking_uri,
+                       Path(best.path) / "checkpoint.ckpt", metrics, run.ui_hint)
+
+
+def resume(name: str, storage: str | None = None, tracking_uri: str | None = None) -> TrainResult:
+    """Continue job `name`, whose driver died, from its storage and in its MLflow run."""
+    job = read_job_file(storage, name)
+    spec = TrainSpec.model_validate(job["spec"])
+    if storage:
+        spec = spec.model_copy(update={"storage": storage})
+    spec = spec.model_copy(update={"tracking_uri": tracking_uri or job["tracking_uri"]})
+    return train_distributed(spec, resume_run_id=job["run_id"])
+
+
+__all__ = ["connect", "resume", "train_distributed", "train_loop_per_worker"]
