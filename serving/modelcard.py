@@ -11,6 +11,12 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+# The repository layout: <root>/<name>/<version>/{MODEL_FILE, CARD_FILE}.
+MODEL_FILE = "model.onnx"
+CARD_FILE = "modelcard.json"
+# Key of the card (as JSON) in the ONNX file's metadata_props.
+ONNX_METADATA_KEY = "waldo.modelcard"
+
 
 class InputSpec(BaseModel):
     """How an image becomes the network's input tensor."""
@@ -55,6 +61,11 @@ class ModelCard(BaseModel):
     input: InputSpec
     outputs: list[OutputSpec]
     architecture: str = ""
-    source_run: str | None = None
-    metrics: dict[str, float] = Field(default_factory=dict)
+    source_run: str | None = Field(None, description="MLflow run that trained the weights")
+    metrics: dict[str, float] = Field(
+        default_factory=dict, description="the run's test metrics and the export's own checks"
+    )
     opset: int | None = None
+    precision: Literal["fp32", "fp16", "int8"] = Field(
+        "fp32", description="weights and arithmetic in the file; inputs and outputs stay float32"
+    )

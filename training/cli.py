@@ -16,7 +16,7 @@ from typing import Any
 import yaml
 
 from training.errors import WaldoError
-from training.spec import TrainSpec, build_spec
+from training.spec import SweepSpec, TrainSpec, build_spec
 
 EXIT_USAGE = 2
 
@@ -33,7 +33,8 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
-def _add_spec_flags(parser: argparse.ArgumentParser, exclude: set[str] = frozenset()) -> None:
+def _add_spec_flags(parser: argparse.ArgumentParser, exclude: set[str] = frozenset(),
+                    spec_cls: type[TrainSpec] = TrainSpec) -> None:
     """One flag per TrainSpec field, so flags and spec files can never drift apart.
 
     Flags default to "not given" and pydantic validates the values, so a flag and the same
@@ -41,8 +42,12 @@ def _add_spec_flags(parser: argparse.ArgumentParser, exclude: set[str] = frozens
     """
     parser.add_argument("--config", metavar="SPEC.yaml", help="spec file; flags override it")
     group = parser.add_argument_group("spec fields")
-    for name, field in TrainSpec.model_fields.items():
+    for name, field in spec_cls.model_fields.items():
         if name in exclude:
+            continue
+        if name == "search":  # repeated --search NAME=DIST(ARGS), kept as text for the spec
+            group.add_argument("--search", dest="search", action="append", default=argparse.SUPPRESS,
+                               metavar="NAME=DIST(ARGS)", help=field.description)
             continue
         flag = "--" + name.replace("_", "-")
         help_text = field.description or ""
@@ -55,7 +60,8 @@ def _add_spec_flags(parser: argparse.ArgumentParser, exclude: set[str] = frozens
             group.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction,
                                default=argparse.SUPPRESS, help=f"{help_text} (default: {field.default})")
             continue
-        choices = typing.get_args(field.annotation) if typing.get_origin(field.annotation) is typing.Literal else ()
+        is_literal = typing.get_origin(field.annotation) is typing.Literal
+        choices = typing.get_args(field.annotation) if is_literal else ()
         if choices:
             help_text += f"; one of {', '.join(map(str, choices))}"
         group.add_argument(flag, dest=name, default=argparse.SUPPRESS, metavar=name.upper(),
@@ -72,8 +78,16 @@ def _parse_pairs(flag: str, pairs: list[str]) -> dict[str, Any]:
     return out
 
 
-def _spec_from_args(args: argparse.Namespace, defaults: dict[str, Any] | None = None) -> TrainSpec:
-    overrides = {k: v for k, v in vars(args).items() if k in TrainSpec.model_fields}
+def _spec_from_args(args: argparse.Namespace, defaults: dict[str, Any] | None = None,
+                    spec_cls: type[TrainSpec] = TrainSpec) -> TrainSpec:
+    overrides = {k: v for k, v in vars(args).items() if k in spec_cls.model_fields}
+    if "search" in overrides:
+        pairs = [item.partition("=") for item in overrides["search"]]
+        bad = [item for item, (_, sep, _) in zip(overrides["search"], pairs) if not sep]
+        if bad:
+            raise WaldoError(f"malformed --search {bad[0]!r}: expected NAME=DIST(ARGS), "
+                             "e.g. --search 'lr=loguniform(1e-4,1e-1)'")
+        overrides["search"] = {k.strip(): v.strip() for k, _, v in pairs}
     for name in ("model_args", "data_args"):
         if name in overrides:
             flag = "--" + name.removesuffix("s").replace("_", "-")
@@ -83,7 +97,7 @@ def _spec_from_args(args: argparse.Namespace, defaults: dict[str, Any] | None = 
         from training.spec import load_yaml
 
         base.update(load_yaml(args.config))
-    return build_spec(TrainSpec, None, {**base, **overrides})
+    return build_spec(spec_cls, None, {**base, **overrides})
 
 
 def _report(result) -> None:
@@ -92,13 +106,34 @@ def _report(result) -> None:
     print(f"run {result.run_id}: {metrics}")
     print(f"best checkpoint: {result.best_checkpoint}")
     print(f"see the run: {result.ui_hint}")
+    if getattr(result, "export", None) is not None:
+        print("\n".join(result.export.summary()))
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    if args.resume:
+        from training.distributed import resume
+
+        _report(resume(args.resume, storage=getattr(args, "storage", None),
+                       tracking_uri=getattr(args, "tracking_uri", None)))
+        return 0
     spec = _spec_from_args(args)
     from training.train import train
 
     _report(train(spec))
+    return 0
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    spec = _spec_from_args(args, spec_cls=SweepSpec)
+    from training.sweep import sweep
+
+    result = sweep(spec)
+    for trial in result.trials:
+        print(f"trial {trial['trial_id']}: {trial['status']}, {trial['epochs']} epochs, "
+              f"{json.dumps(trial['config'])}")
+    print(f"best: {json.dumps(result.best_config)} -> {result.best_metric:.4f}")
+    print(f"parent run {result.parent_run_id}; best checkpoint: {result.best_checkpoint}")
     return 0
 
 
@@ -157,6 +192,21 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    import os
+
+    from training.export import export_run
+
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one line per step
+    # Options not given keep export_run's defaults, which are documented in one place.
+    given = {k: v for k, v in vars(args).items() if v is not None and k in {
+        "name", "opset", "precision", "output", "alias", "tracking_uri", "atol", "max_drop",
+        "exporter"}}
+    result = export_run(args.run, checkpoint=args.checkpoint, register=args.register, **given)
+    print("\n".join(result.summary()))
+    return 0
+
+
 def cmd_models(args: argparse.Namespace) -> int:
     from training.models import get_model_info, list_models
 
@@ -174,7 +224,16 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train one network and track it in MLflow",
                        description="Train a network locally and log the run to MLflow.")
     _add_spec_flags(p)
+    p.add_argument("--resume", metavar="NAME", help="continue the Ray job NAME (its run name) "
+                   "whose driver died, from --storage")
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("sweep", help="hyperparameter sweep on Ray Tune",
+                       description="Search hyperparameters with Ray Tune; each trial is a Ray "
+                       "Train job. Every spec field is a flag; --search NAME=DIST(ARGS) with DIST "
+                       "one of uniform, loguniform, quniform, qloguniform, randint, choice.")
+    _add_spec_flags(p, spec_cls=SweepSpec)
+    p.set_defaults(func=cmd_sweep)
 
     p = sub.add_parser("compare", help="train several networks on the same data, one experiment",
                        description="Train MODELs with the same settings as nested MLflow runs and "
@@ -200,6 +259,35 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threshold", type=float, default=0.5, help="p_c above which an object is found")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("export", help="export to ONNX, check it against torch, register it",
+                       description="Export a run's best checkpoint (or a checkpoint file) to ONNX "
+                       "with a dynamic batch axis, check it against torch with ONNX Runtime, and "
+                       "write OUTPUT/NAME/VERSION/{model.onnx, modelcard.json}. When a check "
+                       "fails, nothing is written or registered.")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--run", metavar="RUN_ID", help="MLflow run whose best checkpoint to export")
+    source.add_argument("--checkpoint", metavar="PATH", help="a .ckpt file written by `waldo train`")
+    p.add_argument("--name", help="model name in the repository and the registry "
+                   "(default: the architecture, e.g. cnn, or cnn-localize)")
+    p.add_argument("--opset", type=int, help="ONNX opset, 18 to 23 (default: 18)")
+    p.add_argument("--precision", choices=["fp32", "fp16", "int8"],
+                   help="fp16 and int8 are scored against fp32 on the validation split "
+                   "(default: fp32)")
+    p.add_argument("--output", metavar="DIR", help="model repository folder (default: ./models)")
+    p.add_argument("--register", action="store_true",
+                   help="log the model to MLflow and register it as a new model version")
+    p.add_argument("--alias", help="move this MLflow alias (e.g. production) to the new version; "
+                   "implies --register")
+    p.add_argument("--tracking-uri", help="MLflow tracking URI (default: MLFLOW_TRACKING_URI or "
+                   "./mlflow.db)")
+    p.add_argument("--atol", type=float, help="largest |onnxruntime - torch| accepted "
+                   "(default: 1e-4)")
+    p.add_argument("--max-drop", type=float, help="validation accuracy fp16/int8 may lose, as a "
+                   "fraction (default: 0.01, one point)")
+    p.add_argument("--exporter", choices=["auto", "torchscript", "dynamo"],
+                   help="auto: TorchScript (fast), dynamo where it cannot (default: auto)")
+    p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("models", help="list the registered networks")
     p.set_defaults(func=cmd_models)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -21,6 +22,9 @@ from training.tracking import Run, start_run
 from training.train import TrainResult, default_run_name
 
 JOB_FILE = "waldo_job.json"  # beside Ray's own state: the spec and MLflow run of the job
+# Ray Train gives a worker group 60 s to start; a worker importing torch and Lightning on a
+# busy small machine can take longer. Workers get this through the job's runtime env.
+WORKER_ENV = {"RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": "600"}
 
 
 def connect(address: str | None) -> None:
@@ -30,16 +34,32 @@ def connect(address: str | None) -> None:
     if ray.is_initialized():
         return
     address = address or os.environ.get("RAY_ADDRESS")
+    _check_reachable(address)
     try:
         # Workers must find this project's code: in a dev checkout it is on sys.path already;
         # on a cluster the images have it installed.
-        ray.init(address=address, log_to_driver=False, include_dashboard=False,
-                 logging_level="ERROR", configure_logging=True)
+        ray.init(address=address, log_to_driver=False, logging_level="ERROR",
+                 runtime_env={"env_vars": WORKER_ENV})
     except (ConnectionError, ValueError, RuntimeError) as exc:
         where = address or "a local Ray"
         raise WaldoError(f"cannot connect to Ray at {where!r}: {' '.join(str(exc).split())[:200]}"
                          " (check --ray-address / RAY_ADDRESS, and RAY_AUTH_MODE=token with "
                          "the cluster's token)") from None
+
+
+def _check_reachable(address: str | None, timeout: float = 5.0) -> None:
+    """Fail fast on a host:port nobody listens on; ray.init would retry for minutes."""
+    if not address or address in ("auto", "local"):
+        return
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if not host or not port.isdigit():
+        raise WaldoError(f"malformed Ray address {address!r}: expected HOST:PORT, e.g. "
+                         "127.0.0.1:6379, or ray://HOST:10001")
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout).close()
+    except OSError as exc:
+        raise WaldoError(f"cannot connect to Ray at {address!r}: {exc.strerror or exc} "
+                         "(is the head node up? check --ray-address / RAY_ADDRESS)") from None
 
 
 def storage_root(spec: TrainSpec) -> str:
@@ -67,6 +87,7 @@ def _check_capacity(spec: TrainSpec) -> None:
 def train_loop_per_worker(config: dict[str, Any]) -> None:
     """What every Ray worker runs: build, fit (resuming if Ray has a checkpoint), test."""
     import ray.train
+    from mlflow.tracking import MlflowClient
     from pytorch_lightning.loggers import MLFlowLogger
     from ray.train.lightning import (
         RayDDPStrategy,
@@ -75,9 +96,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         prepare_trainer,
     )
 
-    from training.train import build_trainer, log_pictures, prepare, standard_callbacks
     from training.tracking import Run
-    from mlflow.tracking import MlflowClient
+    from training.train import build_trainer, log_pictures, prepare, standard_callbacks
 
     spec = TrainSpec.model_validate(config["spec"])
     run = Run(MlflowClient(config["tracking_uri"]), config["run_id"], config["experiment_id"],
@@ -103,7 +123,16 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             trainer.fit(task, datamodule=dm,
                         ckpt_path=str(Path(folder) / RayTrainReportCallback.CHECKPOINT_NAME))
     trainer.test(task, datamodule=dm, verbose=False)
+    # Record where each rank ran, so a multi-node job can be checked from its MLflow run.
+    import torch.distributed as dist
+
+    nodes = [ray.get_runtime_context().get_node_id()]
+    if dist.is_available() and dist.is_initialized():
+        gathered: list[Any] = [None] * dist.get_world_size()
+        dist.all_gather_object(gathered, nodes[0])
+        nodes = gathered
     if trainer.is_global_zero:
+        run.set_tags({f"ray.node.rank{rank}": node for rank, node in enumerate(nodes)})
         log_pictures(run, task, dm)
 
 

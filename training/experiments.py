@@ -17,6 +17,7 @@ from training.train import TrainResult, train
 SOURCE_EXPERIMENT = {
     "optimizer": "adam",
     "lr": 0.005,
+    "lr_schedule": "none",
     "batch_size": 1000,
     "epochs": 60,
     "experiment": "mlp-vs-cnn",

@@ -6,7 +6,6 @@ so a prediction here means exactly what the HTTP service will answer.
 
 from __future__ import annotations
 
-import pickle
 from pathlib import Path
 from typing import Any
 
@@ -16,21 +15,12 @@ from PIL import Image, UnidentifiedImageError
 
 from serving.processing import postprocess, preprocess
 from training.errors import WaldoError
-from training.tasks import load_task
+from training.tasks import load_task_file
 
 
 def predict(checkpoint: str | Path, images: list[str | Path], *, top_k: int = 3,
             threshold: float = 0.5) -> list[dict[str, Any]]:
-    path = Path(checkpoint)
-    if not path.is_file():
-        raise WaldoError(f"checkpoint {str(path)!r} does not exist")
-    try:
-        task = load_task(str(path))
-    except (KeyError, AttributeError, RuntimeError, EOFError, OSError,
-            pickle.UnpicklingError) as exc:
-        reason = " ".join(str(exc).split())[:200]  # one line, whatever the unpickler said
-        raise WaldoError(f"{str(path)!r} is not a Waldo checkpoint "
-                         f"({type(exc).__name__}: {reason})") from None
+    task = load_task_file(checkpoint)
     task.eval()
     card = task.model_card()
     arrays, sizes = [], []

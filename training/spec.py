@@ -7,7 +7,10 @@ stays torch-free so that light processes (the jobs API) can validate specs.
 
 from __future__ import annotations
 
+import ast
 import difflib
+import re
+import warnings
 from pathlib import Path
 from typing import Any, Literal
 
@@ -27,6 +30,9 @@ from pydantic import (
 from training.errors import WaldoError
 
 Precision = Literal["32", "bf16-mixed", "16-mixed"]
+
+# The `register` field hides ABCMeta.register, which pydantic models inherit and specs never use.
+warnings.filterwarnings("ignore", r'Field name "register" in "\w+Spec" shadows', UserWarning)
 
 
 class TrainSpec(BaseModel):
@@ -107,6 +113,16 @@ class TrainSpec(BaseModel):
         None, description="checkpoint storage: a folder (default ./waldo_runs) or s3://bucket/path"
     )
     progress_bar: bool = Field(True, description="show a progress bar")
+    export: bool = Field(
+        False, description="after training, export the best checkpoint to ONNX into ./models"
+    )
+    register: bool = Field(
+        False, description="register the export as a new MLflow model version (implies export)"
+    )
+    alias: str | None = Field(
+        None, pattern=r"^[\w-]+$",
+        description="move this MLflow alias, e.g. production, to that version (implies register)",
+    )
 
     @field_validator("precision", mode="before")
     @classmethod
@@ -171,3 +187,81 @@ def build_spec(
         return spec_cls.model_validate(data)
     except ValidationError as exc:
         raise WaldoError(format_validation_error(exc, spec_cls)) from None
+
+
+# --- sweeps -----------------------------------------------------------------------------------
+
+# name -> number of arguments (None: one or more), as in Ray Tune's search-space API.
+DISTRIBUTIONS: dict[str, int | None] = {
+    "uniform": 2, "loguniform": 2, "quniform": 3, "qloguniform": 3, "randint": 2, "choice": None,
+}
+_CALL = re.compile(r"^\s*([A-Za-z_]\w*)\s*\((.*)\)\s*$", re.S)
+# Sweep fields and Ray/tracking settings are not hyperparameters.
+_NOT_SEARCHABLE = {"experiment", "run_name", "tracking_uri", "storage", "ray_address",
+                   "progress_bar", "max_failures", "task", "data", "data_dir",
+                   "export", "register", "alias"}
+
+
+def _scalar(text: str) -> Any:
+    """A search argument: a Python literal (1e-4, 64, True, 'adam') or a bare word (adam)."""
+    text = text.strip()
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text
+
+
+def parse_distribution(name: str, text: str) -> tuple[str, list[Any]]:
+    """`loguniform(1e-4,1e-1)` -> ("loguniform", [0.0001, 0.1]), with errors naming the choices."""
+    match = _CALL.match(str(text))
+    if not match:
+        raise ValueError(f"search {name}={text!r} is not DIST(ARGS); distributions: "
+                         f"{', '.join(DISTRIBUTIONS)}, e.g. lr=loguniform(1e-4,1e-1)")
+    dist, body = match.groups()
+    if dist not in DISTRIBUTIONS:
+        hint = difflib.get_close_matches(dist, DISTRIBUTIONS, n=1)
+        did_you_mean = f" (did you mean {hint[0]!r}?)" if hint else ""
+        raise ValueError(f"unknown search distribution {dist!r}{did_you_mean} for {name!r}; "
+                         f"valid: {', '.join(DISTRIBUTIONS)}")
+    args = [_scalar(piece) for piece in body.split(",")] if body.strip() else []
+    arity = DISTRIBUTIONS[dist]
+    if (arity is None and not args) or (arity is not None and len(args) != arity):
+        need = "one or more" if arity is None else str(arity)
+        raise ValueError(f"{dist}() takes {need} arguments (got {len(args)} in {name}={text!r})")
+    return dist, args
+
+
+class SweepSpec(TrainSpec):
+    """A TrainSpec plus the search: each `search` entry replaces one field per trial."""
+
+    search: dict[str, str] = Field(
+        default_factory=dict, description="NAME=DIST(ARGS), e.g. lr=loguniform(1e-4,1e-1)"
+    )
+    trials: PositiveInt = Field(8, description="number of trials")
+    scheduler: Literal["asha", "none"] = Field("asha", description="early stopping of trials")
+    search_alg: Literal["random", "optuna"] = Field("random", description="search algorithm")
+    max_concurrent: PositiveInt | None = Field(None, description="trials running at once")
+    grace_period: PositiveInt = Field(1, description="epochs before ASHA may stop a trial")
+    # Declared again: in a subclass, pydantic takes the inherited default of a field named
+    # `register` from ABCMeta.register instead of from TrainSpec.
+    register: bool = Field(False, description=TrainSpec.model_fields["register"].description)
+
+    @field_validator("search")
+    @classmethod
+    def _known_parameters(cls, search: dict[str, str]) -> dict[str, str]:
+        if not search:
+            raise ValueError("give at least one --search NAME=DIST(ARGS)")
+        searchable = sorted(set(TrainSpec.model_fields) - _NOT_SEARCHABLE)
+        for name, text in search.items():
+            if name not in searchable:
+                hint = difflib.get_close_matches(name, searchable, n=1)
+                did_you_mean = f" (did you mean {hint[0]!r}?)" if hint else ""
+                raise ValueError(f"unknown search parameter {name!r}{did_you_mean}; "
+                                 f"searchable: {', '.join(searchable)}")
+            parse_distribution(name, text)
+        return search
+
+    def base_spec(self) -> TrainSpec:
+        """The training spec every trial starts from."""
+        fields = {k: v for k, v in self.model_dump().items() if k in TrainSpec.model_fields}
+        return TrainSpec.model_validate(fields)

@@ -54,7 +54,7 @@ def summarize(name: str, input_shape: tuple[int, int, int], num_classes: int) ->
 
 def format_summary(report: dict) -> str:
     rows = [("layer", "type", "output", "params")]
-    rows += [(l["name"], l["type"], l["output"], f"{l['params']:,}") for l in report["layers"]]
+    rows += [(r["name"], r["type"], r["output"], f"{r['params']:,}") for r in report["layers"]]
     widths = [max(len(r[i]) for r in rows) for i in range(4)]
     lines = ["  ".join(cell.ljust(w) if i < 3 else cell.rjust(w)
                        for i, (cell, w) in enumerate(zip(row, widths))) for row in rows]

@@ -8,6 +8,7 @@ import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytorch_lightning as pl
 import torch
@@ -24,10 +25,13 @@ from torchvision.utils import save_image
 from training import viz
 from training.data import ImageDataModule, create_datamodule
 from training.errors import WaldoError
-from training.spec import TrainSpec
 from training.models import get_model_info
+from training.spec import TrainSpec
 from training.tasks import TASKS, BaseTask, ClassificationTask
 from training.tracking import Run, start_run
+
+if TYPE_CHECKING:
+    from training.export import ExportResult
 
 # Lightning's advice about DataLoader workers does not apply to in-memory tensors.
 warnings.filterwarnings("ignore", ".*does not have many workers.*")
@@ -53,6 +57,7 @@ class TrainResult:
     best_checkpoint: Path
     metrics: dict[str, float] = field(default_factory=dict)
     ui_hint: str = ""
+    export: ExportResult | None = None  # with spec.export: the ONNX version written
 
 
 def build_task(spec: TrainSpec, dm: ImageDataModule) -> BaseTask:
@@ -136,7 +141,8 @@ def train(
     if spec.workers > 0:
         from training.distributed import train_distributed
 
-        return train_distributed(spec, callbacks=callbacks, parent_run_id=parent_run_id)
+        return export_if_asked(spec, train_distributed(spec, callbacks=callbacks,
+                                                       parent_run_id=parent_run_id))
     run_name = default_run_name(spec)
     get_model_info(spec.model)  # fail on a bad name before loading any data
     monitor, mode = monitor_of(spec)
@@ -158,8 +164,30 @@ def train(
         trainer.test(task, datamodule=dm, ckpt_path="best", verbose=False)
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
         log_pictures(run, task, dm)
-    return TrainResult(run.run_id, run.experiment_id, run.tracking_uri,
-                       Path(checkpoint.best_model_path), metrics, run.ui_hint)
+    return export_if_asked(spec, TrainResult(run.run_id, run.experiment_id, run.tracking_uri,
+                                             Path(checkpoint.best_model_path), metrics,
+                                             run.ui_hint))
+
+
+def export_if_asked(spec: TrainSpec, result: TrainResult) -> TrainResult:
+    """With `spec.export` (or `register`, or `alias`), export the closed run's best checkpoint
+    to ONNX, check it and register it (`training.export.export_run`)."""
+    # `is True`: a spec subclass that does not redeclare `register` inherits ABCMeta.register
+    # (a method, so truthy) as its default; see SweepSpec.
+    register = spec.register is True
+    if not (spec.export is True or register or spec.alias):
+        return result
+    from training.export import export_run
+
+    local = result.best_checkpoint if result.best_checkpoint.is_file() else None
+    try:
+        result.export = export_run(result.run_id, checkpoint=local, spec=spec,
+                                   tracking_uri=result.tracking_uri, register=register,
+                                   alias=spec.alias)
+    except WaldoError as exc:
+        raise WaldoError(f"run {result.run_id} trained, but its export failed: {exc}; "
+                         f"retry with `waldo export --run {result.run_id}`") from None
+    return result
 
 
 def log_pictures(run: Run, task: BaseTask, dm: ImageDataModule) -> None:

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from training.data.base import ImageDataModule
 import inspect
 
+from training.data.base import ImageDataModule
 from training.errors import WaldoError, unknown_choice
 from training.spec import TrainSpec
 
@@ -12,15 +12,14 @@ from training.spec import TrainSpec
 def _registry() -> dict[str, type[ImageDataModule]]:
     from training.data.digits import DigitsDataModule
     from training.data.folder import FolderDataModule
+    from training.data.localization import (
+        LocalizationDigitsDataModule,
+        LocalizationFolderDataModule,
+    )
     from training.data.torchvision_sets import (
         CIFAR10DataModule,
         FashionMNISTDataModule,
         MNISTDataModule,
-    )
-
-    from training.data.localization import (
-        LocalizationDigitsDataModule,
-        LocalizationFolderDataModule,
     )
 
     modules = [DigitsDataModule, MNISTDataModule, FashionMNISTDataModule, CIFAR10DataModule,

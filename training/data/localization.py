@@ -85,7 +85,8 @@ def render_canvases(
             side = int(rng.integers(3, max(4, size // 10)))
             patch = _resize(frag, side) * rng.uniform(0.3, 0.8)
             y0, x0 = rng.integers(0, size - side + 1, size=2)
-            canvases[i, y0:y0 + side, x0:x0 + side] = np.maximum(canvases[i, y0:y0 + side, x0:x0 + side], patch)
+            region = canvases[i, y0:y0 + side, x0:x0 + side]
+            canvases[i, y0:y0 + side, x0:x0 + side] = np.maximum(region, patch)
         if rng.random() >= empty_fraction:
             k = rng.integers(len(digits))
             side = int(round(rng.uniform(*scale) * size))

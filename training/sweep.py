@@ -1,0 +1,181 @@
+"""Hyperparameter sweeps: Ray Tune over the same Ray Train job that `waldo train` runs.
+
+Each trial is a Tune function that launches a TorchTrainer (Ray Train V2's way of nesting
+Train in Tune) with its overrides from `param_space={"train_loop_config": ...}`; Ray Train's
+reports reach Tune through `TuneReportCallback`, so ASHA can stop a trial between epochs.
+MLflow gets one parent run, and one nested child run per trial.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from training.distributed import connect, storage_root, train_distributed
+from training.errors import WaldoError
+from training.spec import SweepSpec, TrainSpec, parse_distribution
+from training.tracking import start_run
+from training.train import monitor_of
+
+STOPPED_EARLY = "stopped early"
+
+
+@dataclass
+class SweepResult:
+    parent_run_id: str
+    best_config: dict[str, Any]
+    best_metric: float
+    best_checkpoint: str | None
+    trials: list[dict[str, Any]] = field(default_factory=list)
+
+
+def search_space(spec: SweepSpec) -> dict[str, Any]:
+    """`--search` strings -> Ray Tune distributions."""
+    from ray import tune
+
+    space = {}
+    for name, text in spec.search.items():
+        dist, args = parse_distribution(name, text)
+        space[name] = tune.choice(args) if dist == "choice" else getattr(tune, dist)(*args)
+    return space
+
+
+def _trial(config: dict[str, Any], base: dict[str, Any], parent_run_id: str, sweep: str) -> None:
+    """One trial: the base spec with this trial's overrides, as a Ray Train job."""
+    from ray import tune
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    trial_id = tune.get_context().get_trial_id()
+    spec = TrainSpec.model_validate({**base, **config["train_loop_config"],
+                                     "run_name": f"{sweep}-{trial_id}"})
+    train_distributed(
+        spec, parent_run_id=parent_run_id, ray_callbacks=[TuneReportCallback()],
+        on_start=lambda run, name: run.set_tags({"ray.trial_id": trial_id,
+                                                 "waldo.sweep": sweep}),
+    )
+
+
+def sweep(spec: SweepSpec) -> SweepResult:
+    """Run the sweep; record every trial as a child run and the best one on the parent."""
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler
+
+    base = spec.base_spec().model_copy(update={"workers": max(1, spec.workers),
+                                               "progress_bar": False})
+    monitor, mode = monitor_of(base)
+    name = spec.run_name or f"sweep-{spec.model}-{uuid.uuid4().hex[:6]}"
+    connect(spec.ray_address)
+    space = search_space(spec)
+    scheduler = (ASHAScheduler(max_t=spec.epochs, grace_period=min(spec.grace_period, spec.epochs),
+                               reduction_factor=2) if spec.scheduler == "asha" else None)
+    search_alg = None
+    if spec.search_alg == "optuna":
+        try:
+            from ray.tune.search.optuna import OptunaSearch
+        except ImportError:
+            raise WaldoError("search_alg 'optuna' needs the optuna package: pip install optuna") from None
+        search_alg = OptunaSearch()
+
+    with start_run(spec.experiment, run_name=name, tracking_uri=spec.tracking_uri,
+                   tags={"waldo.sweep": name, "waldo.model": spec.model}) as parent:
+        parent.log_params({**base.to_params(), "trials": spec.trials, "scheduler": spec.scheduler,
+                           "search_alg": spec.search_alg,
+                           **{f"search.{k}": v for k, v in spec.search.items()}})
+        parent.log_text(spec.to_yaml(), "sweep.yaml")
+        trainable = tune.with_parameters(_trial, base=base.model_dump(mode="json"),
+                                         parent_run_id=parent.run_id, sweep=name)
+        # The trial function only waits on its Train job, whose workers hold the CPUs; it
+        # reserves a little memory instead (Tune refuses an all-zero request).
+        trainable = tune.with_resources(trainable, {"CPU": 0, "memory": 64 * 2**20})
+        tuner = tune.Tuner(
+            trainable,
+            param_space={"train_loop_config": space},
+            tune_config=tune.TuneConfig(
+                metric=monitor, mode=mode, num_samples=spec.trials, scheduler=scheduler,
+                search_alg=search_alg, max_concurrent_trials=spec.max_concurrent,
+                # A stopped trial's process must exit: its Train controller and workers share
+                # its fate and free their CPUs. A reused process would keep them alive.
+                reuse_actors=False,
+            ),
+            run_config=tune.RunConfig(name=name, storage_path=storage_root(spec)),
+        )
+        grid = tuner.fit()
+        trials = _record_trials(parent, grid, spec.epochs, monitor)
+        finished = [t for t in trials if t.get(monitor) is not None]
+        if not finished:
+            raise WaldoError(f"no trial of sweep {name!r} reported {monitor!r}; see the child runs")
+        best = (min if mode == "min" else max)(finished, key=lambda t: t[monitor])
+        parent.log_metrics({f"best_{monitor}": best[monitor]})
+        parent.set_tags({"best.trial_id": best["trial_id"], "best.run_id": best.get("run_id", ""),
+                         "best.checkpoint": best.get("checkpoint") or ""})
+        parent.log_text(json.dumps({"config": best["config"], monitor: best[monitor],
+                                    "checkpoint": best.get("checkpoint")}, indent=2),
+                        "best_trial.json")
+        if best.get("checkpoint"):
+            ckpt = Path(best["checkpoint"]) / "checkpoint.ckpt"
+            if ckpt.is_file():
+                parent.log_artifact(ckpt, "best")
+        parent.log_figure(_trials_plot(trials, list(spec.search), monitor), "trials.png")
+    return SweepResult(parent.run_id, best["config"], best[monitor], best.get("checkpoint"), trials)
+
+
+def _record_trials(parent, grid, epochs: int, monitor: str) -> list[dict[str, Any]]:
+    """Close each trial's child run with its real outcome (finished, stopped early, failed)."""
+    children = {r.data.tags.get("ray.trial_id"): r for r in parent.client.search_runs(
+        [parent.experiment_id], f"tags.mlflow.parentRunId = '{parent.run_id}'")}
+    trials = []
+    for result in grid:
+        metrics = result.metrics or {}
+        trial_id = metrics.get("trial_id") or result.path.rsplit("_", 2)[-2]
+        epochs_done = int(metrics.get("training_iteration", 0))
+        if result.error is not None:
+            status, mlflow_status = "failed", "FAILED"
+        elif epochs_done < epochs:
+            status, mlflow_status = STOPPED_EARLY, "FINISHED"
+        else:
+            status, mlflow_status = "completed", "FINISHED"
+        child = children.get(trial_id)
+        trial = {"trial_id": trial_id, "config": result.config.get("train_loop_config", {}),
+                 "epochs": epochs_done, "status": status, monitor: metrics.get(monitor),
+                 "checkpoint": metrics.get("checkpoint_path")}
+        if child is not None:
+            trial["run_id"] = child.info.run_id
+            parent.client.set_tag(child.info.run_id, "waldo.trial_status", status)
+            parent.client.log_metric(child.info.run_id, "epochs_completed", epochs_done)
+            if child.info.status == "RUNNING" or status == "failed":
+                parent.client.set_terminated(child.info.run_id, mlflow_status)
+        trials.append(trial)
+    return trials
+
+
+def _trials_plot(trials: list[dict[str, Any]], params: list[str], monitor: str):
+    """The monitored metric against each searched parameter, one panel each; stopped-early
+    trials hollow."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(params), figsize=(4.5 * len(params), 3.8), squeeze=False)
+    for ax, param in zip(axes[0], params):
+        for stopped in (False, True):
+            pts = [(t["config"].get(param), t[monitor]) for t in trials
+                   if t.get(monitor) is not None and (t["status"] == STOPPED_EARLY) == stopped]
+            if pts:
+                xs, ys = zip(*pts)
+                ax.scatter(xs, ys, facecolors="none" if stopped else "C0", edgecolors="C0",
+                           label=STOPPED_EARLY if stopped else "ran to the end")
+        if param in ("lr", "weight_decay"):
+            ax.set_xscale("log")
+        ax.set_xlabel(param)
+        ax.set_ylabel(monitor)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+__all__ = ["SweepResult", "search_space", "sweep"]
