@@ -41,6 +41,32 @@ def run_waldo(*args: str, cwd: Path, timeout: float = 180) -> subprocess.Complet
     return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
 
 
+def run_waldo_all(cases: dict[str, list[str]], *, cwd: Path,
+                  timeout: float = 240) -> dict[str, tuple[int, str, str]]:
+    """Run several `waldo` commands at once; {case: (returncode, stdout, stderr)}."""
+    procs = {case: start_waldo(*argv, cwd=cwd) for case, argv in cases.items()}
+    out = {}
+    for case, proc in procs.items():
+        try:
+            stdout, stderr = proc.communicate(timeout=timeout)
+        except Exception:
+            proc.kill()
+            raise
+        out[case] = (proc.returncode, stdout, stderr)
+    return out
+
+
+def modules_loaded_by(script: str) -> set[str]:
+    """Top-level modules in sys.modules after running `script` in a fresh interpreter."""
+    import json
+
+    code = script + "\nimport json, sys\nprint(json.dumps(sorted({m.split('.')[0] for m in sys.modules})))\n"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=60, cwd=REPO_ROOT)
+    assert proc.returncode == 0, proc.stderr
+    return set(json.loads(proc.stdout.strip().splitlines()[-1]))
+
+
 @pytest.fixture
 def in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """Run the test in an empty working folder, with no tracking URI from the environment."""
@@ -56,6 +82,13 @@ def waldo():
     class Waldo:
         start = staticmethod(start_waldo)
         run = staticmethod(run_waldo)
+        run_all = staticmethod(run_waldo_all)
         command = staticmethod(waldo_command)
 
     return Waldo
+
+
+@pytest.fixture(scope="session")
+def loaded_modules():
+    """`loaded_modules(script)`: top-level modules a fresh interpreter holds after `script`."""
+    return modules_loaded_by

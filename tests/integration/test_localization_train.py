@@ -100,16 +100,7 @@ def cli_runs(loc_run, cls_run, pngs, waldo):
         "missing-checkpoint": ["predict", "--checkpoint", str(folder / "nope.ckpt"),
                                images["loc"][0][0]],
     }
-    procs = {case: waldo.start(*argv, cwd=folder) for case, argv in cases.items()}
-    out = {}
-    for case, proc in procs.items():
-        try:
-            stdout, stderr = proc.communicate(timeout=240)
-        except Exception:
-            proc.kill()
-            raise
-        out[case] = (proc.returncode, stdout, stderr)
-    return out
+    return waldo.run_all(cases, cwd=folder)
 
 
 # --- the run on the server ------------------------------------------------------------------

@@ -31,15 +31,7 @@ CASES: dict[str, tuple[list[str], list[str]]] = {
 def results(tmp_path_factory, waldo):
     cwd = tmp_path_factory.mktemp("cli")
     (cwd / "bad.yaml").write_text("epoch: 3\n")
-    procs = {case: waldo.start(*argv, cwd=cwd) for case, (argv, _) in CASES.items()}
-    out = {}
-    for case, proc in procs.items():
-        try:
-            stdout, stderr = proc.communicate(timeout=240)
-        except Exception:
-            proc.kill()
-            raise
-        out[case] = (proc.returncode, stdout, stderr)
+    out = waldo.run_all({case: argv for case, (argv, _) in CASES.items()}, cwd=cwd)
     out["__cwd__"] = cwd
     return out
 

@@ -3,10 +3,7 @@ hand, and serving stays free of torch."""
 
 from __future__ import annotations
 
-import json
 import math
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -131,15 +128,8 @@ def test_postprocess_localize_threshold():
 
 
 # --- serving stays light --------------------------------------------------------------------
-def test_serving_imports_no_torch():
-    script = (
-        "import json, sys, serving.processing, serving.modelcard\n"
-        "print(json.dumps(sorted({m.split('.')[0] for m in sys.modules})))\n"
-    )
-    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                          timeout=60, cwd=REPO_ROOT)
-    assert proc.returncode == 0, proc.stderr
-    loaded = set(json.loads(proc.stdout.strip().splitlines()[-1]))
+def test_serving_imports_no_torch(loaded_modules):
+    loaded = loaded_modules("import serving.processing, serving.modelcard")
     assert {"serving", "numpy", "PIL"} <= loaded  # the probe did import something
     heavy = loaded & {"torch", "torchvision", "pytorch_lightning", "lightning", "training"}
     assert not heavy, f"serving pulled in {sorted(heavy)}"
