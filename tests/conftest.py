@@ -92,3 +92,31 @@ def waldo():
 def loaded_modules():
     """`loaded_modules(script)`: top-level modules a fresh interpreter holds after `script`."""
     return modules_loaded_by
+
+
+@pytest.fixture(scope="session")
+def model_repo(tmp_path_factory):
+    """A model repository with two real models, trained here and exported by `export_run`:
+    `cnn` (digits classifier, 97%+ test accuracy) and `cnn-localize` (one digit on a 32x32
+    canvas). Yields (repository folder, {name: ExportResult}); the results hold the checkpoints.
+    """
+    from training.export import export_run
+    from training.spec import TrainSpec
+    from training.train import train
+
+    work = tmp_path_factory.mktemp("model-repo")
+    mp = pytest.MonkeyPatch()
+    mp.chdir(work)
+    mp.delenv("MLFLOW_TRACKING_URI", raising=False)
+    try:
+        cls = train(TrainSpec(model="cnn", epochs=8, progress_bar=False, experiment="serving-fixture"))
+        loc = train(TrainSpec(task="localize", model="cnn", data="localization-digits", epochs=3,
+                              data_args={"canvas_size": 32, "train_size": 1500, "eval_size": 200},
+                              progress_bar=False, experiment="serving-fixture"))
+        exported = {
+            "cnn": export_run(cls.run_id, name="cnn", output=work / "models"),
+            "cnn-localize": export_run(loc.run_id, name="cnn-localize", output=work / "models"),
+        }
+    finally:
+        mp.undo()
+    return work / "models", exported

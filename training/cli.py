@@ -15,6 +15,7 @@ from typing import Any
 
 import yaml
 
+from serving import cli as serving_cli
 from training.errors import WaldoError
 from training.spec import SweepSpec, TrainSpec, build_spec
 
@@ -288,6 +289,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--exporter", choices=["auto", "torchscript", "dynamo"],
                    help="auto: TorchScript (fast), dynamo where it cannot (default: auto)")
     p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("serve", help="run the inference service on exported ONNX models",
+                       description="Serve ONNX models from a repository folder or the MLflow "
+                       "registry over HTTP (FastAPI + ONNX Runtime). Needs no torch.")
+    serving_cli.add_arguments(p)
+    p.set_defaults(func=serving_cli.run)
 
     p = sub.add_parser("models", help="list the registered networks")
     p.set_defaults(func=cmd_models)

@@ -1,0 +1,43 @@
+"""The inference service: `create_app()` builds it, its lifespan loads the models.
+
+    uvicorn serving.app:create_app --factory      # settings from WALDO_* variables
+    waldo serve --models ./models --port 8000      # the same, with flags
+
+Importing this module does nothing heavy; onnxruntime is imported when the first model loads.
+"""
+
+from __future__ import annotations
+
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from serving import errors
+from serving.manager import ModelManager
+from serving.metrics import Metrics
+from serving.middleware import BodyLimit
+from serving.routes import health, models, page, predict
+from serving.settings import Settings, get_settings
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        await app.state.manager.start()
+        try:
+            yield
+        finally:
+            await app.state.manager.stop()
+
+    app = FastAPI(title="Waldo inference", version="0.1.0", lifespan=lifespan,
+                  description="Classify and localize images with Waldo's ONNX models.")
+    app.state.settings = settings
+    app.state.metrics = Metrics()
+    app.state.manager = ModelManager(settings, app.state.metrics)
+    errors.install(app)
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    for router in (health.router, models.router, predict.router, page.router):
+        app.include_router(router)
+    return app

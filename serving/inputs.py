@@ -1,0 +1,125 @@
+"""Request bodies -> a float32 batch the model accepts, or an ApiError that says what is wrong.
+
+Two ways in, as the predict endpoint documents them:
+- multipart form fields named `file` (repeatable), each an encoded image;
+- JSON `{"instances": [...]}`, each item `{"b64": "<base64 image>"}` or a nested float array of
+  the card's input shape (C, H, W), already preprocessed.
+
+Images are decoded with Pillow from an allow-list of formats, after checking the pixel count in
+the header, so a decompression bomb is refused before it is expanded.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+import json
+from typing import Annotated, Any
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from serving.errors import ApiError
+from serving.modelcard import ModelCard
+from serving.processing import preprocess
+
+IMAGE_FORMATS = ("PNG", "JPEG", "BMP", "GIF", "WEBP", "TIFF")
+
+
+class B64Image(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    b64: str = Field(description="a base64-encoded PNG, JPEG, BMP, GIF, WebP or TIFF image")
+
+
+Instance = B64Image | list[Any]
+
+
+class PredictRequest(BaseModel):
+    """JSON body of predict: images as base64, or tensors of the model's input shape."""
+
+    model_config = ConfigDict(extra="forbid")
+    instances: Annotated[list[Instance], Field(min_length=1)]
+
+
+def decode_image(data: bytes, what: str, max_pixels: int) -> Image.Image:
+    """Bytes -> a loaded Pillow image; 400 for anything undecodable, 413 for too many pixels."""
+    if not data:
+        raise ApiError(400, "bad_image", f"{what} is empty (0 bytes)")
+    try:
+        image = Image.open(io.BytesIO(data), formats=IMAGE_FORMATS)
+    except UnidentifiedImageError:
+        raise ApiError(400, "bad_image", f"{what} is not an image in a known format "
+                                         f"({', '.join(IMAGE_FORMATS)})") from None
+    except Image.DecompressionBombError:
+        raise ApiError(413, "too_large", f"{what} declares too many pixels") from None
+    except Exception as exc:  # a broken header: Pillow raises OSError, SyntaxError, ValueError...
+        raise ApiError(400, "bad_image", f"{what} cannot be decoded: {exc}") from None
+    width, height = image.size
+    if width * height > max_pixels:  # checked from the header, before decoding
+        raise ApiError(413, "too_large", f"{what} is {width}x{height} = {width * height} pixels; "
+                                         f"the limit is {max_pixels}")
+    if width < 1 or height < 1:
+        raise ApiError(400, "bad_image", f"{what} has size {width}x{height}")
+    try:
+        image.load()
+    except Exception as exc:  # truncated data, corrupt chunks, bombs that lied in the header
+        raise ApiError(400, "bad_image", f"{what} cannot be decoded: {exc}") from None
+    return image
+
+
+def images_to_batch(card: ModelCard, images: list[Image.Image]) -> np.ndarray:
+    return np.stack([preprocess(card, image) for image in images])
+
+
+def parse_json(body: bytes, card: ModelCard, max_pixels: int,
+               max_images: int) -> tuple[np.ndarray, list[tuple[int, int]]]:
+    """A JSON predict body -> (batch, original (width, height) per instance)."""
+    try:
+        raw = json.loads(body)
+    except RecursionError:
+        raise ApiError(400, "bad_json", "JSON nested too deeply") from None
+    except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError
+        raise ApiError(400, "bad_json", f"body is not valid JSON: {exc}") from None
+    count = len(raw["instances"]) if isinstance(raw, dict) and isinstance(raw.get("instances"), list) else 0
+    if count > max_images:
+        raise ApiError(413, "too_many", f"{count} instances; the limit is {max_images}")
+    try:
+        request = PredictRequest.model_validate(raw)
+    except RecursionError:
+        raise ApiError(400, "bad_json", "JSON nested too deeply") from None
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'body'}: {e['msg']}"
+                             for e in exc.errors()[:3])
+        raise ApiError(422, "invalid_input", f'expected {{"instances": [{{"b64": ...}} or a '
+                                              f"float array]}}: {problems}") from None
+    spec = card.input
+    shape = (spec.channels, spec.height, spec.width)
+    rows, sizes = [], []
+    for i, item in enumerate(request.instances):
+        what = f"instances[{i}]"
+        if isinstance(item, B64Image):
+            try:
+                data = base64.b64decode(item.b64, validate=True)
+            except (binascii.Error, ValueError):
+                raise ApiError(400, "bad_image", f"{what}.b64 is not valid base64") from None
+            image = decode_image(data, what, max_pixels)
+            rows.append(preprocess(card, image))
+            sizes.append(image.size)
+            continue
+        try:
+            x = np.asarray(item, dtype=np.float32)
+        except (ValueError, TypeError):
+            raise ApiError(422, "invalid_input", f"{what} is not a rectangular array of numbers; "
+                                                 f"expected shape {list(shape)}") from None
+        except RecursionError:
+            raise ApiError(400, "bad_json", f"{what} is nested too deeply") from None
+        if x.shape != shape:
+            raise ApiError(422, "invalid_input", f"{what} has shape {list(x.shape)}; this model takes "
+                                                 f"{list(shape)} (channels, height, width), preprocessed")
+        if not np.isfinite(x).all():
+            raise ApiError(422, "invalid_input", f"{what} contains NaN or infinity")
+        rows.append(x)
+        sizes.append((spec.width, spec.height))
+    return np.stack(rows), sizes

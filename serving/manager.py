@@ -1,0 +1,155 @@
+"""The models a service serves: where each comes from, its loaded version and its batcher.
+
+A source is a repository folder (every model in it, newest version) or one registry model
+(`NAME@ALIAS`, `NAME/VERSION`, `models:/...`). Reloading asks the source again; a new version
+is loaded and smoke-tested off the event loop, and only then swapped in. A version that fails
+leaves the served one untouched.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from serving import repository, runtime
+from serving.batching import Batcher
+from serving.metrics import Metrics
+from serving.repository import ModelVersion, RepositoryError
+from serving.runtime import LoadedModel, LoadError
+from serving.settings import Settings
+
+log = logging.getLogger("waldo.serving")
+
+
+def registry_uri(source: str) -> str | None:
+    """`digits@production` / `digits/3` / `models:/digits@production` -> a models:/ URI; a folder -> None."""
+    if source.startswith("models:/"):
+        return source
+    if "@" in source and not Path(source).exists():
+        return f"models:/{source}"
+    name, _, version = source.partition("/")
+    if version.isdigit() and not Path(source).exists():
+        return f"models:/{name}/{version}"
+    return None
+
+
+@dataclass
+class ServedModel:
+    name: str
+    source: str  # as configured
+    model: LoadedModel | None = None
+    batcher: Batcher | None = None
+    error: str | None = None  # why the last load or reload failed
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+
+class ModelManager:
+    def __init__(self, settings: Settings, metrics: Metrics):
+        self.settings, self.metrics = settings, metrics
+        self.models: dict[str, ServedModel] = {}
+        self.source_errors: list[str] = []  # sources that yielded nothing at start-up
+        self._poller: asyncio.Task | None = None
+
+    # -- finding versions ---------------------------------------------------------------
+    def _resolve(self, source: str) -> dict[str, ModelVersion]:
+        uri = registry_uri(source)
+        if uri is not None:
+            return repository.resolve(uri, cache=self.settings.cache_dir,
+                                      tracking_uri=self.settings.tracking_uri)
+        return repository.scan(source)
+
+    def _newest(self, served: ServedModel) -> ModelVersion:
+        found = self._resolve(served.source)
+        if served.name not in found:
+            raise RepositoryError(f"{served.source} no longer holds a model named {served.name!r}")
+        return found[served.name]
+
+    def _load(self, version: ModelVersion, source: str) -> LoadedModel:
+        return runtime.load(version, self.settings, source)
+
+    # -- lifecycle ------------------------------------------------------------------------
+    async def start(self) -> None:
+        for source in self.settings.models:
+            try:
+                found = await asyncio.to_thread(self._resolve, source)
+            except RepositoryError as exc:
+                self.source_errors.append(str(exc))
+                log.error("model source %s: %s", source, exc)
+                continue
+            if not found:
+                self.source_errors.append(f"model repository {source!r} holds no complete model version")
+            for name, version in found.items():
+                served = self.models.setdefault(name, ServedModel(name, source))
+                try:
+                    model = await asyncio.to_thread(self._load, version, source)
+                except LoadError as exc:
+                    served.error = str(exc)
+                    log.error("cannot serve %s: %s", name, exc)
+                    continue
+                self._install(served, model)
+        if self.settings.poll_interval_s > 0:
+            self._poller = asyncio.get_running_loop().create_task(self._poll(), name="model-poller")
+
+    async def stop(self) -> None:
+        if self._poller is not None:
+            self._poller.cancel()
+            await asyncio.gather(self._poller, return_exceptions=True)
+        for served in self.models.values():
+            if served.batcher is not None:
+                await served.batcher.stop()
+
+    @property
+    def ready(self) -> bool:
+        return (not self.source_errors and bool(self.models)
+                and all(s.model is not None for s in self.models.values()))
+
+    def _install(self, served: ServedModel, model: LoadedModel) -> None:
+        served.model, served.error = model, None
+        if served.batcher is None:
+            s, m = self.settings, self.metrics
+            served.batcher = Batcher(
+                model, max_batch_size=s.max_batch_size, max_delay_s=s.max_delay_ms / 1000,
+                max_queue=s.max_queue,
+                on_batch=m.batch_size.labels(served.name).observe,
+                on_depth=m.queue_depth.labels(served.name).set)
+            served.batcher.start()
+        else:
+            served.batcher.model = model  # the batch in flight keeps the old one
+        self.metrics.version.labels(served.name).set(float(model.version) if model.version.isdigit() else 0)
+        log.info("serving %s v%s on %s", served.name, model.version, ", ".join(model.providers))
+
+    async def reload(self, name: str) -> dict:
+        """Load the source's current version of `name` if it differs from the one served.
+
+        Raises LoadError/RepositoryError with the reason; the served model stays as it was.
+        """
+        served = self.models[name]
+        async with served.lock:
+            old = served.model.version if served.model else None
+            try:
+                version = await asyncio.to_thread(self._newest, served)
+                if version.version == old:
+                    self.metrics.reloads.labels(name, "unchanged").inc()
+                    return {"name": name, "version": old, "previous_version": old, "changed": False}
+                model = await asyncio.to_thread(self._load, version, served.source)
+            except (LoadError, RepositoryError) as exc:
+                self.metrics.reloads.labels(name, "failed").inc()
+                if served.model is None:
+                    served.error = str(exc)
+                raise
+            self._install(served, model)
+            self.metrics.reloads.labels(name, "loaded").inc()
+            return {"name": name, "version": model.version, "previous_version": old, "changed": True}
+
+    async def _poll(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.poll_interval_s)
+            for name in list(self.models):
+                try:
+                    result = await self.reload(name)
+                    if result["changed"]:
+                        log.info("poll: %s moved to v%s", name, result["version"])
+                except (LoadError, RepositoryError) as exc:
+                    log.warning("poll: keeping %s as it is: %s", name, exc)

@@ -1,0 +1,55 @@
+"""Body size limit as pure ASGI middleware: it refuses by Content-Length before reading, and
+counts the bytes of a chunked body as they arrive, so a huge upload never sits in memory."""
+
+from __future__ import annotations
+
+import json
+
+from serving.errors import ApiError
+
+
+class BodyLimit:
+    def __init__(self, app, max_bytes: int):
+        self.app, self.max_bytes = app, max_bytes
+
+    async def _refuse(self, send, message: str) -> None:
+        body = json.dumps({"error": {"code": "too_large", "message": message}}).encode()
+        await send({"type": "http.response.start", "status": 413,
+                    "headers": [(b"content-type", b"application/json"),
+                                (b"content-length", str(len(body)).encode()), (b"connection", b"close")]})
+        await send({"type": "http.response.body", "body": body})
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        limit = self.max_bytes
+        declared = dict(scope["headers"]).get(b"content-length")
+        if declared is not None:
+            try:
+                size = int(declared)
+            except ValueError:
+                size = -1
+            if size > limit:
+                return await self._refuse(send, f"request body of {size} bytes exceeds the limit of {limit}")
+        received = 0
+        started = False
+
+        async def counting_receive():
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > limit:  # raised inside the route: the app's handler answers 413
+                    raise ApiError(413, "too_large", f"request body exceeds the limit of {limit} bytes")
+            return message
+
+        async def tracking_send(message):
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, counting_receive, tracking_send)
+        except ApiError as exc:  # read outside a route (e.g. by middleware)
+            if not started:
+                await self._refuse(send, exc.message)

@@ -1,0 +1,33 @@
+"""Liveness, readiness and Prometheus metrics."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+from fastapi.responses import JSONResponse, Response
+
+from serving.deps import ManagerDep, MetricsDep
+from serving.metrics import CONTENT_TYPE_LATEST
+
+router = APIRouter(tags=["health"])
+
+
+@router.get("/healthz", summary="The process is alive")
+async def healthz() -> dict:
+    return {"status": "ok"}
+
+
+@router.get("/readyz", summary="Every configured model is loaded",
+            responses={503: {"description": "some model is not loaded; `models` says why"}})
+async def readyz(manager: ManagerDep):
+    body = {
+        "ready": manager.ready,
+        "models": {name: {"version": s.model.version if s.model else None, "error": s.error}
+                   for name, s in manager.models.items()},
+        "errors": manager.source_errors,
+    }
+    return JSONResponse(body, status_code=200 if manager.ready else 503)
+
+
+@router.get("/metrics", summary="Prometheus metrics", response_class=Response)
+async def metrics(metrics: MetricsDep) -> Response:
+    return Response(metrics.render(), media_type=CONTENT_TYPE_LATEST)

@@ -1,0 +1,119 @@
+"""`POST /v1/models/{name}/predict`: images or tensors in, labels (and boxes) out."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Query, Request
+from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import UploadFile
+
+from serving.batching import QueueFull
+from serving.deps import MetricsDep, ServedDep, SettingsDep, require_user
+from serving.errors import ApiError
+from serving.inputs import IMAGE_FORMATS, PredictRequest, decode_image, images_to_batch, parse_json
+from serving.processing import postprocess
+
+router = APIRouter(prefix="/v1/models", tags=["predict"])
+
+_MULTIPART_SCHEMA = {
+    "type": "object",
+    "properties": {"file": {"type": "array", "items": {"type": "string", "format": "binary"},
+                            "description": f"one or more images ({', '.join(IMAGE_FORMATS)})"}},
+    "required": ["file"],
+}
+_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {"schema": _MULTIPART_SCHEMA},
+            "application/json": {"schema": PredictRequest.model_json_schema()},
+        },
+    }
+}
+_ERRORS = {s: {"description": d} for s, d in [
+    (400, "undecodable image or JSON"), (401, "no bearer token"), (403, "wrong bearer token"),
+    (404, "unknown model"), (413, "body, image or image count over the limit"),
+    (415, "content type other than multipart/form-data or application/json"),
+    (422, "wrong shape, NaN, or invalid parameters"), (503, "queue full; retry after Retry-After"),
+    (504, "timed out waiting for inference")]}
+
+
+async def _read_multipart(request: Request, settings) -> tuple[list[bytes], list[str]]:
+    try:
+        form = await request.form(max_files=settings.max_images, max_fields=settings.max_images)
+    except ApiError:
+        raise
+    except Exception as exc:  # starlette's MultiPartException and parser errors
+        raise ApiError(400, "bad_multipart", f"cannot parse the multipart body: {exc}") from None
+    try:
+        uploads = form.getlist("file")
+        if not uploads:
+            raise ApiError(422, "invalid_input", "no images: send one or more form fields named 'file'")
+        if len(uploads) > settings.max_images:
+            raise ApiError(413, "too_many", f"{len(uploads)} images; the limit is {settings.max_images}")
+        blobs, names = [], []
+        for i, upload in enumerate(uploads):
+            if not isinstance(upload, UploadFile):
+                raise ApiError(422, "invalid_input", f"form field file[{i}] is text; send it as a file")
+            blobs.append(await upload.read())
+            names.append(f"file[{i}] ({upload.filename or 'unnamed'})")
+        return blobs, names
+    finally:
+        await form.close()
+
+
+def _decode_all(card, blobs, names, max_pixels):
+    images = [decode_image(blob, name, max_pixels) for blob, name in zip(blobs, names)]
+    return images_to_batch(card, images), [im.size for im in images]
+
+
+@router.post("/{name}/predict", dependencies=[Depends(require_user)], openapi_extra=_BODY,
+             summary="Classify or localize images", responses=_ERRORS)
+async def predict(
+    request: Request,
+    served: ServedDep,
+    settings: SettingsDep,
+    metrics: MetricsDep,
+    top_k: Annotated[int, Query(ge=1, le=1000, description="classes to return per image")] = 5,
+    threshold: Annotated[float, Query(ge=0, le=1, description="p_c above which a box is an object")] = 0.5,
+) -> dict:
+    started = time.perf_counter()
+    status = 200
+    try:
+        if served.model is None or served.batcher is None:
+            raise ApiError(503, "not_loaded", f"model {served.name!r} is not loaded: {served.error}",
+                           headers={"Retry-After": "5"})
+        card = served.model.card
+        media = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if media == "multipart/form-data":
+            blobs, names = await _read_multipart(request, settings)
+            x, sizes = await run_in_threadpool(_decode_all, card, blobs, names, settings.max_image_pixels)
+        elif media == "application/json":
+            body = await request.body()
+            x, sizes = await run_in_threadpool(parse_json, body, card, settings.max_image_pixels,
+                                               settings.max_images)
+        else:
+            raise ApiError(415, "unsupported_media_type",
+                           f"content type {media or '(none)'!r} is not accepted; send multipart/form-data "
+                           "with 'file' fields or application/json with 'instances'")
+        try:
+            out, model = await asyncio.wait_for(served.batcher.submit(x), settings.request_timeout_s)
+        except QueueFull as exc:
+            raise ApiError(503, "overloaded", f"{exc}; retry shortly", headers={"Retry-After": "1"}) from None
+        except TimeoutError:
+            raise ApiError(504, "timeout", f"no result within {settings.request_timeout_s} s") from None
+        results = postprocess(model.card, out, sizes, top_k=top_k, threshold=threshold)
+        return {"model": served.name, "version": model.version, "task": model.card.task,
+                "predictions": results}
+    except ApiError as exc:
+        status = exc.status
+        raise
+    except Exception:
+        status = 500
+        raise
+    finally:
+        metrics.requests.labels(served.name, str(status)).inc()
+        metrics.latency.labels(served.name).observe(time.perf_counter() - started)

@@ -1,0 +1,77 @@
+"""Service settings: pydantic-settings, environment prefix `WALDO_`, one cached instance.
+
+Every field is also an environment variable, `WALDO_<FIELD>` (e.g. `WALDO_MAX_BATCH_SIZE=16`).
+Tests and `waldo serve` build a `Settings` themselves and hand it to `create_app`.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Annotated
+
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+GPU_PROVIDER = "CUDAExecutionProvider"
+CPU_PROVIDER = "CPUExecutionProvider"
+
+
+def _split(value):
+    """Lists from the environment are comma-separated: `WALDO_MODELS=./models,digits@production`."""
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    return value
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="WALDO_", extra="forbid")
+
+    # What to serve.
+    models: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["./models"],
+        description="model sources: repository folders (<root>/<name>/<version>/), or registry "
+                    "models as NAME@ALIAS, NAME/VERSION or models:/NAME@ALIAS",
+    )
+    cache_dir: str = Field("./.waldo-cache/models", description="where registry models are downloaded")
+    tracking_uri: str | None = Field(None, description="MLflow registry; default: MLFLOW_TRACKING_URI")
+    poll_interval_s: float = Field(
+        0.0, ge=0, description="check sources for a new version this often (0: only on /reload)")
+
+    # ONNX Runtime.
+    providers: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: [GPU_PROVIDER, CPU_PROVIDER],
+        description="execution providers in order of preference; unavailable ones are skipped")
+    require_gpu: bool = Field(False, description="fail to load instead of falling back to the CPU")
+    intra_op_threads: int = Field(0, ge=0, description="ORT threads per operator (0: ORT's default)")
+    inter_op_threads: int = Field(0, ge=0, description="ORT threads across operators (0: default)")
+
+    # Dynamic batching, per model.
+    max_batch_size: int = Field(32, ge=1, description="images per ONNX Runtime run; 1 turns batching off")
+    max_delay_ms: float = Field(2.0, ge=0, le=1000, description="how long a batch waits to fill up")
+    max_queue: int = Field(1024, ge=1, description="waiting requests per model before 503")
+    request_timeout_s: float = Field(30.0, gt=0, description="a request that waits longer gets 504")
+
+    # Input limits.
+    max_body_bytes: int = Field(16 * 2**20, gt=0, description="larger request bodies get 413")
+    max_image_pixels: int = Field(4096 * 4096, gt=0, description="larger decoded images get 413")
+    max_images: int = Field(64, ge=1, description="images or instances in one request")
+
+    # Auth: a bearer token on predict and on admin endpoints. Unset: open.
+    api_key: SecretStr | None = Field(None, description="bearer token for predict and reload")
+    admin_key: SecretStr | None = Field(None, description="bearer token for reload (default: api_key)")
+
+    _split_models = field_validator("models", "providers", mode="before")(_split)
+
+    @model_validator(mode="after")
+    def _gpu_needs_cuda(self):
+        if self.require_gpu and GPU_PROVIDER not in self.providers:
+            raise ValueError(f"require_gpu is set but providers {self.providers} lack {GPU_PROVIDER}")
+        if not self.models:
+            raise ValueError("models: at least one model source is needed")
+        return self
+
+
+@lru_cache
+def get_settings() -> Settings:
+    """Settings from the environment, read once per process."""
+    return Settings()
