@@ -91,7 +91,8 @@ def load(version: ModelVersion, settings: Settings, source: str) -> LoadedModel:
         session = ort.InferenceSession(str(version.model_path), sess_options=_session_options(settings),
                                        providers=wanted)
     except Exception as exc:  # ORT raises its own Fail/InvalidGraph/... types
-        raise LoadError(f"{version.model_path} does not load in ONNX Runtime: {exc}") from None
+        reason = " ".join(str(exc).split())
+        raise LoadError(f"{version.model_path} does not load in ONNX Runtime: {reason}") from None
     in_effect = session.get_providers()
     if settings.require_gpu and GPU_PROVIDER not in in_effect:
         raise LoadError(f"{GPU_PROVIDER} was asked for and is required, but the session runs on "
@@ -111,7 +112,7 @@ def _smoke_test(model: LoadedModel) -> None:
         out = model.run(probe)
     except Exception as exc:
         raise LoadError(f"{model.name} v{model.version} fails a smoke inference on input "
-                        f"{probe.shape}: {exc}") from None
+                        f"{probe.shape}: {' '.join(str(exc).split())}") from None
     width = len(model.card.labels) + (5 if model.card.task == "localize" else 0)
     if out.shape != (2, width):
         raise LoadError(f"{model.name} v{model.version}: output shape {out.shape} does not match "

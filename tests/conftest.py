@@ -119,4 +119,6 @@ def model_repo(tmp_path_factory):
         }
     finally:
         mp.undo()
+    for result in exported.values():
+        result.checkpoint = (work / result.checkpoint).resolve()
     return work / "models", exported

@@ -47,7 +47,11 @@ async def _read_multipart(request: Request, settings) -> tuple[list[bytes], list
     except ApiError:
         raise
     except Exception as exc:  # starlette's MultiPartException and parser errors
-        raise ApiError(400, "bad_multipart", f"cannot parse the multipart body: {exc}") from None
+        detail = getattr(exc, "detail", None) or str(exc)
+        if "Too many files" in detail:
+            raise ApiError(413, "too_many", f"more than {settings.max_images} images; send at most "
+                                            f"{settings.max_images} per request") from None
+        raise ApiError(400, "bad_multipart", f"cannot parse the multipart body: {detail}") from None
     try:
         uploads = form.getlist("file")
         if not uploads:
