@@ -24,12 +24,30 @@ _MULTIPART_SCHEMA = {
                             "description": f"one or more images ({', '.join(IMAGE_FORMATS)})"}},
     "required": ["file"],
 }
+def _inline(schema: dict) -> dict:
+    """A pydantic JSON schema with its `$defs` substituted in place, so the OpenAPI document
+    (which has no `$defs` of its own) stays resolvable for clients and fuzzers."""
+    defs = schema.pop("$defs", {})
+
+    def walk(node):
+        if isinstance(node, dict):
+            ref = node.get("$ref", "")
+            if ref.startswith("#/$defs/"):
+                return walk(defs[ref.removeprefix("#/$defs/")])
+            return {k: walk(v) for k, v in node.items()}
+        if isinstance(node, list):
+            return [walk(v) for v in node]
+        return node
+
+    return walk(schema)
+
+
 _BODY = {
     "requestBody": {
         "required": True,
         "content": {
             "multipart/form-data": {"schema": _MULTIPART_SCHEMA},
-            "application/json": {"schema": PredictRequest.model_json_schema()},
+            "application/json": {"schema": _inline(PredictRequest.model_json_schema())},
         },
     }
 }
