@@ -1,11 +1,20 @@
 #!/usr/bin/env bash
-# Fresh machine -> trained model: make .venv, install Waldo, run the main job.
+# Fresh machine -> trained model -> a service answering for it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+PORT="${WALDO_PORT:-8000}"
 
 [ -x .venv/bin/python ] || python3 -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip
 .venv/bin/python -m pip install -q -e '.[all]'
 
-# The main job: train the two-conv CNN on the embedded digits, tracked in ./mlflow.db.
-.venv/bin/waldo train --model cnn --data digits
+# The main job: train the two-conv CNN on the embedded digits, tracked in ./mlflow.db, and
+# export the best checkpoint to ONNX in ./models/cnn/<version>/.
+.venv/bin/waldo train --model cnn --data digits --export
+
+# Serve ./models and ask the service about digits it has never seen.
+.venv/bin/waldo serve --models ./models --port "$PORT" --log-level warning &
+SERVER=$!
+trap 'kill $SERVER 2>/dev/null; wait $SERVER 2>/dev/null || true' EXIT
+.venv/bin/python scripts/ask_service.py --url "http://127.0.0.1:$PORT" --model cnn
+echo "Serve it again with: .venv/bin/waldo serve --models ./models  (web page: http://127.0.0.1:$PORT/)"

@@ -13,7 +13,7 @@ import numpy as np
 
 from serving.modelcard import ModelCard
 from serving.repository import ModelVersion, RepositoryError
-from serving.settings import CPU_PROVIDER, GPU_PROVIDER, Settings
+from serving.settings import GPU_PROVIDER, Settings
 
 log = logging.getLogger("waldo.serving")
 
@@ -99,9 +99,10 @@ def load(version: ModelVersion, settings: Settings, source: str) -> LoadedModel:
                         f"{in_effect}: is a GPU visible and CUDA/cuDNN installed?")
     model = LoadedModel(version.name, version.version, card, session, in_effect, source)
     _smoke_test(model)
-    if GPU_PROVIDER in settings.providers and GPU_PROVIDER not in in_effect:
-        log.warning("%s v%s runs on %s: no usable GPU", version.name, version.version,
-                    CPU_PROVIDER)
+    if GPU_PROVIDER in wanted and GPU_PROVIDER not in in_effect:  # onnxruntime-gpu without a GPU
+        log.warning("%s v%s runs on %s: CUDA did not start", version.name, version.version, in_effect)
+    else:
+        log.info("%s v%s runs on %s", version.name, version.version, ", ".join(in_effect))
     return model
 
 
