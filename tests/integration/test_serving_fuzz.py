@@ -53,7 +53,7 @@ def test_schemathesis_finds_no_server_error(server, tmp_path):
     proc = subprocess.run(
         [str(st), "--config-file", str(config), "run", f"{url}/openapi.json", "--checks",
          "not_a_server_error", "--max-examples", "60", "--seed", "7", "--request-timeout", "30"],
-        capture_output=True, text=True, timeout=600)
+        capture_output=True, text=True, timeout=600, cwd=tmp_path)  # .schemathesis/ lands there
     report = proc.stdout + proc.stderr
     assert proc.returncode == 0, report[-4000:]
     assert "7 selected / 7 total" in report and " passed" in report
