@@ -49,7 +49,7 @@ class ModelManager:
     def __init__(self, settings: Settings, metrics: Metrics):
         self.settings, self.metrics = settings, metrics
         self.models: dict[str, ServedModel] = {}
-        self.source_errors: list[str] = []  # sources that yielded nothing at start-up
+        self.source_errors: dict[str, str] = {}  # folder sources that yield nothing, and why
         self._poller: asyncio.Task | None = None
 
     # -- finding versions ---------------------------------------------------------------
@@ -72,25 +72,44 @@ class ModelManager:
     # -- lifecycle ------------------------------------------------------------------------
     async def start(self) -> None:
         for source in self.settings.models:
-            try:
-                found = await asyncio.to_thread(self._resolve, source)
-            except RepositoryError as exc:
-                self.source_errors.append(str(exc))
-                log.error("model source %s: %s", source, exc)
-                continue
-            if not found:
-                self.source_errors.append(f"model repository {source!r} holds no complete model version")
-            for name, version in found.items():
-                served = self.models.setdefault(name, ServedModel(name, source))
-                try:
-                    model = await asyncio.to_thread(self._load, version, source)
-                except LoadError as exc:
-                    served.error = str(exc)
-                    log.error("cannot serve %s: %s", name, exc)
-                    continue
-                self._install(served, model)
+            await self._add_source(source)
         if self.settings.poll_interval_s > 0:
             self._poller = asyncio.get_running_loop().create_task(self._poll(), name="model-poller")
+
+    async def _add_source(self, source: str) -> None:
+        """Load every model `source` holds. A registry model is known by name even before it
+        can be fetched, so that reload and the poll can bring it in later."""
+        self.source_errors.pop(source, None)
+        uri = registry_uri(source)
+        if uri is not None:
+            name = repository.parse_models_uri(uri)[0]
+            self.models.setdefault(name, ServedModel(name, source))
+        try:
+            found = await asyncio.to_thread(self._resolve, source)
+        except RepositoryError as exc:
+            if uri is not None:
+                self.models[name].error = str(exc)
+            else:
+                self.source_errors[source] = str(exc)
+            log.error("model source %s: %s", source, exc)
+            return
+        if not found:
+            self.source_errors[source] = f"model repository {source!r} holds no complete model version"
+        for name, version in found.items():
+            served = self.models.setdefault(name, ServedModel(name, source))
+            if served.source != source:
+                self.source_errors[source] = (f"model {name!r} is served from {served.source!r} already; "
+                                              f"{source!r} would serve it too")
+                continue
+            if served.model is not None:  # already serving; newer versions come through reload
+                continue
+            try:
+                model = await asyncio.to_thread(self._load, version, source)
+            except LoadError as exc:
+                served.error = str(exc)
+                log.error("cannot serve %s: %s", name, exc)
+                continue
+            self._install(served, model)
 
     async def stop(self) -> None:
         if self._poller is not None:
@@ -146,6 +165,8 @@ class ModelManager:
     async def _poll(self) -> None:
         while True:
             await asyncio.sleep(self.settings.poll_interval_s)
+            for source in list(self.source_errors):  # a folder that was missing or empty
+                await self._add_source(source)
             for name in list(self.models):
                 try:
                     result = await self.reload(name)

@@ -23,7 +23,7 @@ async def readyz(manager: ManagerDep):
         "ready": manager.ready,
         "models": {name: {"version": s.model.version if s.model else None, "error": s.error}
                    for name, s in manager.models.items()},
-        "errors": manager.source_errors,
+        "errors": list(manager.source_errors.values()),
     }
     return JSONResponse(body, status_code=200 if manager.ready else 503)
 

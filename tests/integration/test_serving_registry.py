@@ -24,16 +24,19 @@ def test_serves_an_alias_and_follows_it_when_it_moves(in_tmp, mlflow_server, sam
                           progress_bar=False))
     first = export_run(run.run_id, name=NAME, alias="production", tracking_uri=mlflow_server,
                        output=in_tmp / "exports")
-    settings = Settings(models=[f"{NAME}@production", f"{NAME}@canary"], tracking_uri=mlflow_server,
+    settings = Settings(models=[f"{NAME}@production", f"{NAME}-next@production"], tracking_uri=mlflow_server,
                         cache_dir=str(in_tmp / "cache"), poll_interval_s=1)
     with TestClient(create_app(settings)) as client:
         model = client.get(f"/v1/models/{NAME}").json()
         assert model["version"] == str(first.version) and model["source"] == f"{NAME}@production"
         assert (in_tmp / "cache" / NAME / str(first.version) / "model.onnx").is_file()
-        # The second source names an alias that does not exist: not ready, and it says why.
+        # The second source names a model that is not registered (yet): not ready, and it says why.
         ready = client.get("/readyz")
         assert ready.status_code == 503
-        assert "no alias 'canary'" in ready.json()["errors"][0] and "production" in ready.json()["errors"][0]
+        assert f"unknown model '{NAME}-next'" in ready.json()["models"][f"{NAME}-next"]["error"]
+        missing = client.post(f"/v1/models/{NAME}-next/predict",
+                              files=[("file", ("d.png", b"x", "image/png"))])
+        assert missing.status_code == 503 and missing.json()["error"]["code"] == "not_loaded"
 
         image, label = samples_png
         answer = client.post(f"/v1/models/{NAME}/predict", files=[("file", ("d.png", image, "image/png"))])
@@ -50,6 +53,12 @@ def test_serves_an_alias_and_follows_it_when_it_moves(in_tmp, mlflow_server, sam
         answer = client.post(f"/v1/models/{NAME}/predict", files=[("file", ("d.png", image, "image/png"))])
         assert answer.json()["version"] == str(second.version)
         assert answer.json()["predictions"][0]["label"] == label
+        # Registered later, the missing model is brought in by the poll: the service turns ready.
+        export_run(run.run_id, name=f"{NAME}-next", alias="production", tracking_uri=mlflow_server,
+                   output=in_tmp / "exports")
+        while client.get("/readyz").status_code != 200:
+            assert time.monotonic() < deadline + 60, client.get("/readyz").json()
+            time.sleep(0.5)
 
 
 @pytest.fixture
