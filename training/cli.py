@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import sys
 import typing
@@ -17,7 +18,7 @@ import yaml
 
 from serving import cli as serving_cli
 from training.errors import WaldoError
-from training.spec import SweepSpec, TrainSpec, build_spec
+from training.spec import ExportSpec, SweepSpec, TrainSpec, build_spec
 
 EXIT_USAGE = 2
 
@@ -111,12 +112,21 @@ def _report(result) -> None:
         print("\n".join(result.export.summary()))
 
 
+_RESUME_FLAGS = {"storage", "tracking_uri", "ray_address"}
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     if args.resume:
+        given = sorted(k for k in vars(args) if k in TrainSpec.model_fields and k not in _RESUME_FLAGS)
+        if given or args.config:
+            flags = ", ".join("--" + k.replace("_", "-") for k in given) or "--config"
+            raise WaldoError(f"--resume continues a job with the spec it was started with; it "
+                             f"takes only --storage, --tracking-uri and --ray-address (got {flags})")
         from training.distributed import resume
 
         _report(resume(args.resume, storage=getattr(args, "storage", None),
-                       tracking_uri=getattr(args, "tracking_uri", None)))
+                       tracking_uri=getattr(args, "tracking_uri", None),
+                       ray_address=getattr(args, "ray_address", None)))
         return 0
     spec = _spec_from_args(args)
     from training.train import train
@@ -199,11 +209,8 @@ def cmd_export(args: argparse.Namespace) -> int:
     from training.export import export_run
 
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one line per step
-    # Options not given keep export_run's defaults, which are documented in one place.
-    given = {k: v for k, v in vars(args).items() if v is not None and k in {
-        "name", "opset", "precision", "output", "alias", "tracking_uri", "atol", "max_drop",
-        "exporter"}}
-    result = export_run(args.run, checkpoint=args.checkpoint, register=args.register, **given)
+    spec = _export_spec(args)
+    result = export_run(spec.run, **spec.export_kwargs())
     print("\n".join(result.summary()))
     return 0
 
@@ -218,6 +225,69 @@ def cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_export_flags(p: argparse.ArgumentParser) -> None:
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--run", metavar="RUN_ID", help="MLflow run whose best checkpoint to export")
+    source.add_argument("--checkpoint", metavar="PATH", help="a .ckpt file written by `waldo train`")
+    p.add_argument("--name", help="model name in the repository and the registry "
+                   "(default: the architecture, e.g. cnn, or cnn-localize)")
+    p.add_argument("--opset", type=int, help="ONNX opset, 18 to 23 (default: 18)")
+    p.add_argument("--precision", choices=["fp32", "fp16", "int8"],
+                   help="fp16 and int8 are scored against fp32 on the validation split "
+                   "(default: fp32)")
+    p.add_argument("--output", metavar="DIR", help="model repository folder (default: ./models)")
+    p.add_argument("--register", action="store_true",
+                   help="log the model to MLflow and register it as a new model version")
+    p.add_argument("--alias", help="move this MLflow alias (e.g. production) to the new version; "
+                   "implies --register")
+    p.add_argument("--tracking-uri", help="MLflow tracking URI (default: MLFLOW_TRACKING_URI or "
+                   "./mlflow.db)")
+    p.add_argument("--atol", type=float, help="largest |onnxruntime - torch| accepted "
+                   "(default: 1e-4)")
+    p.add_argument("--max-drop", type=float, help="validation accuracy fp16/int8 may lose, as a "
+                   "fraction (default: 0.01, one point)")
+    p.add_argument("--exporter", choices=["auto", "torchscript", "dynamo"],
+                   help="auto: TorchScript (fast), dynamo where it cannot (default: auto)")
+
+
+def _export_spec(args: argparse.Namespace) -> ExportSpec:
+    # Options not given keep export_run's defaults, which are documented in one place.
+    given = {k: v for k, v in vars(args).items() if v is not None and k in ExportSpec.model_fields}
+    return build_spec(ExportSpec, overrides=given)
+
+
+def cmd_jobs(args: argparse.Namespace) -> int:
+    """`waldo jobs ...`: the same specs as `waldo train/sweep/export`, run on the cluster."""
+    import os
+
+    from services.jobs.client import JobsApiError, JobsClient
+
+    client = JobsClient(args.url, args.token or os.environ.get("WALDO_JOBS_TOKEN"))
+    try:
+        if args.jobs_command == "submit":
+            if args.kind == "export":
+                spec = _export_spec(args)
+            else:
+                spec = _spec_from_args(args, spec_cls=SweepSpec if args.kind == "sweep" else TrainSpec)
+            job = client.submit(args.kind, spec.model_dump(mode="json", exclude_unset=True))
+            print(f"submitted {job['id']} ({job['kind']}): {job['status']}")
+        elif args.jobs_command == "list":
+            for job in client.list():
+                print(f"{job['id']:28s} {job['kind']:7s} {job['status']:10s} {job['submitted_at'] or ''}"
+                      f"  {job['mlflow_run_url'] or ''}")
+        elif args.jobs_command == "status":
+            print(json.dumps(client.get(args.job_id), indent=2))
+        elif args.jobs_command == "logs":
+            print(client.logs(args.job_id, args.tail), end="")
+        elif args.jobs_command == "stop":
+            answer = client.stop(args.job_id)
+            state = "stopping" if answer["stopped"] else "not running"
+            print(f"{answer['id']}: {state} ({answer['status']})")
+    except JobsApiError as exc:
+        raise WaldoError(str(exc)) from None
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="waldo", description="Train, track and summarize classic CNNs.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -226,7 +296,8 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Train a network locally and log the run to MLflow.")
     _add_spec_flags(p)
     p.add_argument("--resume", metavar="NAME", help="continue the Ray job NAME (its run name) "
-                   "whose driver died, from --storage")
+                   "whose driver died, from --storage, in its MLflow run; with --resume only "
+                   "--storage, --tracking-uri and --ray-address apply")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("sweep", help="hyperparameter sweep on Ray Tune",
@@ -266,28 +337,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "with a dynamic batch axis, check it against torch with ONNX Runtime, and "
                        "write OUTPUT/NAME/VERSION/{model.onnx, modelcard.json}. When a check "
                        "fails, nothing is written or registered.")
-    source = p.add_mutually_exclusive_group(required=True)
-    source.add_argument("--run", metavar="RUN_ID", help="MLflow run whose best checkpoint to export")
-    source.add_argument("--checkpoint", metavar="PATH", help="a .ckpt file written by `waldo train`")
-    p.add_argument("--name", help="model name in the repository and the registry "
-                   "(default: the architecture, e.g. cnn, or cnn-localize)")
-    p.add_argument("--opset", type=int, help="ONNX opset, 18 to 23 (default: 18)")
-    p.add_argument("--precision", choices=["fp32", "fp16", "int8"],
-                   help="fp16 and int8 are scored against fp32 on the validation split "
-                   "(default: fp32)")
-    p.add_argument("--output", metavar="DIR", help="model repository folder (default: ./models)")
-    p.add_argument("--register", action="store_true",
-                   help="log the model to MLflow and register it as a new model version")
-    p.add_argument("--alias", help="move this MLflow alias (e.g. production) to the new version; "
-                   "implies --register")
-    p.add_argument("--tracking-uri", help="MLflow tracking URI (default: MLFLOW_TRACKING_URI or "
-                   "./mlflow.db)")
-    p.add_argument("--atol", type=float, help="largest |onnxruntime - torch| accepted "
-                   "(default: 1e-4)")
-    p.add_argument("--max-drop", type=float, help="validation accuracy fp16/int8 may lose, as a "
-                   "fraction (default: 0.01, one point)")
-    p.add_argument("--exporter", choices=["auto", "torchscript", "dynamo"],
-                   help="auto: TorchScript (fast), dynamo where it cannot (default: auto)")
+    _add_export_flags(p)
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("serve", help="run the inference service on exported ONNX models",
@@ -295,6 +345,26 @@ def build_parser() -> argparse.ArgumentParser:
                        "registry over HTTP (FastAPI + ONNX Runtime). Needs no torch.")
     serving_cli.add_arguments(p)
     p.set_defaults(func=serving_cli.run)
+
+    p = sub.add_parser("jobs", help="submit and follow jobs through the jobs API",
+                       description="A client of the jobs API (services/jobs). Submitted specs are "
+                       "the ones `waldo train`, `waldo sweep` and `waldo export` take.")
+    p.add_argument("--url", default=os.environ.get("WALDO_JOBS_URL", "http://127.0.0.1:8001"),
+                   help="the jobs API (default: WALDO_JOBS_URL or %(default)s)")
+    p.add_argument("--token", help="bearer token (default: WALDO_JOBS_TOKEN)")
+    p.set_defaults(func=cmd_jobs)
+    jobs = p.add_subparsers(dest="jobs_command", required=True, metavar="ACTION")
+    submit = jobs.add_parser("submit", help="submit a train, sweep or export job")
+    kinds = submit.add_subparsers(dest="kind", required=True, metavar="KIND")
+    _add_spec_flags(kinds.add_parser("train", help="a training job (flags as in `waldo train`)"))
+    _add_spec_flags(kinds.add_parser("sweep", help="a sweep (flags as in `waldo sweep`)"), spec_cls=SweepSpec)
+    _add_export_flags(kinds.add_parser("export", help="an export (flags as in `waldo export`)"))
+    jobs.add_parser("list", help="every job, newest first")
+    for action, text in [("status", "one job as JSON"), ("logs", "a job's output"), ("stop", "stop a job")]:
+        q = jobs.add_parser(action, help=text)
+        q.add_argument("job_id", metavar="JOB_ID")
+        if action == "logs":
+            q.add_argument("--tail", type=int, help="only the last N lines")
 
     p = sub.add_parser("models", help="list the registered networks")
     p.set_defaults(func=cmd_models)

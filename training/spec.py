@@ -25,6 +25,7 @@ from pydantic import (
     PositiveInt,
     ValidationError,
     field_validator,
+    model_validator,
 )
 
 from training.errors import WaldoError
@@ -265,3 +266,43 @@ class SweepSpec(TrainSpec):
         """The training spec every trial starts from."""
         fields = {k: v for k, v in self.model_dump().items() if k in TrainSpec.model_fields}
         return TrainSpec.model_validate(fields)
+
+
+# --- export -----------------------------------------------------------------------------------
+class ExportSpec(BaseModel):
+    """What `waldo export` and an export job do. Unset fields keep `export_run`'s defaults,
+    which are documented there, so they are not repeated here."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    run: str | None = Field(None, min_length=1, description="MLflow run whose best checkpoint to export")
+    checkpoint: str | None = Field(None, min_length=1, description="a .ckpt file written by `waldo train`")
+    # Names, opsets and aliases are checked by export_run itself, with messages that say why.
+    name: str | None = Field(None, description="model name in the repository and the registry")
+    opset: int | None = Field(None, description="ONNX opset, 18 to 23 (default 18)")
+    precision: Literal["fp32", "fp16", "int8"] | None = None
+    output: str | None = Field(None, description="model repository folder (default ./models)")
+    register: bool = Field(False, description="register the export as a new MLflow model version")
+    alias: str | None = Field(None, description="move this MLflow alias to the version (implies register)")
+    tracking_uri: str | None = None
+    atol: PositiveFloat | None = None
+    max_drop: NonNegativeFloat | None = None
+    exporter: Literal["auto", "torchscript", "dynamo"] | None = None
+
+    @model_validator(mode="after")
+    def _one_source(self) -> ExportSpec:
+        if (self.checkpoint is None) == (self.run is None):
+            raise ValueError("give exactly one of run (an MLflow run id) or checkpoint (a .ckpt path)")
+        return self
+
+    def export_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments for `export_run`, without the ones left unset."""
+        return {k: v for k, v in self.model_dump().items()
+                if v is not None and k not in {"run"}}
+
+
+# --- jobs: the contract between the jobs API and the Ray job it submits -----------------------
+JOB_SPECS: dict[str, type[BaseModel]] = {"train": TrainSpec, "sweep": SweepSpec, "export": ExportSpec}
+JOB_ENTRYPOINT = "python -m training.jobrunner"  # fixed; the job itself travels as data:
+JOB_ENV = "WALDO_JOB"  # {"kind": ..., "spec": {...}} as JSON in this environment variable
+JOB_RESULT_PREFIX = "WALDO_RESULT "  # the runner's last line: this prefix, then JSON
