@@ -228,3 +228,28 @@ def test_mlflow_ui_shows_the_run_and_its_metrics(stack, tmp_path):
         assert "val_loss" in text and "test_acc" in text
     finally:
         driver.quit()
+
+
+def test_waldo_jobs_cli_submits_lists_and_stops(stack, waldo, tmp_path):
+    env_token = ["--url", stack["jobs"], "--token", stack["token"]]
+
+    def jobs(*args: str):
+        return subprocess.run([*waldo.command(), "jobs", *env_token, *args], capture_output=True, text=True,
+                              timeout=120, cwd=tmp_path)
+
+    submitted = jobs("submit", "train", "--model", "cnn", "--epochs", "200", "--experiment", "e2e-cli")
+    assert submitted.returncode == 0, submitted.stderr
+    job_id = submitted.stdout.split()[1]
+    assert job_id.startswith("waldo-train-")
+    assert job_id in jobs("list").stdout
+    stopped = jobs("stop", job_id)
+    assert stopped.returncode == 0 and job_id in stopped.stdout, stopped.stderr
+    deadline = time.monotonic() + 120
+    while '"status": "STOPPED"' not in jobs("status", job_id).stdout:
+        assert time.monotonic() < deadline, jobs("status", job_id).stdout
+        time.sleep(2)
+    assert "not running" in jobs("stop", job_id).stdout
+    unknown = jobs("status", "waldo-train-nope")
+    assert unknown.returncode == 2 and "404" in unknown.stderr and "waldo-train-nope" in unknown.stderr
+    bad = jobs("submit", "train", "--epochs", "0")
+    assert bad.returncode == 2 and "epochs" in bad.stderr and "Traceback" not in bad.stderr
