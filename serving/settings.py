@@ -62,6 +62,12 @@ class Settings(BaseSettings):
 
     _split_models = field_validator("models", "providers", mode="before")(_split)
 
+    @field_validator("api_key", "admin_key", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value):
+        # `WALDO_API_KEY=` (compose passes unset variables as empty) means no key, not "".
+        return None if isinstance(value, str) and not value.strip() else value
+
     @model_validator(mode="after")
     def _gpu_needs_cuda(self):
         if self.require_gpu and GPU_PROVIDER not in self.providers:

@@ -54,6 +54,8 @@ async def submit(body: JobRequest, jobs: Jobs, request: Request) -> dict:
     settings = request.app.state.settings
     if settings.tracking_uri and not data.get("tracking_uri"):
         data["tracking_uri"] = settings.tracking_uri
+    if settings.storage and body.kind != "export" and not data.get("storage"):
+        data["storage"] = settings.storage
     try:
         spec = spec_cls.model_validate(data)
     except ValidationError as exc:

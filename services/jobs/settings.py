@@ -17,6 +17,9 @@ class JobsSettings(BaseSettings):
     tracking_uri: str | None = Field(
         None, description="MLflow server the jobs log to, unless their spec names another")
     mlflow_ui_url: str | None = Field(None, description="MLflow UI for links (default: tracking_uri)")
+    storage: str | None = Field(
+        None, description="checkpoint storage for train and sweep jobs that name none; a cluster "
+                          "of several nodes needs shared storage such as s3://bucket/path")
     entrypoint_num_cpus: float = Field(0, ge=0, description="CPUs reserved for each job's driver")
 
 

@@ -336,6 +336,8 @@ def test_settings_come_from_waldo_environment_variables(monkeypatch, repo):
     settings = Settings()
     assert settings.models == [str(repo), "digits@production"]
     assert settings.max_batch_size == 4 and settings.api_key.get_secret_value() == "k"
+    monkeypatch.setenv("WALDO_API_KEY", "")  # as compose passes an unset variable: no key
+    assert Settings().api_key is None
     monkeypatch.setenv("WALDO_MAX_BATCH_SIZE", "0")
     with pytest.raises(ValueError, match="max_batch_size"):
         Settings()
