@@ -1,0 +1,549 @@
+"""The inference service as users run it: `waldo serve` as a real process (uvicorn) on 127.0.0.1,
+spoken to over real HTTP, by a headless Chromium on its web page, and under load while a new
+version is published and reloaded.
+
+The models are the session's `model_repo` (a digits `cnn` and a `cnn-localize`, trained here).
+Tests that add versions work on their own copy of that repository, since it is shared.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import io
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+from PIL import Image
+
+pytestmark = pytest.mark.slow
+
+STARTUP_TIMEOUT_S = 120  # 2 loaded cores, and other test runs beside us
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMEDRIVER = Path("/usr/bin/chromedriver")
+# What a serving-only install lacks: importing any of these raises ImportError in that process.
+HEAVY = ("torch", "torchvision", "lightning", "pytorch_lightning", "ray", "training", "services")
+
+
+# --- a real server ----------------------------------------------------------------------------
+def waldo_command() -> list[str]:
+    """The installed console script next to this interpreter (as tests/conftest.py finds it)."""
+    script = Path(sys.executable).parent / "waldo"
+    return [str(script)] if script.exists() else [sys.executable, "-m", "training.cli"]
+
+
+def waldo_env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WALDO_") and k != "MLFLOW_TRACKING_URI"}
+    env.update(PYTHONUNBUFFERED="1", NO_COLOR="1")
+    return env
+
+
+@dataclass
+class Server:
+    url: str
+    proc: subprocess.Popen
+    log: Path
+
+    def tail(self, chars: int = 4000) -> str:
+        return self.log.read_text(errors="replace")[-chars:] if self.log.exists() else ""
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _status(url: str) -> int | None:
+    try:
+        with urllib.request.urlopen(url, timeout=3) as response:
+            return response.status
+    except urllib.error.HTTPError as exc:
+        return exc.code
+    except (urllib.error.URLError, OSError):
+        return None
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    """SIGTERM (uvicorn shuts down gracefully), then SIGKILL; the whole process group."""
+    if proc.poll() is None:
+        try:
+            os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=10)
+        except ProcessLookupError:
+            pass
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def start_server(argv_for_port, workdir: Path, attempts: int = 3) -> Server:
+    """Run `argv_for_port(port)` until /readyz answers 200; retry on another port if the one we
+    picked was taken meanwhile (other test runs share this machine)."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    for attempt in range(attempts):
+        port = _free_port()
+        log = workdir / f"server-{port}.log"
+        with log.open("w") as out:
+            proc = subprocess.Popen(argv_for_port(port), cwd=workdir, env=waldo_env(), stdout=out,
+                                    stderr=subprocess.STDOUT, start_new_session=True)
+        server = Server(f"http://127.0.0.1:{port}", proc, log)
+        deadline = time.monotonic() + STARTUP_TIMEOUT_S
+        while True:
+            if proc.poll() is not None:
+                if "address already in use" in server.tail().lower() and attempt + 1 < attempts:
+                    break
+                pytest.fail(f"server exited with {proc.returncode} before it was ready:\n{server.tail()}")
+            if _status(f"{server.url}/readyz") == 200:
+                return server
+            if time.monotonic() > deadline:
+                _stop(proc)
+                pytest.fail(f"server not ready after {STARTUP_TIMEOUT_S}s:\n{server.tail()}")
+            time.sleep(0.25)
+    raise AssertionError("unreachable")
+
+
+def waldo_serve(models: Path, workdir: Path, *extra: str) -> Server:
+    """`waldo serve --models MODELS --host 127.0.0.1 --port <free>` through the console script."""
+    return start_server(lambda port: [*waldo_command(), "serve", "--models", str(models),
+                                      "--host", "127.0.0.1", "--port", str(port), *extra], workdir)
+
+
+@pytest.fixture
+def serve(tmp_path: Path) -> Iterator:
+    """`serve(models, *flags)` starts a server for this test; all are stopped at its end."""
+    servers: list[Server] = []
+
+    def _serve(models: Path, *extra: str) -> Server:
+        servers.append(waldo_serve(models, tmp_path / f"server{len(servers)}", *extra))
+        return servers[-1]
+
+    yield _serve
+    for server in servers:
+        _stop(server.proc)
+
+
+@pytest.fixture(scope="module")
+def server(model_repo, tmp_path_factory) -> Iterator[Server]:
+    """One `waldo serve` on the shared repository (read-only use) for the whole module."""
+    repo, _ = model_repo
+    running = waldo_serve(repo, tmp_path_factory.mktemp("serving-server"))
+    try:
+        yield running
+    finally:
+        _stop(running.proc)
+
+
+def copy_repo(repo: Path, to: Path) -> Path:
+    shutil.copytree(repo, to)
+    return to
+
+
+def publish(version_dir: Path, files: dict[str, bytes | Path]) -> None:
+    """Write a version folder atomically: fill a temp folder beside it, then rename it into place,
+    so the service never sees half a version."""
+    tmp = Path(tempfile.mkdtemp(prefix=".incoming-", dir=version_dir.parent))
+    for name, content in files.items():
+        if isinstance(content, Path):
+            shutil.copy2(content, tmp / name)
+        else:
+            (tmp / name).write_bytes(content)
+    os.rename(tmp, version_dir)
+
+
+def publish_copy(model_dir: Path, source: str, target: str) -> None:
+    src = model_dir / source
+    publish(model_dir / target, {p.name: p for p in src.iterdir() if p.is_file()})
+
+
+# --- sample images --------------------------------------------------------------------------
+def _png(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+@pytest.fixture(scope="module")
+def digits() -> list[tuple[int, bytes]]:
+    """20 held-out digits (two per class) from the `digits` test split, as 28x28 PNGs made exactly
+    like the training images (scikit-learn's 8x8 scaled to 20x20, centred by mass on 28x28)."""
+    from training.data.digits import digits_as_mnist, split_indices
+
+    images, targets = digits_as_mnist()
+    _, _, test = split_indices(targets, 0.1)  # the test split does not depend on val_fraction
+    picked: list[tuple[int, bytes]] = []
+    for cls in range(10):
+        for i in [int(i) for i in test if int(targets[i]) == cls][:2]:
+            picked.append((cls, _png(images[i, 0].numpy())))
+    assert len(picked) == 20
+    return picked
+
+
+@pytest.fixture(scope="module")
+def canvas_png() -> tuple[int, bytes, tuple[float, ...]]:
+    """One held-out digit on a 32x32 canvas, as `localization-digits` draws them for cnn-localize:
+    (label, PNG, true box x, y, w, h in pixels)."""
+    import torch
+    from sklearn.datasets import load_digits
+
+    from training.data.digits import split_indices
+    from training.data.localization import render_canvases
+
+    bunch = load_digits()
+    _, _, test = split_indices(torch.from_numpy(bunch.target).long(), 0.1)
+    index = test.numpy()
+    images, boxes, labels = render_canvases(
+        bunch.images[index].astype(np.float32) / 16.0, bunch.target[index], 1, 32,
+        empty_fraction=0.0, scale=(0.6, 0.7), noise=0.0, clutter=0, rng=np.random.default_rng(7))
+    return int(labels[0]), _png(images[0, 0].numpy()), tuple(float(v) for v in boxes[0])
+
+
+def predict_png(url: str, model: str, png: bytes, client: httpx.Client | None = None) -> httpx.Response:
+    post = client.post if client is not None else httpx.post
+    return post(f"{url}/v1/models/{model}/predict", files={"file": ("digit.png", png, "image/png")},
+                timeout=60)
+
+
+def request_count(metrics_text: str, model: str, status: str = "200") -> float:
+    match = re.search(rf'^waldo_requests_total\{{model="{re.escape(model)}",status="{status}"\}} (\S+)$',
+                      metrics_text, re.MULTILINE)
+    return float(match.group(1)) if match else 0.0
+
+
+# --- over HTTP --------------------------------------------------------------------------------
+def test_health_models_predict_and_metrics(server: Server, digits) -> None:
+    with httpx.Client(base_url=server.url, timeout=60) as client:
+        assert client.get("/healthz").json() == {"status": "ok"}
+        ready = client.get("/readyz")
+        assert ready.status_code == 200
+        assert ready.json()["ready"] is True
+        assert set(ready.json()["models"]) == {"cnn", "cnn-localize"}
+
+        listed = {m["name"]: m for m in client.get("/v1/models").json()["models"]}
+        assert set(listed) == {"cnn", "cnn-localize"}
+        for model in listed.values():
+            assert model["loaded"] is True and model["error"] is None
+            assert "CPUExecutionProvider" in model["providers"]  # what the session really runs on
+        assert listed["cnn"]["task"] == "classify"
+        assert listed["cnn-localize"]["task"] == "localize"
+        assert listed["cnn"]["input"]["height"] == 28 and listed["cnn"]["labels"] == list("0123456789")
+
+        before = request_count(client.get("/metrics").text, "cnn")
+        right = 0
+        for label, png in digits:
+            response = predict_png(server.url, "cnn", png, client)
+            assert response.status_code == 200, response.text
+            answer = response.json()
+            assert answer["model"] == "cnn" and answer["version"] == "1" and answer["task"] == "classify"
+            (prediction,) = answer["predictions"]
+            assert len(prediction["top_k"]) == 5
+            right += prediction["label"] == str(label)
+        print(f"\ncnn over HTTP: {right}/{len(digits)} held-out digits right")
+        assert right >= 18, f"only {right}/20 digits classified right"
+
+        metrics = client.get("/metrics")
+        assert metrics.status_code == 200
+        assert request_count(metrics.text, "cnn") - before == len(digits)
+        assert 'waldo_model_version{model="cnn"} 1.0' in metrics.text
+
+        # A bad request is a JSON 4xx, and the service goes on serving.
+        bad = client.post("/v1/models/cnn/predict", files={"file": ("x.png", b"not an image", "image/png")})
+        assert bad.status_code == 400 and bad.json()["error"]["code"] == "bad_image"
+        assert client.get("/v1/models/nope").status_code == 404
+        assert predict_png(server.url, "cnn", digits[0][1], client).status_code == 200
+
+
+# --- without torch --------------------------------------------------------------------------
+def test_serve_without_torch(model_repo, tmp_path: Path, digits) -> None:
+    """A serving-only install: torch, lightning, ray and training cannot be imported at all."""
+    repo, _ = model_repo
+    blocked = ", ".join(repr(m) for m in HEAVY)
+
+    def argv(port: int) -> list[str]:
+        args = ["--models", str(repo), "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"]
+        code = ("import sys\n"
+                f"for m in ({blocked},): sys.modules[m] = None  # import m -> ImportError\n"
+                "from serving.cli import main\n"
+                f"sys.exit(main({args!r}))\n")
+        return [sys.executable, "-c", code]
+
+    server = start_server(argv, tmp_path)
+    try:
+        models = httpx.get(f"{server.url}/v1/models", timeout=60).json()["models"]
+        assert sorted(m["name"] for m in models) == ["cnn", "cnn-localize"]
+        right = 0
+        for label, png in digits[:10]:
+            response = predict_png(server.url, "cnn", png)
+            assert response.status_code == 200, response.text
+            right += response.json()["predictions"][0]["label"] == str(label)
+        assert right >= 8
+        b64 = base64.b64encode(digits[0][1]).decode()
+        response = httpx.post(f"{server.url}/v1/models/cnn-localize/predict",
+                              json={"instances": [{"b64": b64}]}, timeout=60)
+        assert response.status_code == 200, response.text
+        assert {"p_c", "box", "label"} <= set(response.json()["predictions"][0])
+    finally:
+        _stop(server.proc)
+    # The guard was real: the same preamble makes `import torch` fail.
+    guard = f"import sys\nfor m in ({blocked},): sys.modules[m] = None\nimport torch\n"
+    check = subprocess.run([sys.executable, "-c", guard], capture_output=True, text=True, timeout=60)
+    assert check.returncode != 0 and "import of torch halted" in check.stderr, check.stderr
+
+
+def test_serve_missing_folder_is_one_line(waldo, tmp_path: Path) -> None:
+    result = waldo.run("serve", "--models", "/does/not/exist", cwd=tmp_path, timeout=120)
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert "/does/not/exist" in lines[0] and "Traceback" not in result.stderr
+
+
+# --- the web page in a real browser -----------------------------------------------------------
+@pytest.fixture
+def browser(tmp_path: Path) -> Iterator:
+    if not CHROMIUM.exists() or not CHROMEDRIVER.exists():
+        pytest.skip(f"{CHROMIUM} or {CHROMEDRIVER} is missing (apt-get install chromium "
+                    "chromium-driver; .ci/run does this)")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = str(CHROMIUM)
+    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                 "--disable-dev-shm-usage", f"--user-data-dir={tmp_path / 'chromium-profile'}",
+                 "--window-size=1000,900"):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(str(CHROMEDRIVER), log_output=str(tmp_path / "driver.log")),
+                              options=options)
+    driver.set_page_load_timeout(120)
+    driver.set_script_timeout(60)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+def _upload(driver, model: str, path: Path) -> None:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ec
+    from selenium.webdriver.support.ui import Select, WebDriverWait
+
+    wait = WebDriverWait(driver, 90)
+    wait.until(lambda d: len(Select(d.find_element(By.ID, "model")).options) >= 2)
+    Select(driver.find_element(By.ID, "model")).select_by_value(model)
+    driver.execute_script("document.body.dataset.state = '';")
+    driver.find_element(By.ID, "file").send_keys(str(path))
+    finished = "body[data-state=done], body[data-state=error]"
+    wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, finished)))
+    state = driver.find_element(By.TAG_NAME, "body").get_attribute("data-state")
+    assert state == "done", f"page ended in {state!r}: {driver.find_element(By.ID, 'error').text}"
+
+
+def _probabilities(driver) -> list[tuple[str, float]]:
+    from selenium.webdriver.common.by import By
+
+    return [(row.find_element(By.CSS_SELECTOR, "td.name").text,
+             float(row.find_element(By.CSS_SELECTOR, "td.value").text))
+            for row in driver.find_elements(By.CSS_SELECTOR, "#probabilities tr.probability")]
+
+
+def test_web_page_in_chromium(browser, server: Server, digits, canvas_png, tmp_path: Path) -> None:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    driver = browser
+    driver.get(server.url + "/")
+    assert driver.title == "Waldo"
+
+    # Classification: a held-out digit through the file input.
+    label, png = digits[7 * 2]  # a 7
+    digit_file = tmp_path / "digit.png"
+    digit_file.write_bytes(png)
+    _upload(driver, "cnn", digit_file)
+    assert driver.find_element(By.ID, "label").text == str(label)
+    rows = _probabilities(driver)
+    assert len(rows) == 5, rows
+    assert rows[0][0] == str(label) and rows[0][1] > 0.5
+    shown = [p for _, p in rows]
+    assert all(0 <= p <= 1 for p in shown) and shown == sorted(shown, reverse=True)
+    assert "cnn v1" in driver.find_element(By.ID, "status").text
+    assert "CPUExecutionProvider" in driver.find_element(By.ID, "model-info").text
+
+    # Localization: a digit on a canvas; the weak model must at least report p_c and draw.
+    _, canvas, true_box = canvas_png
+    canvas_file = tmp_path / "canvas.png"
+    canvas_file.write_bytes(canvas)
+    _upload(driver, "cnn-localize", canvas_file)
+    detail = driver.find_element(By.ID, "detail").text
+    assert re.match(r"p_c \d\.\d{3}", detail), detail
+    assert len(_probabilities(driver)) == 1
+    WebDriverWait(driver, 60).until(
+        lambda d: d.execute_script("return document.getElementById('canvas').width") > 0)
+    width, height, red = driver.execute_script("""
+        const c = document.getElementById('canvas');
+        const data = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+        let red = 0;
+        for (let i = 0; i < data.length; i += 4)
+          if (data[i] > 200 && data[i + 1] < 80 && data[i + 2] < 80) red++;
+        return [c.width, c.height, red];""")
+    assert width > 0 and height > 0
+    boxed = "box" in detail
+    assert (red > 0) == boxed, f"box in the text: {boxed}, red pixels: {red}"
+    print(f"\ncnn-localize in Chromium: {detail!r}, label {driver.find_element(By.ID, 'label').text!r}, "
+          f"canvas {width}x{height}, box drawn: {red > 0} (true box {true_box})")
+
+
+# --- under load, with a reload in the middle -------------------------------------------------
+LOAD_REQUESTS = 5000
+LOAD_CONCURRENCY = 32
+
+
+async def _load(url: str, bodies: list, on_half) -> tuple[list, dict, float, float]:
+    """LOAD_REQUESTS predicts by LOAD_CONCURRENCY workers; `on_half()` (a coroutine returning the
+    reload answer) runs once half of them are answered. Returns (results, reload answer,
+    reload-answered time, elapsed). Each result: (status or error, version, label, expected,
+    sent at).
+
+    Each worker has its own single-connection client: one shared pool of 32 connections costs
+    httpcore more CPU than the server spends per request (it scans every connection for each
+    request), which on 2 cores would measure the client, not the service.
+    """
+    results: list = [None] * LOAD_REQUESTS
+    half = asyncio.Event()
+    done = 0
+    reloaded: dict = {}
+    reload_done_at = float("inf")
+
+    async def worker(first: int) -> None:
+        nonlocal done
+        async with httpx.AsyncClient(base_url=url, limits=httpx.Limits(max_connections=1),
+                                     timeout=120) as client:
+            for i in range(first, LOAD_REQUESTS, LOAD_CONCURRENCY):
+                kind, expected, payload = bodies[i % len(bodies)]
+                sent = time.monotonic()
+                try:
+                    if kind == "json":
+                        response = await client.post("/v1/models/cnn/predict", content=payload,
+                                                     headers={"content-type": "application/json"})
+                    else:
+                        response = await client.post("/v1/models/cnn/predict",
+                                                     files={"file": ("digit.png", payload, "image/png")})
+                except httpx.HTTPError as exc:  # recorded, so that the test says what went wrong
+                    results[i] = (repr(exc), None, None, expected, sent)
+                else:
+                    if response.status_code == 200:
+                        body = response.json()
+                        results[i] = (200, body["version"], body["predictions"][0]["label"], expected, sent)
+                    else:
+                        results[i] = (f"{response.status_code} {response.text[:200]}", None, None,
+                                      expected, sent)
+                done += 1
+                if done == LOAD_REQUESTS // 2:
+                    half.set()
+
+    async def reloader() -> None:
+        nonlocal reload_done_at
+        await half.wait()
+        reloaded.update(await on_half())
+        reload_done_at = time.monotonic()
+
+    started = time.monotonic()
+    await asyncio.gather(reloader(), *(worker(w) for w in range(LOAD_CONCURRENCY)))
+    return results, reloaded, reload_done_at, time.monotonic() - started
+
+
+def test_load_with_reload_in_the_middle(model_repo, serve, tmp_path: Path, digits) -> None:
+    repo = copy_repo(model_repo[0], tmp_path / "models")
+    server = serve(repo, "--log-level", "warning")  # no access log: 5,000 lines of it cost CPU
+    bodies = []  # alternate JSON base64 and multipart PNG
+    for label, png in digits:
+        bodies.append(("json", str(label),
+                       json.dumps({"instances": [{"b64": base64.b64encode(png).decode()}]}).encode()))
+        bodies.append(("multipart", str(label), png))
+    before = request_count(httpx.get(f"{server.url}/metrics", timeout=60).text, "cnn")
+
+    async def reload_v2() -> dict:
+        await asyncio.to_thread(publish_copy, repo / "cnn", "1", "2")
+        async with httpx.AsyncClient(timeout=120) as admin:
+            response = await admin.post(f"{server.url}/v1/models/cnn/reload")
+        assert response.status_code == 200, response.text
+        return response.json()
+
+    results, reloaded, reload_done_at, elapsed = asyncio.run(_load(server.url, bodies, reload_v2))
+    rate = LOAD_REQUESTS / elapsed
+    print(f"\nload: {LOAD_REQUESTS} predicts at concurrency {LOAD_CONCURRENCY} in {elapsed:.1f} s "
+          f"= {rate:.0f} req/s (reload to v2 in the middle)")
+
+    assert reloaded == {"name": "cnn", "version": "2", "previous_version": "1", "changed": True}
+    assert all(r is not None for r in results), "some requests never completed"
+    failures = [r[0] for r in results if r[0] != 200]
+    assert not failures, f"{len(failures)} of {LOAD_REQUESTS} failed, e.g. {failures[:5]}"
+    versions = [r[1] for r in results]
+    seen = {v: versions.count(v) for v in set(versions)}
+    print(f"load: answers by version {seen}")
+    assert set(seen) == {"1", "2"}, seen
+    # A request sent after the reload answered is computed by the new version, never the old.
+    late = [r for r in results if r[4] > reload_done_at]
+    assert late and all(r[1] == "2" for r in late), "a request after the reload got v1"
+    right = sum(r[2] == r[3] for r in results)
+    assert right >= 0.85 * LOAD_REQUESTS, f"{right}/{LOAD_REQUESTS} right under load"
+    # The server counted every one of them, as 200s: none lost, none double-counted.
+    metrics = httpx.get(f"{server.url}/metrics", timeout=60).text
+    assert request_count(metrics, "cnn") - before == LOAD_REQUESTS
+    assert 'waldo_model_version{model="cnn"} 2.0' in metrics
+    assert server.proc.poll() is None
+    log = server.log.read_text(errors="replace")
+    assert "Traceback" not in log and "ERROR" not in log, log[-4000:]
+
+
+def test_failed_reload_keeps_the_served_model(model_repo, serve, tmp_path: Path, digits) -> None:
+    repo = copy_repo(model_repo[0], tmp_path / "models")
+    server = serve(repo)
+    label, png = digits[3]
+    with httpx.Client(base_url=server.url, timeout=60) as client:
+        publish_copy(repo / "cnn", "1", "2")
+        reloaded = client.post("/v1/models/cnn/reload")
+        assert reloaded.status_code == 200 and reloaded.json()["version"] == "2", reloaded.text
+        assert client.post("/v1/models/cnn/reload").json()["changed"] is False
+
+        # Version 3: a valid card beside a model file of garbage.
+        publish(repo / "cnn" / "3", {"model.onnx": os.urandom(4096) + b"garbage",
+                                     "modelcard.json": repo / "cnn" / "1" / "modelcard.json"})
+        failed = client.post("/v1/models/cnn/reload")
+        assert failed.status_code == 409, failed.text
+        assert failed.headers["content-type"].startswith("application/json")
+        error = failed.json()["error"]
+        assert error["code"] == "reload_failed"
+        assert "model.onnx" in error["message"] and "v2 is still served" in error["message"]
+
+        response = predict_png(server.url, "cnn", png, client)
+        assert response.status_code == 200, response.text
+        assert response.json()["version"] == "2"
+        assert response.json()["predictions"][0]["label"] == str(label)
+        assert client.get("/v1/models/cnn").json()["version"] == "2"
+        assert client.get("/readyz").status_code == 200
+        assert 'waldo_reloads_total{model="cnn",outcome="failed"} 1.0' in client.get("/metrics").text
+        # Still refused on a second try, and still serving.
+        assert client.post("/v1/models/cnn/reload").status_code == 409
+        assert predict_png(server.url, "cnn", png, client).json()["version"] == "2"
