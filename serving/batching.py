@@ -15,6 +15,7 @@ import asyncio
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -41,6 +42,9 @@ class Batcher:
         self.max_delay_s = max_delay_s
         self._queue: asyncio.Queue[_Request] = asyncio.Queue(maxsize=max_queue)
         self._carry: _Request | None = None  # did not fit in the previous batch
+        # Requests being decoded that will be submitted soon: a batch waits for them (up to
+        # max_delay_s), but a lone request with nothing on its way runs at once.
+        self.arriving = 0
         self._on_batch, self._on_depth = on_batch, on_depth
         self._executor = ThreadPoolExecutor(1, thread_name_prefix=f"ort-{model.name}")
         self._task: asyncio.Task | None = None
@@ -58,18 +62,28 @@ class Batcher:
             await asyncio.gather(self._task, return_exceptions=True)
         self._executor.shutdown(wait=False, cancel_futures=True)
 
-    async def submit(self, x: np.ndarray) -> tuple[np.ndarray, LoadedModel]:
-        """Queue `x` (n, C, H, W); return its n output rows and the model that computed them.
+    @contextmanager
+    def announce(self):
+        """Around decoding a request that will be submitted: batches wait for it."""
+        self.arriving += 1
+        try:
+            yield
+        finally:
+            self.arriving -= 1
 
-        Cancelling the caller (a timeout) cancels the request: it is dropped from its batch.
-        """
+    def put(self, x: np.ndarray) -> asyncio.Future:
+        """Queue `x` (n, C, H, W) now; the future gets its n output rows and the model that
+        computed them. Cancelling the future (a timeout) drops the request from its batch."""
         future = asyncio.get_running_loop().create_future()
         try:
             self._queue.put_nowait(_Request(x, future))
         except asyncio.QueueFull:
             raise QueueFull(f"{self._queue.maxsize} requests already waiting for {self.model.name}") from None
         self._on_depth(self.depth)
-        return await future
+        return future
+
+    async def submit(self, x: np.ndarray) -> tuple[np.ndarray, LoadedModel]:
+        return await self.put(x)
 
     async def _next_batch(self) -> list[_Request]:
         first = self._carry or await self._queue.get()
@@ -80,6 +94,8 @@ class Batcher:
             try:
                 item = self._queue.get_nowait()
             except asyncio.QueueEmpty:
+                if self.arriving <= 0:
+                    break
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     break

@@ -1,4 +1,7 @@
-"""Dependencies for the routes: the app's state, the served model by name, and the bearer token."""
+"""Dependencies for the routes: the app's state, the served model by name, and the bearer token.
+
+All are `async def`: they only read state, and FastAPI would run a plain `def` dependency in
+its thread pool, a thread hop per dependency per request."""
 
 from __future__ import annotations
 
@@ -17,15 +20,15 @@ from serving.settings import Settings
 _bearer = HTTPBearer(auto_error=False, description="WALDO_API_KEY, when the service sets one")
 
 
-def _settings(request: Request) -> Settings:
+async def _settings(request: Request) -> Settings:
     return request.app.state.settings
 
 
-def _manager(request: Request) -> ModelManager:
+async def _manager(request: Request) -> ModelManager:
     return request.app.state.manager
 
 
-def _metrics(request: Request) -> Metrics:
+async def _metrics(request: Request) -> Metrics:
     return request.app.state.metrics
 
 
@@ -34,7 +37,7 @@ ManagerDep = Annotated[ModelManager, Depends(_manager)]
 MetricsDep = Annotated[Metrics, Depends(_metrics)]
 
 
-def _served(manager: ManagerDep, name: Annotated[str, Path(description="model name")]) -> ServedModel:
+async def _served(manager: ManagerDep, name: Annotated[str, Path(description="model name")]) -> ServedModel:
     served = manager.models.get(name)
     if served is None:
         known = ", ".join(sorted(manager.models)) or "none"
@@ -58,9 +61,9 @@ def _check(token: SecretStr | None, credentials: HTTPAuthorizationCredentials | 
 _Credentials = Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
 
 
-def require_user(settings: SettingsDep, credentials: _Credentials) -> None:
+async def require_user(settings: SettingsDep, credentials: _Credentials) -> None:
     _check(settings.api_key, credentials)
 
 
-def require_admin(settings: SettingsDep, credentials: _Credentials) -> None:
+async def require_admin(settings: SettingsDep, credentials: _Credentials) -> None:
     _check(settings.admin_key or settings.api_key, credentials)

@@ -65,6 +65,9 @@ def _session_options(settings: Settings):
     options = ort.SessionOptions()
     options.intra_op_num_threads = settings.intra_op_threads
     options.inter_op_num_threads = settings.inter_op_threads
+    if not settings.spin:
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        options.add_session_config_entry("session.inter_op.allow_spinning", "0")
     if settings.require_gpu:
         # Without this, a CUDA session that cannot start falls back to the CPU with a log line.
         options.add_session_config_entry("session.disable_cpu_ep_fallback", "1")

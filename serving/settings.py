@@ -44,6 +44,9 @@ class Settings(BaseSettings):
     require_gpu: bool = Field(False, description="fail to load instead of falling back to the CPU")
     intra_op_threads: int = Field(0, ge=0, description="ORT threads per operator (0: ORT's default)")
     inter_op_threads: int = Field(0, ge=0, description="ORT threads across operators (0: default)")
+    spin: bool = Field(
+        False, description="let ORT's threads spin between runs: a little lower latency on a "
+                           "dedicated machine, CPU burnt for nothing on a shared one")
 
     # Dynamic batching, per model.
     max_batch_size: int = Field(32, ge=1, description="images per ONNX Runtime run; 1 turns batching off")

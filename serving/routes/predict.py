@@ -7,6 +7,7 @@ import time
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query, Request
+from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
@@ -87,6 +88,14 @@ async def _read_multipart(request: Request, settings) -> tuple[list[bytes], list
         await form.close()
 
 
+# Decoding a small body costs less than the hop to a worker thread and back.
+INLINE_BYTES = 16 * 1024
+
+
+async def _cpu(size: int, fn, *args):
+    return fn(*args) if size <= INLINE_BYTES else await run_in_threadpool(fn, *args)
+
+
 def _decode_all(card, blobs, names, max_pixels):
     images = [decode_image(blob, name, max_pixels) for blob, name in zip(blobs, names)]
     return images_to_batch(card, images), [im.size for im in images]
@@ -101,7 +110,7 @@ async def predict(
     metrics: MetricsDep,
     top_k: Annotated[int, Query(ge=1, le=1000, description="classes to return per image")] = 5,
     threshold: Annotated[float, Query(ge=0, le=1, description="p_c above which a box is an object")] = 0.5,
-) -> dict:
+) -> JSONResponse:
     started = time.perf_counter()
     status = 200
     try:
@@ -110,26 +119,32 @@ async def predict(
                            headers={"Retry-After": "5"})
         card = served.model.card
         media = request.headers.get("content-type", "").split(";")[0].strip().lower()
-        if media == "multipart/form-data":
-            blobs, names = await _read_multipart(request, settings)
-            x, sizes = await run_in_threadpool(_decode_all, card, blobs, names, settings.max_image_pixels)
-        elif media == "application/json":
-            body = await request.body()
-            x, sizes = await run_in_threadpool(parse_json, body, card, settings.max_image_pixels,
-                                               settings.max_images)
-        else:
+        if media not in ("multipart/form-data", "application/json"):
             raise ApiError(415, "unsupported_media_type",
                            f"content type {media or '(none)'!r} is not accepted; send multipart/form-data "
                            "with 'file' fields or application/json with 'instances'")
+        with served.batcher.announce():  # a batch being formed waits for this request
+            if media == "multipart/form-data":
+                blobs, names = await _read_multipart(request, settings)
+                x, sizes = await _cpu(sum(map(len, blobs)), _decode_all, card, blobs, names,
+                                      settings.max_image_pixels)
+            else:
+                body = await request.body()
+                x, sizes = await _cpu(len(body), parse_json, body, card, settings.max_image_pixels,
+                                      settings.max_images)
+            try:
+                queued = served.batcher.put(x)
+            except QueueFull as exc:
+                raise ApiError(503, "overloaded", f"{exc}; retry shortly",
+                               headers={"Retry-After": "1"}) from None
         try:
-            out, model = await asyncio.wait_for(served.batcher.submit(x), settings.request_timeout_s)
-        except QueueFull as exc:
-            raise ApiError(503, "overloaded", f"{exc}; retry shortly", headers={"Retry-After": "1"}) from None
+            out, model = await asyncio.wait_for(queued, settings.request_timeout_s)
         except TimeoutError:
             raise ApiError(504, "timeout", f"no result within {settings.request_timeout_s} s") from None
         results = postprocess(model.card, out, sizes, top_k=top_k, threshold=threshold)
-        return {"model": served.name, "version": model.version, "task": model.card.task,
-                "predictions": results}
+        # Plain data already: a JSONResponse skips FastAPI's response validation pass.
+        return JSONResponse({"model": served.name, "version": model.version, "task": model.card.task,
+                             "predictions": results})
     except ApiError as exc:
         status = exc.status
         raise

@@ -142,3 +142,29 @@ def test_a_failing_run_fails_its_requests_and_the_loop_goes_on():
         return out
 
     assert float(run(main())[0, 0]) == 3.0
+
+
+def test_a_batch_waits_only_for_requests_on_their_way():
+    async def main():
+        model = Recorder()
+        b = Batcher(model, max_batch_size=8, max_delay_s=0.5, max_queue=10)
+        b.start()
+        t = time.perf_counter()
+        await b.submit(rows(1, 0))  # nothing announced: runs at once, not after 0.5 s
+        alone = time.perf_counter() - t
+
+        async def late():
+            with b.announce():  # being decoded
+                await asyncio.sleep(0.1)
+                return await b.submit(rows(1, 2))
+
+        first = asyncio.ensure_future(late())
+        await asyncio.sleep(0.01)
+        together = await asyncio.gather(b.submit(rows(1, 1)), first)
+        await b.stop()
+        return alone, model.batches, together
+
+    alone, batches, together = run(main())
+    assert alone < 0.25
+    assert batches == [1, 2]  # the second batch waited for the announced request
+    assert [float(out[0, 0]) for out, _ in together] == [1.0, 2.0]
