@@ -122,6 +122,11 @@ def stack(tmp_path_factory, mlflow_server):
                "root": root, "ray": ray_api}
     finally:
         procs.stop()
+        # `ray start --head` leaves its address for later `ray.init()` calls to join; `ray stop`
+        # would remove it but also end every other Ray on the machine.
+        current = Path(os.environ.get("RAY_TMPDIR", "/tmp/ray")) / "ray_current_cluster"
+        if current.is_file() and f":{gcs}" in current.read_text():
+            current.unlink()
 
 
 def wait_job(client: httpx.Client, job_id: str, seconds: float = 600) -> dict:
