@@ -22,9 +22,22 @@ from training.tracking import Run, start_run
 from training.train import TrainResult, default_run_name
 
 JOB_FILE = "waldo_job.json"  # beside Ray's own state: the spec and MLflow run of the job
-# Ray Train gives a worker group 60 s to start; a worker importing torch and Lightning on a
-# busy small machine can take longer. Workers get this through the job's runtime env.
-WORKER_ENV = {"RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": "600"}
+# Settings for the processes of a Ray job (controller, workers, Tune trials), given through its
+# runtime env and, for the Train controller, from the driver's environment too.
+# - Ray Train gives a worker group 60 s to start; a worker importing torch and Lightning on a
+#   busy small machine can take longer.
+# - The Train controller collects a worker's report when it polls the workers, every 2 s by
+#   default, and a worker's `ray.train.report` blocks until its previous report was collected
+#   (a queue of one). With a checkpoint every epoch and epochs shorter than that (digits: about
+#   0.3 s), the poll throttled training to one epoch per 2 s; polling every 0.2 s costs the
+#   controller about 1% of a core.
+# - Ray starts its worker processes at niceness 15, so a training worker yields the CPU to any
+#   other process on the node (the driver, the job's own data loading, the raylet, whatever
+#   else runs there) and trains slower than the same code in-process at niceness 0. Ray's job
+#   supervisor resets it to 0 for job drivers in the same way.
+WORKER_ENV = {"RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": "600",
+              "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.2",
+              "RAY_worker_niceness": "0"}
 
 
 def connect(address: str | None) -> None:
@@ -38,13 +51,38 @@ def connect(address: str | None) -> None:
     try:
         # Workers must find this project's code: in a dev checkout it is on sys.path already;
         # on a cluster the images have it installed.
-        ray.init(address=address, log_to_driver=False, logging_level="ERROR",
-                 runtime_env={"env_vars": WORKER_ENV})
+        if address:
+            ray.init(address=address, log_to_driver=False, logging_level="ERROR",
+                     runtime_env={"env_vars": WORKER_ENV})
+        else:
+            start_local_ray()
     except (ConnectionError, ValueError, RuntimeError) as exc:
         where = address or "a local Ray"
         raise WaldoError(f"cannot connect to Ray at {where!r}: {' '.join(str(exc).split())[:200]}"
                          " (check --ray-address / RAY_ADDRESS, and RAY_AUTH_MODE=token with "
                          "the cluster's token)") from None
+
+
+def start_local_ray(num_cpus: int | None = None):
+    """Start a Ray of this machine alone, for this process; returns ray.init's context.
+
+    Left to itself, `ray.init()` joins whatever cluster `ray start` last started on this
+    machine, hence "local". And a process of the job that asks Ray's state API about its own
+    cluster without an address (Ray Train's PlacementGroupCleaner does, to free the workers'
+    CPUs when a controller dies without cleaning up, as a Tune trial stopped by ASHA does) finds
+    the cluster the same way: with a second Ray on the machine it reads the wrong one, or none,
+    and gives up, and the CPUs stay reserved. So the dashboard gets a port chosen here, and the
+    job's processes its address.
+    """
+    import ray
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**WORKER_ENV, "RAY_API_SERVER_ADDRESS": f"http://127.0.0.1:{port}"}
+    return ray.init(address="local", num_cpus=num_cpus, dashboard_host="127.0.0.1",
+                    dashboard_port=port, log_to_driver=False, logging_level="ERROR",
+                    runtime_env={"env_vars": env})
 
 
 def _check_reachable(address: str | None, timeout: float = 5.0) -> None:
@@ -84,13 +122,31 @@ def _check_capacity(spec: TrainSpec) -> None:
         )
 
 
+def _strategy():
+    """RayDDPStrategy, which leaves a lone worker's model unwrapped.
+
+    DistributedDataParallel with one process still runs its reducer on every step (autograd
+    hooks, gradient buckets, a gloo all-reduce with itself) for nothing. With world size 1 the
+    model stays as it is; the process group stays too, so all_gather, barriers and broadcasts
+    work unchanged, and checkpoints are the same as with DDP (Lightning saves the unwrapped
+    module either way).
+    """
+    from ray.train.lightning import RayDDPStrategy
+
+    class WaldoRayDDPStrategy(RayDDPStrategy):
+        def configure_ddp(self) -> None:
+            if self.world_size > 1:
+                super().configure_ddp()
+
+    return WaldoRayDDPStrategy()
+
+
 def train_loop_per_worker(config: dict[str, Any]) -> None:
     """What every Ray worker runs: build, fit (resuming if Ray has a checkpoint), test."""
     import ray.train
     from mlflow.tracking import MlflowClient
     from pytorch_lightning.loggers import MLFlowLogger
     from ray.train.lightning import (
-        RayDDPStrategy,
         RayLightningEnvironment,
         RayTrainReportCallback,
         prepare_trainer,
@@ -110,7 +166,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     trainer = build_trainer(
         spec, callbacks=callbacks, logger=logger, root=tempfile.mkdtemp(prefix="waldo-"),
         devices="auto", accelerator="gpu" if spec.gpus_per_worker > 0 else "cpu",
-        strategy=RayDDPStrategy(), plugins=[RayLightningEnvironment()],
+        strategy=_strategy(), plugins=[RayLightningEnvironment()],
         enable_checkpointing=False,  # RayTrainReportCallback checkpoints every epoch
         enable_progress_bar=False,
     )
@@ -181,6 +237,9 @@ def train_distributed(
     name = default_run_name(spec)
     spec = spec.model_copy(update={"run_name": name})
     monitor, mode = monitor_of(spec)
+    for key, value in WORKER_ENV.items():  # Ray Train hands these on to its controller
+        if key.startswith("RAY_TRAIN_"):
+            os.environ.setdefault(key, value)
     connect(spec.ray_address)
     _check_capacity(spec)
     root = storage_root(spec)
@@ -228,14 +287,23 @@ def train_distributed(
                        Path(best.path) / "checkpoint.ckpt", metrics, run.ui_hint)
 
 
-def resume(name: str, storage: str | None = None, tracking_uri: str | None = None) -> TrainResult:
-    """Continue job `name`, whose driver died, from its storage and in its MLflow run."""
+def resume(name: str, storage: str | None = None, tracking_uri: str | None = None,
+           ray_address: str | None = None) -> TrainResult:
+    """Continue job `name`, whose driver died, from its storage and in its MLflow run.
+
+    Everything else comes from the spec the driver stored in `storage/<name>/waldo_job.json`.
+    Ray restores the job's checkpoints from `storage/<name>` (its checkpoint manager's
+    snapshot) and the workers carry on from the latest one; the MLflow run, left RUNNING by
+    the dead driver, is reopened and closed as usual.
+    """
     job = read_job_file(storage, name)
     spec = TrainSpec.model_validate(job["spec"])
+    update: dict[str, Any] = {"tracking_uri": tracking_uri or job["tracking_uri"]}
     if storage:
-        spec = spec.model_copy(update={"storage": storage})
-    spec = spec.model_copy(update={"tracking_uri": tracking_uri or job["tracking_uri"]})
-    return train_distributed(spec, resume_run_id=job["run_id"])
+        update["storage"] = storage
+    if ray_address:
+        update["ray_address"] = ray_address
+    return train_distributed(spec.model_copy(update=update), resume_run_id=job["run_id"])
 
 
-__all__ = ["connect", "resume", "train_distributed", "train_loop_per_worker"]
+__all__ = ["connect", "resume", "start_local_ray", "train_distributed", "train_loop_per_worker"]

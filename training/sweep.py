@@ -71,13 +71,21 @@ def sweep(spec: SweepSpec) -> SweepResult:
     space = search_space(spec)
     scheduler = (ASHAScheduler(max_t=spec.epochs, grace_period=min(spec.grace_period, spec.epochs),
                                reduction_factor=2) if spec.scheduler == "asha" else None)
-    search_alg = None
+    # Both searches draw from the spec's seed, so a sweep samples the same configs again.
+    max_concurrent = spec.max_concurrent
     if spec.search_alg == "optuna":
         try:
             from ray.tune.search.optuna import OptunaSearch
         except ImportError:
             raise WaldoError("search_alg 'optuna' needs the optuna package: pip install optuna") from None
-        search_alg = OptunaSearch()
+        search_alg = OptunaSearch(seed=spec.seed)
+    else:
+        from ray.tune.search.basic_variant import BasicVariantGenerator
+
+        # It limits concurrency itself; Tune ignores max_concurrent_trials beside it.
+        search_alg = BasicVariantGenerator(max_concurrent=spec.max_concurrent or 0,
+                                           random_state=spec.seed)
+        max_concurrent = None
 
     with start_run(spec.experiment, run_name=name, tracking_uri=spec.tracking_uri,
                    tags={"waldo.sweep": name, "waldo.model": spec.model}) as parent:
@@ -95,7 +103,7 @@ def sweep(spec: SweepSpec) -> SweepResult:
             param_space={"train_loop_config": space},
             tune_config=tune.TuneConfig(
                 metric=monitor, mode=mode, num_samples=spec.trials, scheduler=scheduler,
-                search_alg=search_alg, max_concurrent_trials=spec.max_concurrent,
+                search_alg=search_alg, max_concurrent_trials=max_concurrent,
                 # A stopped trial's process must exit: its Train controller and workers share
                 # its fate and free their CPUs. A reused process would keep them alive.
                 reuse_actors=False,
