@@ -49,6 +49,7 @@ class RayJobs:
         self.settings = settings
         self._client = None
         self._results: dict[str, dict[str, Any] | None] = {}  # finished jobs' WALDO_RESULT
+        self._run_urls: dict[str, str | None] = {}  # run id -> MLflow UI link; runs never move
 
     @property
     def client(self):
@@ -159,6 +160,14 @@ class RayJobs:
             return None
 
     def _run_url(self, run_id: str, spec: dict[str, Any]) -> str | None:
+        if run_id in self._run_urls:  # one MLflow call per run, not one per listing
+            return self._run_urls[run_id]
+        url = self._link(run_id, spec)
+        if url is None or "/experiments/" in url:  # not the fallback of an MLflow that was down
+            self._run_urls[run_id] = url
+        return url
+
+    def _link(self, run_id: str, spec: dict[str, Any]) -> str | None:
         base = self.settings.mlflow_ui_url or self._tracking(spec)
         if not base or not base.startswith("http"):
             return None

@@ -12,8 +12,6 @@ from __future__ import annotations
 import io
 import os
 import secrets
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -21,18 +19,13 @@ from pathlib import Path
 
 import httpx
 import pytest
+from servers import free_port, stop_group
 
 pytestmark = pytest.mark.slow
 
 BIN = Path(sys.executable).parent
 CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
 MODEL = "cnn-e2e"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait_http(url: str, proc: subprocess.Popen, log: Path, seconds: float = 180,
@@ -74,16 +67,7 @@ class Processes:
 
     def stop(self) -> None:
         for proc in reversed(self.procs):
-            for sig in (signal.SIGTERM, signal.SIGKILL):
-                try:
-                    os.killpg(proc.pid, sig)
-                except (ProcessLookupError, PermissionError):
-                    break
-                try:
-                    proc.wait(timeout=20)
-                    break
-                except subprocess.TimeoutExpired:
-                    continue
+            stop_group(proc)
 
 
 @pytest.fixture(scope="module")

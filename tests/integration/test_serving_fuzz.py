@@ -3,7 +3,6 @@ nothing comes back as a 500."""
 
 from __future__ import annotations
 
-import socket
 import subprocess
 import sys
 import time
@@ -11,14 +10,9 @@ from pathlib import Path
 
 import httpx
 import pytest
+from servers import free_port, stop_group
 
 pytestmark = pytest.mark.slow
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -27,7 +21,8 @@ def server(model_repo, waldo, tmp_path_factory):
     log = tmp_path_factory.mktemp("fuzz") / "serve.log"
     with open(log, "w") as out:
         proc = subprocess.Popen([*waldo.command(), "serve", "--models", str(model_repo[0]), "--port",
-                                 str(port), "--log-level", "warning"], stdout=out, stderr=subprocess.STDOUT)
+                                 str(port), "--log-level", "warning"], stdout=out, stderr=subprocess.STDOUT,
+                                start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 120
@@ -41,8 +36,7 @@ def server(model_repo, waldo, tmp_path_factory):
             time.sleep(0.5)
         yield url, log
     finally:
-        proc.terminate()
-        proc.wait(timeout=30)
+        stop_group(proc)
 
 
 def test_schemathesis_finds_no_server_error(server, tmp_path):

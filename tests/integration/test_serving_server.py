@@ -15,8 +15,6 @@ import json
 import os
 import re
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -31,6 +29,7 @@ import httpx
 import numpy as np
 import pytest
 from PIL import Image
+from servers import free_port, stop_group
 
 pytestmark = pytest.mark.slow
 
@@ -64,12 +63,6 @@ class Server:
         return self.log.read_text(errors="replace")[-chars:] if self.log.exists() else ""
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _status(url: str) -> int | None:
     try:
         with urllib.request.urlopen(url, timeout=3) as response:
@@ -80,29 +73,12 @@ def _status(url: str) -> int | None:
         return None
 
 
-def _stop(proc: subprocess.Popen) -> None:
-    """SIGTERM (uvicorn shuts down gracefully), then SIGKILL; the whole process group."""
-    if proc.poll() is None:
-        try:
-            os.killpg(proc.pid, signal.SIGTERM)
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=10)
-        except ProcessLookupError:
-            pass
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass
-
-
 def start_server(argv_for_port, workdir: Path, attempts: int = 3) -> Server:
     """Run `argv_for_port(port)` until /readyz answers 200; retry on another port if the one we
     picked was taken meanwhile (other test runs share this machine)."""
     workdir.mkdir(parents=True, exist_ok=True)
     for attempt in range(attempts):
-        port = _free_port()
+        port = free_port()
         log = workdir / f"server-{port}.log"
         with log.open("w") as out:
             proc = subprocess.Popen(argv_for_port(port), cwd=workdir, env=waldo_env(), stdout=out,
@@ -117,7 +93,7 @@ def start_server(argv_for_port, workdir: Path, attempts: int = 3) -> Server:
             if _status(f"{server.url}/readyz") == 200:
                 return server
             if time.monotonic() > deadline:
-                _stop(proc)
+                stop_group(proc)
                 pytest.fail(f"server not ready after {STARTUP_TIMEOUT_S}s:\n{server.tail()}")
             time.sleep(0.25)
     raise AssertionError("unreachable")
@@ -140,7 +116,7 @@ def serve(tmp_path: Path) -> Iterator:
 
     yield _serve
     for server in servers:
-        _stop(server.proc)
+        stop_group(server.proc)
 
 
 @pytest.fixture(scope="module")
@@ -151,7 +127,7 @@ def server(model_repo, tmp_path_factory) -> Iterator[Server]:
     try:
         yield running
     finally:
-        _stop(running.proc)
+        stop_group(running.proc)
 
 
 def copy_repo(repo: Path, to: Path) -> Path:
@@ -303,7 +279,7 @@ def test_serve_without_torch(model_repo, tmp_path: Path, digits) -> None:
         assert response.status_code == 200, response.text
         assert {"p_c", "box", "label"} <= set(response.json()["predictions"][0])
     finally:
-        _stop(server.proc)
+        stop_group(server.proc)
     # The guard was real: the same preamble makes `import torch` fail.
     guard = f"import sys\nfor m in ({blocked},): sys.modules[m] = None\nimport torch\n"
     check = subprocess.run([sys.executable, "-c", guard], capture_output=True, text=True, timeout=60)
