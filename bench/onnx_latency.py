@@ -1,7 +1,7 @@
 """CPU inference speed of an exported network: ONNX Runtime against torch eager.
 
 For each model, a randomly initialized classifier (10 classes, the model's own channels) at
-`--size` px is exported with `training.export.export_task` (so the parity check runs too), then
+`--size` px is exported with `training.export.parity.export_checked` (so the parity check runs too), then
 both engines run the same inputs with the same thread count:
 
 - latency per image at batch 1 (median of `--repeats` calls, in ms), and
@@ -44,7 +44,8 @@ def bench_model(name: str, size: int, threads: int, batch: int, repeats: int,
     import onnxruntime as ort
     import torch
 
-    from training.export import export_task
+    from training.export.card import output_names
+    from training.export.parity import export_checked
     from training.models import get_model_info
     from training.tasks import ClassificationTask
 
@@ -53,7 +54,7 @@ def bench_model(name: str, size: int, threads: int, batch: int, repeats: int,
     task = ClassificationTask(model_name=name, num_classes=10, in_channels=channels,
                               image_size=size).eval()
     start = time.perf_counter()
-    exported = export_task(task)
+    exported = export_checked(task.net, (channels, size, size), output_names=output_names("classify"))
     export_s = time.perf_counter() - start
 
     options = ort.SessionOptions()  # as a server would run it: default spinning, all opts

@@ -1,6 +1,6 @@
 """What running on Ray costs: 1 Ray Train worker against in-process Lightning.
 
-Both paths run `training.train.train(spec)` on the same spec (digits, same model, batch size,
+Both paths run `training.pipeline.run(spec)` on the same spec (digits, same model, batch size,
 seed, epochs); only `workers` differs (0: in-process, 1: one Ray Train worker). A callback
 stamps the end of every training batch and, on rank 0, logs to the run's MLflow metrics (where
 this script reads them):
@@ -72,7 +72,7 @@ class BatchClock(pl.Callback):
 def run(spec, label: str) -> dict[str, float]:
     from mlflow.tracking import MlflowClient
 
-    from training.train import train
+    from training.pipeline import run as train
 
     started = time.time()
     result = train(spec, callbacks=[BatchClock()])

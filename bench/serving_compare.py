@@ -44,7 +44,7 @@ them the benchmark measures the HTTP stacks only.
     .venv/bin/python bench/serving_compare.py --repeats 2                 # steadier on a busy box
 
 The weights do not matter for speed, so without `--model-dir` an untrained network is exported
-(`training.export.export_task` + `write_version`, as `waldo export` lays it out).
+(`training.export.parity.export_checked` + `write_version`, as `waldo export` lays it out).
 """
 
 from __future__ import annotations
@@ -85,7 +85,10 @@ def build_model(name: str, size: int, out: Path) -> Path:
     warnings.filterwarnings("ignore")
     import torch
 
-    from training.export import export_task, write_version
+    from training.export.card import build_card, output_names
+    from training.export.layout import write_version
+    from training.export.parity import export_checked
+    from training.export.source import CheckpointRecord
     from training.models import get_model_info
     from training.tasks import ClassificationTask
 
@@ -93,9 +96,10 @@ def build_model(name: str, size: int, out: Path) -> Path:
     channels = get_model_info(name).default_input[0]
     task = ClassificationTask(model_name=name, num_classes=10, in_channels=channels,
                               image_size=size).eval()
-    exported = export_task(task)
-    card = task.model_card(name=name, opset=18, precision="fp32")
-    path, _ = write_version(exported.model, card, out)
+    exported = export_checked(task.net, (channels, size, size), output_names=output_names("classify"))
+    record = CheckpointRecord(task="classify", hparams=dict(task.hparams))
+    path, _ = write_version(exported.model, lambda v: build_card(record, name=name, version=v,
+                                                                 opset=18), output=out, name=name)
     return path
 
 

@@ -132,7 +132,7 @@ class PlainLoop:
         from training.models import create_model
 
         pl.seed_everything(spec.seed, workers=True, verbose=False)  # as train() does, then
-        self.dm = create_datamodule(spec)  # the data and the network in train()'s order,
+        self.dm = create_datamodule(spec.data_spec())  # the data and the network in train()'s order,
         self.dm.setup("fit")  # so the initial weights are the same
         self.model = create_model(
             spec.model, num_classes=self.dm.num_classes, in_channels=self.dm.in_channels,

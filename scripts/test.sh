@@ -8,5 +8,6 @@ cd "$(dirname "$0")/.."
 .venv/bin/python -m pip install -q --upgrade pip
 .venv/bin/python -m pip install -q -e '.[all,dev]'
 
-.venv/bin/lint-imports
+# The import-linter contracts and the import-cycle check run inside the suite
+# (tests/unit/test_import_rules.py), once.
 .venv/bin/python -m pytest "$@"

@@ -1,24 +1,43 @@
-"""The HTTP error contract (DESIGN.md): `{"error": {"code": ..., "message": ...}}` with a fitting
-status. Client mistakes are 4xx with a message naming the bad value; nothing a client sends
-becomes a 500.
+"""The HTTP error contract of both Waldo services (DESIGN.md): `{"error": {"code": ...,
+"message": ...}}` with a fitting status. Client mistakes are 4xx with a message naming the bad
+value; nothing a client sends becomes a 500.
+
+The inference service and the jobs API both call `install`; a service maps its own exceptions
+onto the contract by passing `translations` (the jobs API's unknown job becomes 404
+`unknown_job`). This module needs only fastapi and starlette, so services may import it.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Mapping
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-log = logging.getLogger("waldo.serving")
-
 
 class ApiError(Exception):
+    """An error a route means to send: its status, a stable machine code and a message."""
+
     def __init__(self, status: int, code: str, message: str, headers: dict[str, str] | None = None):
         super().__init__(message)
         self.status, self.code, self.message, self.headers = status, code, message, headers
+
+
+# A service's own exception -> the ApiError it stands for (the request gives context, e.g. an id).
+Translation = Callable[[Request, Exception], ApiError]
+
+# Codes for errors raised as plain HTTP statuses (FastAPI's own 404/405, HTTPException).
+HTTP_CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
+              405: "method_not_allowed", 409: "conflict", 413: "too_large",
+              415: "unsupported_media_type", 422: "invalid_input", 429: "too_many_requests",
+              500: "internal", 503: "unavailable", 504: "timeout"}
+
+
+def code_for(status: int) -> str:
+    return HTTP_CODES.get(status, "error")
 
 
 def error_response(status: int, code: str, message: str, headers: dict[str, str] | None = None):
@@ -27,19 +46,28 @@ def error_response(status: int, code: str, message: str, headers: dict[str, str]
 
 
 def _where(loc) -> str:
-    parts = [str(p) for p in loc if p not in ("body", "query", "path")]
+    parts = [str(p) for p in loc if p not in ("body", "query", "path", "header")]
     return ".".join(parts) or "body"
 
 
-_HTTP_CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
-               405: "method_not_allowed", 413: "too_large", 415: "unsupported_media_type",
-               422: "invalid_input", 503: "unavailable"}
+def install(app: FastAPI, translations: Mapping[type[Exception], Translation] | None = None, *,
+            logger: str = "waldo.serving") -> None:
+    """Answer every error of `app` in the contract's shape; unexpected ones are logged, with
+    their traceback, to `logger`."""
+    log = logging.getLogger(logger)
 
+    def _send(exc: ApiError):
+        return error_response(exc.status, exc.code, exc.message, exc.headers)
 
-def install(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, exc: ApiError):
-        return error_response(exc.status, exc.code, exc.message, exc.headers)
+        return _send(exc)
+
+    for exc_type, translate in (translations or {}).items():
+        async def _translated(request: Request, exc: Exception, translate=translate):
+            return _send(translate(request, exc))
+
+        app.add_exception_handler(exc_type, _translated)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError):
@@ -51,7 +79,7 @@ def install(app: FastAPI) -> None:
         message = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
         if exc.status_code == 404 and message == "Not Found":
             message = f"no route {request.method} {request.url.path}"
-        return error_response(exc.status_code, _HTTP_CODES.get(exc.status_code, "error"), message,
+        return error_response(exc.status_code, code_for(exc.status_code), message,
                               getattr(exc, "headers", None))
 
     @app.exception_handler(Exception)

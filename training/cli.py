@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import yaml
+from pydantic import BaseModel
 
 from serving import cli as serving_cli
 from training.errors import WaldoError
@@ -36,11 +37,13 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _add_spec_flags(parser: argparse.ArgumentParser, exclude: set[str] = frozenset(),
-                    spec_cls: type[TrainSpec] = TrainSpec) -> None:
-    """One flag per TrainSpec field, so flags and spec files can never drift apart.
+                    spec_cls: type[BaseModel] = TrainSpec) -> None:
+    """One flag per spec field, so flags and spec files can never drift apart.
 
-    Flags default to "not given" and pydantic validates the values, so a flag and the same
-    key in a YAML file behave identically.
+    Help comes from the field's description, the choices from its Literal type, and a field
+    may name its option strings in `json_schema_extra={"flags": [...]}` (`--publish` and its
+    old name `--register`). Flags default to "not given" and pydantic validates the values, so
+    a flag and the same key in a YAML file behave identically.
     """
     parser.add_argument("--config", metavar="SPEC.yaml", help="spec file; flags override it")
     group = parser.add_argument_group("spec fields")
@@ -51,23 +54,25 @@ def _add_spec_flags(parser: argparse.ArgumentParser, exclude: set[str] = frozens
             group.add_argument("--search", dest="search", action="append", default=argparse.SUPPRESS,
                                metavar="NAME=DIST(ARGS)", help=field.description)
             continue
-        flag = "--" + name.replace("_", "-")
+        extra = field.json_schema_extra if isinstance(field.json_schema_extra, dict) else {}
+        flags = list(extra.get("flags") or ["--" + name.replace("_", "-")])
         help_text = field.description or ""
+        default = "" if field.default is None else f" (default: {field.default})"
         if name.endswith("_args"):  # model_args -> repeated --model-arg KEY=VALUE
             group.add_argument("--" + name.removesuffix("s").replace("_", "-"), dest=name,
                                action="append", metavar="KEY=VALUE", default=argparse.SUPPRESS,
                                help=help_text)
             continue
         if field.annotation is bool:
-            group.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction,
-                               default=argparse.SUPPRESS, help=f"{help_text} (default: {field.default})")
+            group.add_argument(*flags, dest=name, action=argparse.BooleanOptionalAction,
+                               default=argparse.SUPPRESS, help=help_text + default)
             continue
         is_literal = typing.get_origin(field.annotation) is typing.Literal
         choices = typing.get_args(field.annotation) if is_literal else ()
         if choices:
             help_text += f"; one of {', '.join(map(str, choices))}"
-        group.add_argument(flag, dest=name, default=argparse.SUPPRESS, metavar=name.upper(),
-                           help=f"{help_text} (default: {field.default})")
+        group.add_argument(*flags, dest=name, default=argparse.SUPPRESS, metavar=name.upper(),
+                           help=help_text + default)
 
 
 def _parse_pairs(flag: str, pairs: list[str]) -> dict[str, Any]:
@@ -122,29 +127,32 @@ def cmd_train(args: argparse.Namespace) -> int:
             flags = ", ".join("--" + k.replace("_", "-") for k in given) or "--config"
             raise WaldoError(f"--resume continues a job with the spec it was started with; it "
                              f"takes only --storage, --tracking-uri and --ray-address (got {flags})")
-        from training.distributed import resume
+        from training.pipeline import resume
 
-        _report(resume(args.resume, storage=getattr(args, "storage", None),
+        _report(resume(args.resume, storage_location=getattr(args, "storage", None),
                        tracking_uri=getattr(args, "tracking_uri", None),
                        ray_address=getattr(args, "ray_address", None)))
         return 0
     spec = _spec_from_args(args)
-    from training.train import train
+    from training.pipeline import run
 
-    _report(train(spec))
+    _report(run(spec))
     return 0
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
     spec = _spec_from_args(args, spec_cls=SweepSpec)
-    from training.sweep import sweep
+    from training.pipeline import run_sweep
 
-    result = sweep(spec)
+    result = run_sweep(spec)
     for trial in result.trials:
         print(f"trial {trial['trial_id']}: {trial['status']}, {trial['epochs']} epochs, "
               f"{json.dumps(trial['config'])}")
     print(f"best: {json.dumps(result.best_config)} -> {result.best_metric:.4f}")
-    print(f"parent run {result.parent_run_id}; best checkpoint: {result.best_checkpoint}")
+    print(f"parent run {result.parent_run_id}; best trial's run {result.best_run_id}; "
+          f"best checkpoint: {result.best_checkpoint}")
+    if result.export is not None:
+        print("\n".join(result.export.summary()))
     return 0
 
 
@@ -204,14 +212,11 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    import os
-
+    spec = _export_spec(args)  # a bad value fails here, before torch is imported
     from training.export import export_run
 
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one line per step
-    spec = _export_spec(args)
-    result = export_run(spec.run, **spec.export_kwargs())
-    print("\n".join(result.summary()))
+    print("\n".join(export_run(spec).summary()))
     return 0
 
 
@@ -226,34 +231,13 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 
 def _add_export_flags(p: argparse.ArgumentParser) -> None:
-    source = p.add_mutually_exclusive_group(required=True)
-    source.add_argument("--run", metavar="RUN_ID", help="MLflow run whose best checkpoint to export")
-    source.add_argument("--checkpoint", metavar="PATH", help="a .ckpt file written by `waldo train`")
-    p.add_argument("--name", help="model name in the repository and the registry "
-                   "(default: the architecture, e.g. cnn, or cnn-localize)")
-    p.add_argument("--opset", type=int, help="ONNX opset, 18 to 23 (default: 18)")
-    p.add_argument("--precision", choices=["fp32", "fp16", "int8"],
-                   help="fp16 and int8 are scored against fp32 on the validation split "
-                   "(default: fp32)")
-    p.add_argument("--output", metavar="DIR", help="model repository folder (default: ./models)")
-    p.add_argument("--register", action="store_true",
-                   help="log the model to MLflow and register it as a new model version")
-    p.add_argument("--alias", help="move this MLflow alias (e.g. production) to the new version; "
-                   "implies --register")
-    p.add_argument("--tracking-uri", help="MLflow tracking URI (default: MLFLOW_TRACKING_URI or "
-                   "./mlflow.db)")
-    p.add_argument("--atol", type=float, help="largest |onnxruntime - torch| accepted "
-                   "(default: 1e-4)")
-    p.add_argument("--max-drop", type=float, help="validation accuracy fp16/int8 may lose, as a "
-                   "fraction (default: 0.01, one point)")
-    p.add_argument("--exporter", choices=["auto", "torchscript", "dynamo"],
-                   help="auto: TorchScript (fast), dynamo where it cannot (default: auto)")
+    """`waldo export` and `waldo jobs submit export`: one flag per ExportSpec field. Exactly one
+    of --run and --checkpoint is required; ExportSpec's validator says so."""
+    _add_spec_flags(p, spec_cls=ExportSpec)
 
 
 def _export_spec(args: argparse.Namespace) -> ExportSpec:
-    # Options not given keep export_run's defaults, which are documented in one place.
-    given = {k: v for k, v in vars(args).items() if v is not None and k in ExportSpec.model_fields}
-    return build_spec(ExportSpec, overrides=given)
+    return _spec_from_args(args, spec_cls=ExportSpec)
 
 
 def cmd_jobs(args: argparse.Namespace) -> int:

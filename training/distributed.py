@@ -10,16 +10,19 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from training import storage
 from training.errors import WaldoError
 from training.spec import TrainSpec
-from training.tracking import Run, start_run
-from training.train import TrainResult, default_run_name
+from training.steps import TrainResult, default_run_name, monitor_of, open_run, resolve_locations
+from training.tracking import Run
 
 JOB_FILE = "waldo_job.json"  # beside Ray's own state: the spec and MLflow run of the job
 # Settings for the processes of a Ray job (controller, workers, Tune trials), given through its
@@ -100,12 +103,6 @@ def _check_reachable(address: str | None, timeout: float = 5.0) -> None:
                          "(is the head node up? check --ray-address / RAY_ADDRESS)") from None
 
 
-def storage_root(spec: TrainSpec) -> str:
-    """RunConfig storage: an absolute local folder, or a URI such as s3://bucket/path."""
-    storage = spec.storage or "waldo_runs"
-    return storage if "://" in storage else str(Path(storage).resolve())
-
-
 def _check_capacity(spec: TrainSpec) -> None:
     """Refuse, with a message, a job the cluster can never place (Ray would wait forever)."""
     import ray
@@ -141,44 +138,58 @@ def _strategy():
     return WaldoRayDDPStrategy()
 
 
+def _report_callback():
+    """RayTrainReportCallback, minus the empty `lightning_checkpoints-*` folder it leaves in
+    the system temp folder: it removes each epoch's checkpoint folder after the report, but
+    never their parent."""
+    from ray.train.lightning import RayTrainReportCallback
+
+    class WaldoRayTrainReportCallback(RayTrainReportCallback):
+        def teardown(self, trainer, pl_module, stage: str) -> None:
+            shutil.rmtree(self.tmpdir_prefix, ignore_errors=True)
+
+    return WaldoRayTrainReportCallback()
+
+
 def train_loop_per_worker(config: dict[str, Any]) -> None:
     """What every Ray worker runs: build, fit (resuming if Ray has a checkpoint), test."""
     import ray.train
     from mlflow.tracking import MlflowClient
     from pytorch_lightning.loggers import MLFlowLogger
-    from ray.train.lightning import (
-        RayLightningEnvironment,
-        RayTrainReportCallback,
-        prepare_trainer,
-    )
+    from ray.train.lightning import RayLightningEnvironment, RayTrainReportCallback, prepare_trainer
 
-    from training.tracking import Run
-    from training.train import build_trainer, log_pictures, prepare, standard_callbacks
+    from training.steps import build_trainer, log_pictures, prepare, standard_callbacks
 
     spec = TrainSpec.model_validate(config["spec"])
+    # Temporary files of this job (Lightning's, and the report callback's checkpoint folders)
+    # go into the job's scratch folder, which the driver removes even when a process of the job
+    # is killed (a Tune trial that ASHA stops).
+    os.makedirs(config["scratch"], exist_ok=True)
+    tempfile.tempdir = config["scratch"]
     run = Run(MlflowClient(config["tracking_uri"]), config["run_id"], config["experiment_id"],
               config["tracking_uri"])
     dm, task = prepare(spec)
     logger = MLFlowLogger(experiment_name=spec.experiment, tracking_uri=run.tracking_uri,
                           run_id=run.run_id)
-    callbacks = [RayTrainReportCallback(), *standard_callbacks(spec, run, dm),
+    callbacks = [_report_callback(), *standard_callbacks(spec, run, dm),
                  *config.get("callbacks", [])]
-    trainer = build_trainer(
-        spec, callbacks=callbacks, logger=logger, root=tempfile.mkdtemp(prefix="waldo-"),
-        devices="auto", accelerator="gpu" if spec.gpus_per_worker > 0 else "cpu",
-        strategy=_strategy(), plugins=[RayLightningEnvironment()],
-        enable_checkpointing=False,  # RayTrainReportCallback checkpoints every epoch
-        enable_progress_bar=False,
-    )
-    trainer = prepare_trainer(trainer)
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint is None:
-        trainer.fit(task, datamodule=dm)
-    else:
-        with checkpoint.as_directory() as folder:
-            trainer.fit(task, datamodule=dm,
-                        ckpt_path=str(Path(folder) / RayTrainReportCallback.CHECKPOINT_NAME))
-    trainer.test(task, datamodule=dm, verbose=False)
+    with tempfile.TemporaryDirectory(prefix="waldo-") as root:
+        trainer = build_trainer(
+            spec, callbacks=callbacks, logger=logger, root=root,
+            devices="auto", accelerator="gpu" if spec.gpus_per_worker > 0 else "cpu",
+            strategy=_strategy(), plugins=[RayLightningEnvironment()],
+            enable_checkpointing=False,  # RayTrainReportCallback checkpoints every epoch
+            enable_progress_bar=False,
+        )
+        trainer = prepare_trainer(trainer)
+        checkpoint = ray.train.get_checkpoint()
+        if checkpoint is None:
+            trainer.fit(task, datamodule=dm)
+        else:
+            with checkpoint.as_directory() as folder:
+                trainer.fit(task, datamodule=dm,
+                            ckpt_path=str(Path(folder) / RayTrainReportCallback.CHECKPOINT_NAME))
+        trainer.test(task, datamodule=dm, verbose=False)
     # Record where each rank ran, so a multi-node job can be checked from its MLflow run.
     import torch.distributed as dist
 
@@ -192,27 +203,38 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         log_pictures(run, task, dm)
 
 
-def _write_job_file(root: str, name: str, payload: dict[str, Any]) -> None:
-    import pyarrow.fs
-
-    fs, path = pyarrow.fs.FileSystem.from_uri(root)
-    fs.create_dir(f"{path}/{name}", recursive=True)
-    with fs.open_output_stream(f"{path}/{name}/{JOB_FILE}") as f:
-        f.write(json.dumps(payload).encode())
-
-
-def read_job_file(storage: str | None, name: str) -> dict[str, Any]:
-    """The spec and MLflow run of job `name`, as its driver stored them."""
-    import pyarrow.fs
-
-    root = storage if storage and "://" in storage else str(Path(storage or "waldo_runs").resolve())
-    fs, path = pyarrow.fs.FileSystem.from_uri(root)
+@contextmanager
+def scratch_folder(given: str | None = None) -> Iterator[str]:
+    """A local folder for a job's temporary files: `given` as it is, else a new one that is
+    removed afterwards."""
+    if given is not None:
+        yield given
+        return
+    folder = tempfile.mkdtemp(prefix="waldo-ray-")
     try:
-        with fs.open_input_stream(f"{path}/{name}/{JOB_FILE}") as f:
-            return json.loads(f.read())
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _write_job_file(root: str, name: str, payload: dict[str, Any]) -> None:
+    fs, path = storage.filesystem(storage.join(root, name, JOB_FILE))
+    fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
+    with fs.open(path, "w") as f:
+        f.write(json.dumps(payload))
+
+
+def load_job(name: str, storage_location: str | None = None) -> tuple[TrainSpec, str, str]:
+    """(spec, MLflow run id, tracking URI) of job `name`, as its driver stored them."""
+    root = storage.storage_root(storage_location)
+    fs, path = storage.filesystem(storage.join(root, name, JOB_FILE))
+    try:
+        with fs.open(path, "r") as f:
+            job = json.loads(f.read())
     except FileNotFoundError:
         raise WaldoError(f"no job named {name!r} under storage {root!r} (looked for "
                          f"{name}/{JOB_FILE}); pass the --storage it ran with") from None
+    return TrainSpec.model_validate(job["spec"]), job["run_id"], job["tracking_uri"]
 
 
 def train_distributed(
@@ -223,34 +245,33 @@ def train_distributed(
     resume_run_id: str | None = None,
     ray_callbacks: Sequence[Any] = (),
     on_start: Callable[[Run, str], None] | None = None,
+    scratch: str | None = None,
 ) -> TrainResult:
     """Run `spec` as a Ray Train job of `spec.workers` workers, tracked in one MLflow run.
 
-    `resume_run_id` continues an existing MLflow run (a job whose driver died); Ray itself
-    restores the job's checkpoint state from `storage/<run_name>`.
+    `resume_run_id` continues an existing MLflow run (a job whose driver died, see
+    `training.pipeline.resume`); Ray itself restores the job's checkpoint state from
+    `storage/<run_name>`, and the workers carry on from the latest checkpoint. `scratch` is a
+    local folder for the job's temporary files (default: a new one, removed at the end).
     """
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.lightning import RayTrainReportCallback
     from ray.train.torch import TorchTrainer
 
-    from training.train import monitor_of
-
     name = default_run_name(spec)
-    spec = spec.model_copy(update={"run_name": name})
+    spec = resolve_locations(spec).model_copy(update={"run_name": name})
     monitor, mode = monitor_of(spec)
     for key, value in WORKER_ENV.items():  # Ray Train hands these on to its controller
         if key.startswith("RAY_TRAIN_"):
             os.environ.setdefault(key, value)
     connect(spec.ray_address)
     _check_capacity(spec)
-    root = storage_root(spec)
-    tags = {"waldo.task": spec.task, "waldo.model": spec.model, "waldo.data": spec.data,
-            "ray.run_name": name, "ray.storage_path": f"{root.rstrip('/')}/{name}",
+    root = spec.storage
+    tags = {"ray.run_name": name, "ray.storage_path": storage.join(root, name),
             "ray.workers": spec.workers}
-    with start_run(spec.experiment, run_name=name, tracking_uri=spec.tracking_uri,
-                   parent_run_id=parent_run_id, tags=tags, run_id=resume_run_id) as run:
+    with (scratch_folder(scratch) as scratch,
+          open_run(spec, name, parent_run_id=parent_run_id, run_id=resume_run_id, tags=tags) as run):
         if resume_run_id is None:
-            run.log_params(spec.to_params())
-            run.log_text(spec.to_yaml(), "spec.yaml")
             _write_job_file(root, name, {"spec": spec.model_dump(mode="json"),
                                          "run_id": run.run_id,
                                          "tracking_uri": run.tracking_uri})
@@ -260,7 +281,8 @@ def train_distributed(
             train_loop_per_worker,
             train_loop_config={"spec": spec.model_dump(mode="json"), "run_id": run.run_id,
                                "experiment_id": run.experiment_id,
-                               "tracking_uri": run.tracking_uri, "callbacks": list(callbacks)},
+                               "tracking_uri": run.tracking_uri, "callbacks": list(callbacks),
+                               "scratch": scratch},
             scaling_config=ScalingConfig(
                 num_workers=spec.workers, use_gpu=spec.gpus_per_worker > 0,
                 resources_per_worker={"CPU": spec.cpus_per_worker,
@@ -278,32 +300,16 @@ def train_distributed(
         if result.error is not None:
             raise result.error
         best = result.get_best_checkpoint(monitor, mode) or result.checkpoint
+        best_name = RayTrainReportCallback.CHECKPOINT_NAME
         with best.as_directory() as folder:
-            best_file = Path(folder) / "checkpoint.ckpt"
-            run.log_artifact(best_file, "best")
+            run.log_artifact(Path(folder) / best_name, storage.CHECKPOINT_ARTIFACT_DIR)
         metrics = dict(run.client.get_run(run.run_id).data.metrics)  # rank 0 logged test_* too
-        run.set_tags({"ray.best_checkpoint": best.path})
-    return TrainResult(run.run_id, run.experiment_id, run.tracking_uri,
-                       Path(best.path) / "checkpoint.ckpt", metrics, run.ui_hint)
+        # Ray's checkpoint path has no scheme; the storage root says which filesystem it is on.
+        location = storage.join(storage.with_scheme(root, best.path), best_name)
+        storage.record_best_checkpoint(run, location,
+                                       f"{storage.CHECKPOINT_ARTIFACT_DIR}/{best_name}")
+    return TrainResult(run.run_id, run.experiment_id, run.tracking_uri, location, metrics,
+                       run.ui_hint)
 
 
-def resume(name: str, storage: str | None = None, tracking_uri: str | None = None,
-           ray_address: str | None = None) -> TrainResult:
-    """Continue job `name`, whose driver died, from its storage and in its MLflow run.
-
-    Everything else comes from the spec the driver stored in `storage/<name>/waldo_job.json`.
-    Ray restores the job's checkpoints from `storage/<name>` (its checkpoint manager's
-    snapshot) and the workers carry on from the latest one; the MLflow run, left RUNNING by
-    the dead driver, is reopened and closed as usual.
-    """
-    job = read_job_file(storage, name)
-    spec = TrainSpec.model_validate(job["spec"])
-    update: dict[str, Any] = {"tracking_uri": tracking_uri or job["tracking_uri"]}
-    if storage:
-        update["storage"] = storage
-    if ray_address:
-        update["ray_address"] = ray_address
-    return train_distributed(spec.model_copy(update=update), resume_run_id=job["run_id"])
-
-
-__all__ = ["connect", "resume", "start_local_ray", "train_distributed", "train_loop_per_worker"]
+__all__ = ["connect", "load_job", "start_local_ray", "train_distributed", "train_loop_per_worker"]

@@ -9,9 +9,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from training import viz
+from training.pipeline import run
 from training.spec import TrainSpec
+from training.steps import TrainResult
 from training.tracking import start_run
-from training.train import TrainResult, train
 
 # The source's settings; `waldo compare` starts from these, and flags override them.
 SOURCE_EXPERIMENT = {
@@ -32,7 +33,7 @@ def compare(models: Sequence[str], base: TrainSpec) -> tuple[str, dict[str, Trai
                    tracking_uri=base.tracking_uri, tags={"waldo.compare": ",".join(models)}) as parent:
         params = {k: v for k, v in base.to_params().items() if k != "model"}
         parent.log_params({**params, "models": ",".join(models)})
-        results = {m: train(base.model_copy(update={"model": m}), parent_run_id=parent.run_id)
+        results = {m: run(base.model_copy(update={"model": m}), parent_run_id=parent.run_id)
                    for m in models}
         curves = {}
         for name, result in results.items():

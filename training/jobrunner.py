@@ -28,21 +28,24 @@ def _export_fields(result) -> dict[str, Any]:
 def run_job(kind: str, spec_data: dict[str, Any]) -> dict[str, Any]:
     if kind not in JOB_SPECS:
         raise WaldoError(f"unknown job kind {kind!r}; one of {', '.join(JOB_SPECS)}")
+    if not isinstance(spec_data, dict):
+        raise WaldoError(f"the job's spec must be a JSON object of field: value, not {spec_data!r:.80}")
     spec = build_spec(JOB_SPECS[kind], overrides=spec_data)
     if kind == "train":
-        from training.train import train
+        from training.pipeline import run
 
-        result = train(spec)
+        result = run(spec)
         return {"run_id": result.run_id, "metrics": result.metrics, **_export_fields(result.export)}
     if kind == "sweep":
-        from training.sweep import sweep
+        from training.pipeline import run_sweep
 
-        result = sweep(spec)
+        result = run_sweep(spec)
         return {"run_id": result.parent_run_id, "best_config": result.best_config,
-                "best_metric": result.best_metric}
+                "best_metric": result.best_metric, "best_run_id": result.best_run_id,
+                **_export_fields(result.export)}
     from training.export import export_run
 
-    result = export_run(spec.run, **spec.export_kwargs())
+    result = export_run(spec)
     print("\n".join(result.summary()))
     return {"run_id": spec.run, **_export_fields(result)}
 
@@ -51,9 +54,14 @@ def main() -> int:
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     try:
         job = json.loads(os.environ[JOB_ENV])
+        if not isinstance(job, dict):
+            raise WaldoError(f"{JOB_ENV} must hold a JSON object {{\"kind\": ..., \"spec\": {{...}}}}")
         outcome = run_job(job["kind"], job["spec"])
     except KeyError as exc:
         print(f"waldo job: error: {JOB_ENV} is missing or lacks {exc}", file=sys.stderr)
+        return 2
+    except json.JSONDecodeError as exc:
+        print(f"waldo job: error: {JOB_ENV} is not JSON: {exc}", file=sys.stderr)
         return 2
     except WaldoError as exc:
         print(f"waldo job: error: {exc}", file=sys.stderr)

@@ -1,7 +1,8 @@
 """`waldo predict`: a checkpoint plus image files -> predictions.
 
-Pre- and post-processing come from `serving.processing`, driven by the checkpoint's ModelCard,
-so a prediction here means exactly what the HTTP service will answer.
+Pre- and post-processing come from `serving.processing`, driven by the ModelCard that export
+would write for the checkpoint (`training.export.card.build_card`), so a prediction here means
+exactly what the HTTP service will answer.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ from PIL import Image, UnidentifiedImageError
 
 from serving.processing import postprocess, preprocess
 from training.errors import WaldoError
+from training.export.card import build_card
+from training.export.source import read_record
 from training.tasks import load_task_file
 
 
@@ -22,7 +25,7 @@ def predict(checkpoint: str | Path, images: list[str | Path], *, top_k: int = 3,
             threshold: float = 0.5) -> list[dict[str, Any]]:
     task = load_task_file(checkpoint)
     task.eval()
-    card = task.model_card()
+    card = build_card(read_record(checkpoint))
     arrays, sizes = [], []
     for name in images:
         try:

@@ -10,12 +10,12 @@ from __future__ import annotations
 import ast
 import difflib
 import re
-import warnings
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 from pydantic import (
+    AliasChoices,
     BaseModel,
     ConfigDict,
     Field,
@@ -32,8 +32,70 @@ from training.errors import WaldoError
 
 Precision = Literal["32", "bf16-mixed", "16-mixed"]
 
-# The `register` field hides ABCMeta.register, which pydantic models inherit and specs never use.
-warnings.filterwarnings("ignore", r'Field name "register" in "\w+Spec" shadows', UserWarning)
+# --- the choice lists of an export (one place; `training.export` imports them) ---------------
+EXPORT_PRECISIONS = ("fp32", "fp16", "int8")
+ExportPrecision = Literal["fp32", "fp16", "int8"]
+EXPORTERS = ("auto", "torchscript", "dynamo")
+Exporter = Literal["auto", "torchscript", "dynamo"]
+MIN_OPSET = DEFAULT_OPSET = 18  # the dynamo exporter writes 18 and up natively
+MAX_OPSET = 23  # the newest opset torch 2.14's exporters write
+DEFAULT_ATOL = 1e-4
+DEFAULT_MAX_DROP = 0.01  # validation accuracy (as a fraction) that fp16/int8 may lose
+_MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
+_ALIAS = re.compile(r"^[\w-]{1,255}$")
+_VERSION_LIKE = re.compile(r"^[vV]\d+$")
+
+
+def check_model_name(name: str) -> str:
+    """A name that is safe as a repository folder and an MLflow registered model."""
+    if not _MODEL_NAME.match(name):
+        raise ValueError(f"invalid model name {name!r}: use letters, digits, '_', '-' and '.', "
+                         "starting with a letter or digit (at most 100 characters)")
+    return name
+
+
+def check_alias(alias: str) -> str:
+    """MLflow's rules for alias names, checked before anything is exported or registered."""
+    if not _ALIAS.match(alias):
+        raise ValueError(f"invalid alias {alias!r}: use letters, digits, '_' and '-', "
+                         "e.g. production or staging")
+    if alias.lower() == "latest" or _VERSION_LIKE.match(alias):
+        raise ValueError(f"invalid alias {alias!r}: 'latest' and version-like names (v1, V2) "
+                         "are reserved by MLflow; use e.g. production or staging")
+    return alias
+
+
+def check_opset(opset: int) -> int:
+    if not MIN_OPSET <= opset <= MAX_OPSET:
+        raise ValueError(f"opset {opset} is not supported: use {MIN_OPSET} to {MAX_OPSET}")
+    return opset
+
+
+# `publish` is the field; `register` (its name before) is still accepted in files, bodies and
+# as the `--register` flag. A field named `register` shadowed ABCMeta.register.
+_PUBLISH_HELP = "register the export as a new MLflow model version"
+
+
+def _publish_field(description: str) -> Any:
+    return Field(False, description=description,
+                 validation_alias=AliasChoices("publish", "register"),
+                 json_schema_extra={"flags": ["--publish", "--register"]})
+
+
+class DataSpec(BaseModel):
+    """The data part of a job spec: what a data module is built from (`create_datamodule`)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    task: Literal["classify", "localize"] = "classify"
+    name: str = "digits"
+    args: dict[str, Any] = Field(default_factory=dict)
+    dir: str | None = None
+    image_size: PositiveInt | None = None
+    download: bool = True
+    val_fraction: float = Field(0.15, gt=0, lt=1)
+    loader_workers: NonNegativeInt = 0
+    batch_size: PositiveInt = 32
 
 
 class TrainSpec(BaseModel):
@@ -117,19 +179,33 @@ class TrainSpec(BaseModel):
     export: bool = Field(
         False, description="after training, export the best checkpoint to ONNX into ./models"
     )
-    register: bool = Field(
-        False, description="register the export as a new MLflow model version (implies export)"
-    )
+    publish: bool = _publish_field(_PUBLISH_HELP + " (implies export)")
     alias: str | None = Field(
-        None, pattern=r"^[\w-]+$",
-        description="move this MLflow alias, e.g. production, to that version (implies register)",
+        None, description="move this MLflow alias, e.g. production, to that version (implies publish)",
     )
+
+    @field_validator("alias")
+    @classmethod
+    def _alias(cls, value: str | None) -> str | None:
+        return None if value is None else check_alias(value)
 
     @field_validator("precision", mode="before")
     @classmethod
     def _precision_as_text(cls, value: Any) -> Any:
         # YAML reads `precision: 32` as a number; the flag gives the string "32".
         return str(value) if isinstance(value, int) and not isinstance(value, bool) else value
+
+    def data_spec(self) -> DataSpec:
+        """The data part of this spec, for the data module."""
+        return DataSpec(task=self.task, name=self.data, args=self.data_args, dir=self.data_dir,
+                        image_size=self.image_size, download=self.download,
+                        val_fraction=self.val_fraction, loader_workers=self.loader_workers,
+                        batch_size=self.batch_size)
+
+    @property
+    def exports(self) -> bool:
+        """Whether the run ends with an export (`publish` and `alias` imply one)."""
+        return self.export or self.publish or self.alias is not None
 
     def to_params(self) -> dict[str, str]:
         """Flatten the spec into MLflow params (strings, nested args as `model_args.key`)."""
@@ -200,7 +276,7 @@ _CALL = re.compile(r"^\s*([A-Za-z_]\w*)\s*\((.*)\)\s*$", re.S)
 # Sweep fields and Ray/tracking settings are not hyperparameters.
 _NOT_SEARCHABLE = {"experiment", "run_name", "tracking_uri", "storage", "ray_address",
                    "progress_bar", "max_failures", "task", "data", "data_dir",
-                   "export", "register", "alias"}
+                   "export", "publish", "alias"}
 
 
 def _scalar(text: str) -> Any:
@@ -243,9 +319,6 @@ class SweepSpec(TrainSpec):
     search_alg: Literal["random", "optuna"] = Field("random", description="search algorithm")
     max_concurrent: PositiveInt | None = Field(None, description="trials running at once")
     grace_period: PositiveInt = Field(1, description="epochs before ASHA may stop a trial")
-    # Declared again: in a subclass, pydantic takes the inherited default of a field named
-    # `register` from ABCMeta.register instead of from TrainSpec.
-    register: bool = Field(False, description=TrainSpec.model_fields["register"].description)
 
     @field_validator("search")
     @classmethod
@@ -270,24 +343,45 @@ class SweepSpec(TrainSpec):
 
 # --- export -----------------------------------------------------------------------------------
 class ExportSpec(BaseModel):
-    """What `waldo export` and an export job do. Unset fields keep `export_run`'s defaults,
-    which are documented there, so they are not repeated here."""
+    """What `waldo export` and an export job do: which checkpoint, and how to write, check and
+    register it. Validated here, so the CLI and the jobs API refuse a bad value up front."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", frozen=True)
 
     run: str | None = Field(None, min_length=1, description="MLflow run whose best checkpoint to export")
     checkpoint: str | None = Field(None, min_length=1, description="a .ckpt file written by `waldo train`")
-    # Names, opsets and aliases are checked by export_run itself, with messages that say why.
-    name: str | None = Field(None, description="model name in the repository and the registry")
-    opset: int | None = Field(None, description="ONNX opset, 18 to 23 (default 18)")
-    precision: Literal["fp32", "fp16", "int8"] | None = None
-    output: str | None = Field(None, description="model repository folder (default ./models)")
-    register: bool = Field(False, description="register the export as a new MLflow model version")
-    alias: str | None = Field(None, description="move this MLflow alias to the version (implies register)")
-    tracking_uri: str | None = None
-    atol: PositiveFloat | None = None
-    max_drop: NonNegativeFloat | None = None
-    exporter: Literal["auto", "torchscript", "dynamo"] | None = None
+    name: str | None = Field(
+        None, description="model name in the repository and the registry "
+        "(default: the architecture, e.g. cnn, or cnn-localize)")
+    opset: int = Field(DEFAULT_OPSET, description=f"ONNX opset, {MIN_OPSET} to {MAX_OPSET}")
+    precision: ExportPrecision = Field(
+        "fp32", description="fp16 and int8 are scored against fp32 on the validation split")
+    output: str = Field("models", min_length=1, description="model repository folder")
+    publish: bool = _publish_field(_PUBLISH_HELP)
+    alias: str | None = Field(
+        None, description="move this MLflow alias (e.g. production) to the new version; implies publish")
+    tracking_uri: str | None = Field(
+        None, description="MLflow tracking URI (default: MLFLOW_TRACKING_URI or ./mlflow.db)")
+    atol: PositiveFloat = Field(DEFAULT_ATOL, description="largest |onnxruntime - torch| accepted")
+    max_drop: NonNegativeFloat = Field(
+        DEFAULT_MAX_DROP, description="validation accuracy fp16/int8 may lose, as a fraction")
+    exporter: Exporter = Field(
+        "auto", description="auto: TorchScript (fast), dynamo where it cannot")
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str | None) -> str | None:
+        return None if value is None else check_model_name(value)
+
+    @field_validator("alias")
+    @classmethod
+    def _alias(cls, value: str | None) -> str | None:
+        return None if value is None else check_alias(value)
+
+    @field_validator("opset")
+    @classmethod
+    def _opset(cls, value: int) -> int:
+        return check_opset(value)
 
     @model_validator(mode="after")
     def _one_source(self) -> ExportSpec:
@@ -295,10 +389,10 @@ class ExportSpec(BaseModel):
             raise ValueError("give exactly one of run (an MLflow run id) or checkpoint (a .ckpt path)")
         return self
 
-    def export_kwargs(self) -> dict[str, Any]:
-        """Keyword arguments for `export_run`, without the ones left unset."""
-        return {k: v for k, v in self.model_dump().items()
-                if v is not None and k not in {"run"}}
+    @property
+    def registers(self) -> bool:
+        """Whether this export becomes a registered model version (`alias` implies it)."""
+        return self.publish or self.alias is not None
 
 
 # --- jobs: the contract between the jobs API and the Ray job it submits -----------------------

@@ -9,16 +9,22 @@ MLflow gets one parent run, and one nested child run per trial.
 from __future__ import annotations
 
 import json
+import os
+import tempfile
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from training.distributed import connect, storage_root, train_distributed
+from training import storage
+from training.distributed import connect, scratch_folder, train_distributed
 from training.errors import WaldoError
 from training.spec import SweepSpec, TrainSpec, parse_distribution
+from training.steps import monitor_of, resolve_locations
 from training.tracking import start_run
-from training.train import monitor_of
+
+if TYPE_CHECKING:
+    from training.export import ExportResult
 
 STOPPED_EARLY = "stopped early"
 
@@ -28,8 +34,10 @@ class SweepResult:
     parent_run_id: str
     best_config: dict[str, Any]
     best_metric: float
-    best_checkpoint: str | None
+    best_checkpoint: str | None  # the best trial's checkpoint in storage
+    best_run_id: str | None = None  # the best trial's child run
     trials: list[dict[str, Any]] = field(default_factory=list)
+    export: ExportResult | None = None  # set by `training.pipeline.run_sweep` when asked
 
 
 def search_space(spec: SweepSpec) -> dict[str, Any]:
@@ -43,7 +51,8 @@ def search_space(spec: SweepSpec) -> dict[str, Any]:
     return space
 
 
-def _trial(config: dict[str, Any], base: dict[str, Any], parent_run_id: str, sweep: str) -> None:
+def _trial(config: dict[str, Any], base: dict[str, Any], parent_run_id: str, sweep: str,
+           scratch: str) -> None:
     """One trial: the base spec with this trial's overrides, as a Ray Train job."""
     from ray import tune
     from ray.tune.integration.ray_train import TuneReportCallback
@@ -53,6 +62,7 @@ def _trial(config: dict[str, Any], base: dict[str, Any], parent_run_id: str, swe
                                      "run_name": f"{sweep}-{trial_id}"})
     train_distributed(
         spec, parent_run_id=parent_run_id, ray_callbacks=[TuneReportCallback()],
+        scratch=os.path.join(scratch, trial_id),
         on_start=lambda run, name: run.set_tags({"ray.trial_id": trial_id,
                                                  "waldo.sweep": sweep}),
     )
@@ -63,6 +73,7 @@ def sweep(spec: SweepSpec) -> SweepResult:
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
 
+    spec = resolve_locations(spec)  # trials run in folders of their own
     base = spec.base_spec().model_copy(update={"workers": max(1, spec.workers),
                                                "progress_bar": False})
     monitor, mode = monitor_of(base)
@@ -87,14 +98,18 @@ def sweep(spec: SweepSpec) -> SweepResult:
                                            random_state=spec.seed)
         max_concurrent = None
 
-    with start_run(spec.experiment, run_name=name, tracking_uri=spec.tracking_uri,
-                   tags={"waldo.sweep": name, "waldo.model": spec.model}) as parent:
+    # Tune ends a stopped trial's processes without letting them clean up: their temporary
+    # files go into one scratch folder that the sweep removes.
+    with (scratch_folder() as scratch,
+          start_run(spec.experiment, run_name=name, tracking_uri=spec.tracking_uri,
+                    tags={"waldo.sweep": name, "waldo.model": spec.model}) as parent):
         parent.log_params({**base.to_params(), "trials": spec.trials, "scheduler": spec.scheduler,
                            "search_alg": spec.search_alg,
                            **{f"search.{k}": v for k, v in spec.search.items()}})
         parent.log_text(spec.to_yaml(), "sweep.yaml")
         trainable = tune.with_parameters(_trial, base=base.model_dump(mode="json"),
-                                         parent_run_id=parent.run_id, sweep=name)
+                                         parent_run_id=parent.run_id, sweep=name,
+                                         scratch=scratch)
         # The trial function only waits on its Train job, whose workers hold the CPUs; it
         # reserves a little memory instead (Tune refuses an all-zero request).
         trainable = tune.with_resources(trainable, {"CPU": 0, "memory": 64 * 2**20})
@@ -108,30 +123,55 @@ def sweep(spec: SweepSpec) -> SweepResult:
                 # its fate and free their CPUs. A reused process would keep them alive.
                 reuse_actors=False,
             ),
-            run_config=tune.RunConfig(name=name, storage_path=storage_root(spec)),
+            run_config=tune.RunConfig(name=name, storage_path=spec.storage),
         )
         grid = tuner.fit()
-        trials = _record_trials(parent, grid, spec.epochs, monitor)
+        trials = _record_trials(parent, grid, spec.epochs, monitor, mode, spec.storage)
         finished = [t for t in trials if t.get(monitor) is not None]
         if not finished:
             raise WaldoError(f"no trial of sweep {name!r} reported {monitor!r}; see the child runs")
-        best = (min if mode == "min" else max)(finished, key=lambda t: t[monitor])
+        # A trial ASHA stopped was behind at its last rung, and its process died before it
+        # recorded a best checkpoint; the best is chosen among trials that ran to the end.
+        ran = [t for t in finished if t["status"] == "completed"] or finished
+        best = (min if mode == "min" else max)(ran, key=lambda t: t[monitor])
         parent.log_metrics({f"best_{monitor}": best[monitor]})
-        parent.set_tags({"best.trial_id": best["trial_id"], "best.run_id": best.get("run_id", ""),
-                         "best.checkpoint": best.get("checkpoint") or ""})
+        location = _adopt_best_checkpoint(parent, best)
+        parent.set_tags({"best.trial_id": best["trial_id"], "best.run_id": best.get("run_id", "")})
         parent.log_text(json.dumps({"config": best["config"], monitor: best[monitor],
-                                    "checkpoint": best.get("checkpoint")}, indent=2),
-                        "best_trial.json")
-        if best.get("checkpoint"):
-            ckpt = Path(best["checkpoint"]) / "checkpoint.ckpt"
-            if ckpt.is_file():
-                parent.log_artifact(ckpt, "best")
+                                    "run_id": best.get("run_id"), "checkpoint": location},
+                                   indent=2), "best_trial.json")
         parent.log_figure(_trials_plot(trials, list(spec.search), monitor), "trials.png")
-    return SweepResult(parent.run_id, best["config"], best[monitor], best.get("checkpoint"), trials)
+    return SweepResult(parent.run_id, best["config"], best[monitor], location,
+                       best.get("run_id"), trials)
 
 
-def _record_trials(parent, grid, epochs: int, monitor: str) -> list[dict[str, Any]]:
-    """Close each trial's child run with its real outcome (finished, stopped early, failed)."""
+def _adopt_best_checkpoint(parent, best: dict[str, Any]) -> str | None:
+    """Log the best trial's checkpoint on its child run and the parent run, and record it on
+    the parent as the parent's own (`training.storage`), so either run exports like any."""
+    location = best.get("checkpoint")
+    if location is None:
+        return None
+    artifact = f"{storage.CHECKPOINT_ARTIFACT_DIR}/{Path(location).name}"
+    with tempfile.TemporaryDirectory() as tmp:
+        local = storage.fetch(location, tmp)
+        for run_id in filter(None, [best.get("run_id"), parent.run_id]):
+            parent.client.log_artifact(run_id, str(local), storage.CHECKPOINT_ARTIFACT_DIR)
+            parent.client.set_tag(run_id, storage.BEST_ARTIFACT_TAG, artifact)
+    storage.record_best_checkpoint(parent, location, artifact)
+    return location
+
+
+def _record_trials(parent, grid, epochs: int, monitor: str, mode: str,
+                   root: str) -> list[dict[str, Any]]:
+    """Close each trial's child run with its real outcome (finished, stopped early, failed),
+    and record on it its best epoch's checkpoint (`training.storage`).
+
+    Tune ends a trial's process at its last report, whether ASHA stopped it or it reached its
+    last epoch, so the trial cannot record this itself: each report carries the metrics and the
+    checkpoint of that epoch (TuneReportCallback), and the sweep reads them here.
+    """
+    from ray.train.lightning import RayTrainReportCallback
+
     children = {r.data.tags.get("ray.trial_id"): r for r in parent.client.search_runs(
         [parent.experiment_id], f"tags.mlflow.parentRunId = '{parent.run_id}'")}
     trials = []
@@ -145,18 +185,34 @@ def _record_trials(parent, grid, epochs: int, monitor: str) -> list[dict[str, An
             status, mlflow_status = STOPPED_EARLY, "FINISHED"
         else:
             status, mlflow_status = "completed", "FINISHED"
-        child = children.get(trial_id)
+        value, checkpoint = _best_epoch(result, monitor, mode)
+        location = (storage.join(storage.with_scheme(root, checkpoint),
+                                 RayTrainReportCallback.CHECKPOINT_NAME) if checkpoint else None)
         trial = {"trial_id": trial_id, "config": result.config.get("train_loop_config", {}),
-                 "epochs": epochs_done, "status": status, monitor: metrics.get(monitor),
-                 "checkpoint": metrics.get("checkpoint_path")}
+                 "epochs": epochs_done, "status": status, monitor: value, "checkpoint": location}
+        child = children.get(trial_id)
         if child is not None:
             trial["run_id"] = child.info.run_id
-            parent.client.set_tag(child.info.run_id, "waldo.trial_status", status)
+            tags = {"waldo.trial_status": status}
+            if location and storage.BEST_CHECKPOINT_TAG not in child.data.tags:
+                tags[storage.BEST_CHECKPOINT_TAG] = location
+            for key, tag in tags.items():
+                parent.client.set_tag(child.info.run_id, key, tag)
             parent.client.log_metric(child.info.run_id, "epochs_completed", epochs_done)
             if child.info.status == "RUNNING" or status == "failed":
                 parent.client.set_terminated(child.info.run_id, mlflow_status)
         trials.append(trial)
     return trials
+
+
+def _best_epoch(result, monitor: str, mode: str) -> tuple[float | None, str | None]:
+    """(the trial's best value of `monitor`, the checkpoint of that epoch), from its reports."""
+    frame = result.metrics_dataframe
+    if frame is None or monitor not in frame or frame[monitor].isna().all():
+        return (result.metrics or {}).get(monitor), None
+    row = frame.loc[frame[monitor].idxmin() if mode == "min" else frame[monitor].idxmax()]
+    checkpoint = row.get("checkpoint_path")
+    return float(row[monitor]), checkpoint if isinstance(checkpoint, str) else None
 
 
 def _trials_plot(trials: list[dict[str, Any]], params: list[str], monitor: str):

@@ -26,6 +26,19 @@ def resolve_tracking_uri(uri: str | None = None) -> str:
     return uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path.cwd() / 'mlflow.db'}"
 
 
+def absolute_tracking_uri(uri: str | None = None) -> str:
+    """`resolve_tracking_uri`, with a relative SQLite file or store folder made absolute, so
+    that processes in other working folders (Ray workers, Tune trials) use the same store."""
+    uri = resolve_tracking_uri(uri)
+    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+        return f"sqlite:///{Path(uri.removeprefix('sqlite:///')).resolve()}"
+    if uri.startswith("file:") and not uri.startswith("file:///"):
+        return Path(uri.removeprefix("file:")).resolve().as_uri()
+    if "://" not in uri and ":" not in uri and not uri.startswith("databricks"):  # a folder
+        return Path(uri).resolve().as_uri()
+    return uri
+
+
 @dataclass
 class Run:
     """An open MLflow run and the client that writes to it."""

@@ -2,6 +2,7 @@
 
 It validates specs with training.spec (the CLI's schema) and hands them to Ray Job Submission.
 Every /v1 route needs the bearer token `WALDO_JOBS_TOKEN`; without one the app does not start.
+Errors and the token check are the inference service's (serving.errors, serving.auth).
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from fastapi import FastAPI
 
 from services.jobs import errors
 from services.jobs.ray_jobs import RayJobs
-from services.jobs.routes import health, router
+from services.jobs.routes import health, jobs
 from services.jobs.settings import JobsSettings, get_settings
 
 
@@ -21,6 +22,6 @@ def create_app(settings: JobsSettings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.jobs = RayJobs(settings)
     errors.install(app)
-    app.include_router(health)
-    app.include_router(router)
+    for router in (health.router, jobs.router):
+        app.include_router(router)
     return app

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import secrets
 import time
+from collections.abc import Callable
 from datetime import datetime, timezone
 from typing import Any
 
@@ -42,11 +43,24 @@ def parse_result(logs: str) -> dict[str, Any] | None:
     return None
 
 
-class RayJobs:
-    """Blocking calls (Ray's client uses requests): the routes run them in a thread pool."""
+def ray_client(address: str):
+    """Ray's job-submission client for the dashboard at `address` (imported here: Ray is slow
+    to import, and the app must start without touching it)."""
+    from ray.job_submission import JobSubmissionClient
 
-    def __init__(self, settings: JobsSettings):
+    return JobSubmissionClient(address)
+
+
+class RayJobs:
+    """Blocking calls (Ray's client uses requests): the routes run them in a thread pool.
+
+    `connect(address)` returns the job-submission client (tests pass one that returns an
+    in-process fake); it is called again after a connection error.
+    """
+
+    def __init__(self, settings: JobsSettings, connect: Callable[[str], Any] = ray_client):
         self.settings = settings
+        self._connect = connect
         self._client = None
         self._results: dict[str, dict[str, Any] | None] = {}  # finished jobs' WALDO_RESULT
         self._run_urls: dict[str, str | None] = {}  # run id -> MLflow UI link; runs never move
@@ -54,10 +68,8 @@ class RayJobs:
     @property
     def client(self):
         if self._client is None:
-            from ray.job_submission import JobSubmissionClient
-
             try:
-                self._client = JobSubmissionClient(self.settings.ray_address)
+                self._client = self._connect(self.settings.ray_address)
             except Exception as exc:  # ConnectionError, RuntimeError from Ray's version check
                 raise ClusterUnavailable(f"Ray cluster at {self.settings.ray_address} is unreachable: "
                                          f"{' '.join(str(exc).split())[:300]}") from None

@@ -10,110 +10,49 @@ UI and finds its metrics.
 from __future__ import annotations
 
 import io
-import os
 import secrets
-import subprocess
 import sys
 import time
+from contextlib import ExitStack
 from pathlib import Path
 
 import httpx
 import pytest
-from servers import free_port, stop_group
+from support import BIN, ray_cluster, start_server, wait_http, wait_until
 
 pytestmark = pytest.mark.slow
 
-BIN = Path(sys.executable).parent
 CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
 MODEL = "cnn-e2e"
-
-
-def wait_http(url: str, proc: subprocess.Popen, log: Path, seconds: float = 180,
-              status: tuple[int, ...] = (200,)) -> None:
-    deadline = time.monotonic() + seconds
-    while True:
-        try:
-            if httpx.get(url, timeout=3).status_code in status:
-                return
-        except httpx.TransportError:
-            pass
-        assert proc.poll() is None, f"{proc.args[:3]} exited:\n{log.read_text()[-3000:]}"
-        assert time.monotonic() < deadline, f"{url} not {status} after {seconds}s:\n{log.read_text()[-3000:]}"
-        time.sleep(1)
-
-
-def node_ports() -> list[str]:
-    """Ports of a node's own agents. Two nodes on one machine (or another Ray running beside
-    the test) would otherwise collide on the defaults, and the job agent would never start."""
-    flags = ["--dashboard-agent-listen-port", "--dashboard-agent-grpc-port", "--metrics-export-port",
-             "--runtime-env-agent-port", "--node-manager-port", "--object-manager-port"]
-    return [f"{flag}={free_port()}" for flag in flags] + ["--disable-usage-stats"]
-
-
-class Processes:
-    """Processes started in their own sessions, so each can be ended with all it spawned."""
-
-    def __init__(self, root: Path, env: dict[str, str]):
-        self.root, self.env, self.procs = root, env, []
-
-    def start(self, name: str, *argv: str,
-              env: dict[str, str] | None = None) -> tuple[subprocess.Popen, Path]:
-        log = self.root / f"{name}.log"
-        with open(log, "w") as out:
-            proc = subprocess.Popen(list(argv), cwd=self.root, env={**self.env, **(env or {})}, stdout=out,
-                                    stderr=subprocess.STDOUT, start_new_session=True)
-        self.procs.append(proc)
-        return proc, log
-
-    def stop(self) -> None:
-        for proc in reversed(self.procs):
-            stop_group(proc)
 
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory, mlflow_server):
     root = tmp_path_factory.mktemp("stack")
-    ray_token, jobs_token = secrets.token_hex(32), secrets.token_hex(24)
-    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "RAY_ADDRESS")}
-    # `python` in the job entrypoint must be this interpreter: the nodes inherit this PATH.
-    env.update(PATH=f"{BIN}{os.pathsep}{env.get('PATH', '')}", RAY_AUTH_MODE="token",
-               RAY_AUTH_TOKEN=ray_token, PYTHONUNBUFFERED="1", RAY_USAGE_STATS_ENABLED="0")
-    procs = Processes(root, env)
-    gcs, dashboard = free_port(), free_port()
-    try:
-        head, head_log = procs.start("ray-head", str(BIN / "ray"), "start", "--head", "--block",
-                                     f"--port={gcs}", "--dashboard-host=127.0.0.1",
-                                     f"--dashboard-port={dashboard}", "--num-cpus=1",
-                                     "--include-dashboard=true", *node_ports())
-        ray_api = f"http://127.0.0.1:{dashboard}"
-        wait_http(f"{ray_api}/api/version", head, head_log, status=(200, 401, 403))  # token auth is on
-        procs.start("ray-worker", str(BIN / "ray"), "start", "--block", f"--address=127.0.0.1:{gcs}",
-                    "--num-cpus=1", *node_ports())
-        jobs_port, serve_port = free_port(), free_port()
-        jobs, jobs_log = procs.start(
-            "jobs", sys.executable, "-m", "uvicorn", "services.jobs.app:create_app", "--factory",
-            "--host", "127.0.0.1", "--port", str(jobs_port),
-            env={"WALDO_JOBS_TOKEN": jobs_token, "WALDO_JOBS_RAY_ADDRESS": ray_api,
+    jobs_token = secrets.token_hex(24)
+    with ray_cluster(root, workers=1, num_cpus=1, dashboard=True) as ray, ExitStack() as servers:
+        # The jobs API and the service get the nodes' environment: their Ray token, and this
+        # interpreter first on PATH, so that `python` in a job's entrypoint is this one.
+        jobs = start_server(
+            lambda port: [sys.executable, "-m", "uvicorn", "services.jobs.app:create_app", "--factory",
+                          "--host", "127.0.0.1", "--port", str(port)],
+            workdir=root / "jobs", timeout=180,
+            env={**ray.env, "WALDO_JOBS_TOKEN": jobs_token, "WALDO_JOBS_RAY_ADDRESS": ray.dashboard,
                  "WALDO_JOBS_TRACKING_URI": mlflow_server})
-        serving, serving_log = procs.start(
-            "serving", str(BIN / "waldo"), "serve", "--models", f"{MODEL}@production", "--port",
-            str(serve_port), "--tracking-uri", mlflow_server, "--poll-interval-s", "2",
-            env={"WALDO_CACHE_DIR": str(root / "model-cache")})
-        jobs_url, serve_url = f"http://127.0.0.1:{jobs_port}", f"http://127.0.0.1:{serve_port}"
-        wait_http(f"{jobs_url}/readyz", jobs, jobs_log)
-        wait_http(f"{serve_url}/healthz", serving, serving_log)
-        yield {"jobs": jobs_url, "token": jobs_token, "serving": serve_url, "mlflow": mlflow_server,
-               "root": root, "ray": ray_api}
-    finally:
-        procs.stop()
-        # `ray start --head` leaves its address for later `ray.init()` calls to join; `ray stop`
-        # would remove it but also end every other Ray on the machine.
-        current = Path(os.environ.get("RAY_TMPDIR", "/tmp/ray")) / "ray_current_cluster"
-        if current.is_file() and f":{gcs}" in current.read_text():
-            current.unlink()
+        servers.callback(jobs.stop)
+        serving = start_server(  # alive at once; ready once the alias exists (step 4)
+            lambda port: [str(BIN / "waldo"), "serve", "--models", f"{MODEL}@production", "--host",
+                          "127.0.0.1", "--port", str(port), "--tracking-uri", mlflow_server,
+                          "--poll-interval-s", "2"],
+            workdir=root / "serving", ready="/healthz", timeout=180,
+            env={**ray.env, "WALDO_CACHE_DIR": str(root / "model-cache")})
+        servers.callback(serving.stop)
+        yield {"jobs": jobs.url, "token": jobs_token, "serving": serving.url, "mlflow": mlflow_server,
+               "root": root, "ray": ray.dashboard, "servers": {"jobs": jobs, "serving": serving}}
 
 
 def wait_job(client: httpx.Client, job_id: str, seconds: float = 600) -> dict:
+    """The job once it has ended, whichever way (its last state if it has not)."""
     deadline = time.monotonic() + seconds
     while True:
         job = client.get(f"/v1/jobs/{job_id}").json()
@@ -179,10 +118,8 @@ def test_train_register_and_serve_through_the_jobs_api(stack):
     assert MlflowClient(stack["mlflow"]).get_model_version_by_alias(MODEL, "production").version == "1"
 
     # 4. The inference service, watching the alias, serves it.
-    deadline = time.monotonic() + 120
-    while httpx.get(f"{stack['serving']}/readyz").status_code != 200:
-        assert time.monotonic() < deadline, httpx.get(f"{stack['serving']}/readyz").json()
-        time.sleep(1)
+    serving = stack["servers"]["serving"]
+    wait_http(f"{serving.url}/readyz", timeout=120, proc=serving.proc, log=serving.log)
 
     # 5. It classifies a held-out digit.
     image, label = digit_png()
@@ -223,8 +160,7 @@ def test_waldo_jobs_cli_submits_lists_and_stops(stack, waldo, tmp_path):
     env_token = ["--url", stack["jobs"], "--token", stack["token"]]
 
     def jobs(*args: str):
-        return subprocess.run([*waldo.command(), "jobs", *env_token, *args], capture_output=True, text=True,
-                              timeout=120, cwd=tmp_path)
+        return waldo.run("jobs", *env_token, *args, cwd=tmp_path, timeout=120)
 
     submitted = jobs("submit", "train", "--model", "cnn", "--epochs", "200", "--experiment", "e2e-cli")
     assert submitted.returncode == 0, submitted.stderr
@@ -233,10 +169,8 @@ def test_waldo_jobs_cli_submits_lists_and_stops(stack, waldo, tmp_path):
     assert job_id in jobs("list").stdout
     stopped = jobs("stop", job_id)
     assert stopped.returncode == 0 and job_id in stopped.stdout, stopped.stderr
-    deadline = time.monotonic() + 120
-    while '"status": "STOPPED"' not in jobs("status", job_id).stdout:
-        assert time.monotonic() < deadline, jobs("status", job_id).stdout
-        time.sleep(2)
+    wait_until(lambda: '"status": "STOPPED"' in jobs("status", job_id).stdout,
+               what=f"job {job_id} stopped", timeout=120, interval=2)
     assert "not running" in jobs("stop", job_id).stdout
     unknown = jobs("status", "waldo-train-nope")
     assert unknown.returncode == 2 and "404" in unknown.stderr and "waldo-train-nope" in unknown.stderr

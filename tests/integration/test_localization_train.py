@@ -5,18 +5,16 @@ from __future__ import annotations
 
 import json
 import re
-from pathlib import Path
 
 import pytest
 import torch
 from mlflow.tracking import MlflowClient
 from PIL import Image
+from support import TrainedRun
 
 from training import cli
 from training.data import create_datamodule
-from training.spec import TrainSpec
 from training.tasks import ClassificationTask, LocalizationTask, load_task
-from training.train import train
 
 pytestmark = pytest.mark.slow
 
@@ -32,33 +30,19 @@ def artifact_paths(client: MlflowClient, run_id: str, path: str | None = None) -
     return out
 
 
-def train_in(work: Path, spec: TrainSpec):
-    mp = pytest.MonkeyPatch()
-    mp.chdir(work)
-    mp.delenv("MLFLOW_TRACKING_URI", raising=False)
-    try:
-        return train(spec)
-    finally:
-        mp.undo()
-
-
 @pytest.fixture(scope="module")
-def loc_run(mlflow_server, tmp_path_factory):
+def loc_run(trained_run, mlflow_server) -> TrainedRun:
     """`waldo train --task localize --model cnn --data localization-digits --epochs 2
     --data-arg train_size=256 --data-arg eval_size=64`, in-process."""
-    work = tmp_path_factory.mktemp("loc-run")
-    spec = TrainSpec(task="localize", model="cnn", data="localization-digits", epochs=2,
-                     data_args={"train_size": 256, "eval_size": 64}, tracking_uri=mlflow_server,
-                     experiment="it-localize", progress_bar=False)
-    return spec, train_in(work, spec), work
+    return trained_run(task="localize", model="cnn", data="localization-digits", epochs=2,
+                       data_args={"train_size": 256, "eval_size": 64}, tracking_uri=mlflow_server,
+                       experiment="it-localize")
 
 
 @pytest.fixture(scope="module")
-def cls_run(mlflow_server, tmp_path_factory):
-    work = tmp_path_factory.mktemp("cls-run")
-    spec = TrainSpec(model="cnn", data="digits", epochs=1, tracking_uri=mlflow_server,
-                     experiment="it-predict", progress_bar=False)
-    return spec, train_in(work, spec), work
+def cls_run(tracked_cnn) -> TrainedRun:
+    """The classifier `waldo predict` runs: the session's cnn on the tracking server."""
+    return tracked_cnn
 
 
 @pytest.fixture(scope="module")
@@ -66,10 +50,10 @@ def pngs(loc_run, cls_run, tmp_path_factory):
     """Test canvases (the first 3 with a digit and the first empty one) and 2 test digits as
     PNG files, with the images they hold."""
     folder = tmp_path_factory.mktemp("pngs")
-    loc_spec, cls_spec = loc_run[0], cls_run[0]
+    loc_spec, cls_spec = loc_run.spec, cls_run.spec
     out = {}
     for kind, spec in [("loc", loc_spec), ("cls", cls_spec)]:
-        dm = create_datamodule(spec)
+        dm = create_datamodule(spec.data_spec())
         dm.setup("fit")
         items = [dm.test_set[i] for i in range(len(dm.test_set))]
         if kind == "loc":
@@ -95,8 +79,8 @@ def cli_runs(loc_run, cls_run, pngs, waldo):
     """The `waldo predict` subprocesses, started together (each pays the torch import)."""
     folder, images = pngs
     cases = {
-        "loc": ["predict", "--checkpoint", str(loc_run[1].best_checkpoint), *images["loc"][0]],
-        "cls": ["predict", "--checkpoint", str(cls_run[1].best_checkpoint), *images["cls"][0]],
+        "loc": ["predict", "--checkpoint", str(loc_run.checkpoint), *images["loc"][0]],
+        "cls": ["predict", "--checkpoint", str(cls_run.checkpoint), *images["cls"][0]],
         "missing-checkpoint": ["predict", "--checkpoint", str(folder / "nope.ckpt"),
                                images["loc"][0][0]],
     }
@@ -105,7 +89,7 @@ def cli_runs(loc_run, cls_run, pngs, waldo):
 
 # --- the run on the server ------------------------------------------------------------------
 def test_localization_run_logs_epoch_and_test_metrics(mlflow_server, loc_run):
-    _, result, _ = loc_run
+    result = loc_run.result
     client = MlflowClient(mlflow_server)
     run = client.get_run(result.run_id)
     assert run.info.status == "FINISHED"
@@ -126,7 +110,7 @@ def test_localization_run_logs_epoch_and_test_metrics(mlflow_server, loc_run):
 
 
 def test_localization_run_logs_box_pictures(mlflow_server, loc_run, tmp_path):
-    _, result, _ = loc_run
+    result = loc_run.result
     client = MlflowClient(mlflow_server)
     paths = artifact_paths(client, result.run_id)
     boxes = sorted(p for p in paths if p.startswith("boxes/"))
@@ -140,10 +124,11 @@ def test_localization_run_logs_box_pictures(mlflow_server, loc_run, tmp_path):
 
 
 def test_best_localization_checkpoint_loads_as_a_localizer(loc_run):
-    _, result, _ = loc_run
-    task = load_task(str(result.best_checkpoint))
-    assert isinstance(task, LocalizationTask)
-    card = task.model_card()
+    from training.export.card import build_card
+    from training.export.source import read_record
+
+    assert isinstance(load_task(str(loc_run.checkpoint)), LocalizationTask)
+    card = build_card(read_record(loc_run.checkpoint))  # what an export would write
     assert card.task == "localize" and card.labels == [str(d) for d in range(10)]
     assert (card.input.height, card.input.width) == (CANVAS, CANVAS)
 
@@ -162,7 +147,7 @@ def test_predict_localizer_prints_p_c_and_a_box_in_pixels(loc_run, pngs, cli_run
     lines = stdout.strip().splitlines()
     assert len(lines) == len(files), stdout
     # what the trained network says about the same canvases through the training pipeline
-    task = load_task(str(loc_run[1].best_checkpoint)).eval()
+    task = load_task(str(loc_run.checkpoint)).eval()
     with torch.no_grad():
         y = task(dm.batch_transform()(images))
     for line, name, expected in zip(lines, files, y, strict=True):
@@ -182,7 +167,7 @@ def test_predict_classifier_prints_label_and_probability(cls_run, pngs, cli_runs
     returncode, stdout, stderr = cli_runs["cls"]
     assert returncode == 0, stderr
     files, images, dm = pngs[1]["cls"]
-    task = load_task(str(cls_run[1].best_checkpoint)).eval()
+    task = load_task(str(cls_run.checkpoint)).eval()
     assert isinstance(task, ClassificationTask)
     with torch.no_grad():
         probs = task(dm.batch_transform()(images)).softmax(1)
@@ -210,7 +195,7 @@ def test_predict_user_errors_in_process(loc_run, pngs, capsys, case):
     """The same through `cli.main` (cheaper than a subprocess): status 2, one stderr line.
     A file that is not a checkpoint at all must be a user error too, not a traceback."""
     folder, images = pngs
-    best = str(loc_run[1].best_checkpoint)
+    best = str(loc_run.checkpoint)
     png = images["loc"][0][0]
     (folder / "notes.ckpt").write_text("not a checkpoint\n")
     argv, expected = {
@@ -230,7 +215,7 @@ def test_predict_user_errors_in_process(loc_run, pngs, capsys, case):
 
 def test_predict_json_matches_the_printed_lines(loc_run, pngs, capsys):
     files = pngs[1]["loc"][0]
-    assert cli.main(["predict", "--json", "--checkpoint", str(loc_run[1].best_checkpoint),
+    assert cli.main(["predict", "--json", "--checkpoint", str(loc_run.checkpoint),
                      *files]) == 0
     results = json.loads(capsys.readouterr().out)
     assert [r["image"] for r in results] == files

@@ -13,7 +13,6 @@ from PIL import Image
 from training.experiments import compare
 from training.spec import TrainSpec
 from training.tasks import ClassificationTask
-from training.train import train
 
 pytestmark = pytest.mark.slow
 
@@ -28,24 +27,8 @@ def artifact_paths(client: MlflowClient, run_id: str, path: str | None = None) -
     return out
 
 
-@pytest.fixture(scope="module")
-def trained_run(mlflow_server, tmp_path_factory):
-    """One cnn trained for 2 epochs, tracked on the server."""
-    work = tmp_path_factory.mktemp("train-run")
-    mp = pytest.MonkeyPatch()
-    mp.chdir(work)
-    mp.delenv("MLFLOW_TRACKING_URI", raising=False)
-    try:
-        spec = TrainSpec(model="cnn", epochs=2, tracking_uri=mlflow_server, experiment="it",
-                         progress_bar=False)
-        result = train(spec)
-    finally:
-        mp.undo()
-    return spec, result, work
-
-
-def test_run_is_on_the_server_and_finished(mlflow_server, trained_run):
-    spec, result, work = trained_run
+def test_run_is_on_the_server_and_finished(mlflow_server, tracked_cnn):
+    result, work = tracked_cnn.result, tracked_cnn.folder
     client = MlflowClient(mlflow_server)
     run = client.get_run(result.run_id)
     assert run.info.status == "FINISHED"
@@ -56,16 +39,16 @@ def test_run_is_on_the_server_and_finished(mlflow_server, trained_run):
     assert not (work / "mlflow.db").exists() and not (work / "mlruns").exists()
 
 
-def test_params_are_the_spec(mlflow_server, trained_run):
-    spec, result, _ = trained_run
+def test_params_are_the_spec(mlflow_server, tracked_cnn):
+    spec, result = tracked_cnn.logged_spec, tracked_cnn.result
     params = MlflowClient(mlflow_server).get_run(result.run_id).data.params
     assert params["model"] == "cnn" and params["epochs"] == "2"
     assert params["lr"] == str(spec.lr) and params["optimizer"] == spec.optimizer
     assert {k: params.get(k) for k in spec.to_params()} == spec.to_params()
 
 
-def test_one_value_per_epoch(mlflow_server, trained_run):
-    _, result, _ = trained_run
+def test_one_value_per_epoch(mlflow_server, tracked_cnn):
+    result = tracked_cnn.result
     client = MlflowClient(mlflow_server)
     for key in EPOCH_METRICS:
         history = client.get_metric_history(result.run_id, key)
@@ -79,8 +62,8 @@ def test_one_value_per_epoch(mlflow_server, trained_run):
     assert test_acc[0].value > 0.3  # 2 epochs of the cnn on digits: far above chance (0.1)
 
 
-def test_artifacts(mlflow_server, trained_run, tmp_path):
-    _, result, _ = trained_run
+def test_artifacts(mlflow_server, tracked_cnn, tmp_path):
+    result = tracked_cnn.result
     client = MlflowClient(mlflow_server)
     paths = artifact_paths(client, result.run_id)
     for name in ["spec.yaml", "learning_curves.png", "confusion_matrix.png",
@@ -92,20 +75,21 @@ def test_artifacts(mlflow_server, trained_run, tmp_path):
             assert image.format == "PNG" and min(image.size) > 10
 
 
-def test_best_checkpoint_is_logged_and_loads(mlflow_server, trained_run, tmp_path):
-    _, result, _ = trained_run
+def test_best_checkpoint_is_logged_and_loads(mlflow_server, tracked_cnn, tmp_path):
+    result = tracked_cnn.result
     client = MlflowClient(mlflow_server)
-    assert result.best_checkpoint.is_file()
+    best_file = tracked_cnn.checkpoint
+    assert best_file.is_file()
     checkpoints = [p for p in artifact_paths(client, result.run_id) if p.endswith(".ckpt")]
-    best = [p for p in checkpoints if Path(p).name == result.best_checkpoint.name]
-    assert best, f"best checkpoint {result.best_checkpoint.name} not among {checkpoints}"
+    best = [p for p in checkpoints if Path(p).name == best_file.name]
+    assert best, f"best checkpoint {best_file.name} not among {checkpoints}"
     local = client.download_artifacts(result.run_id, best[0], str(tmp_path))
     task = ClassificationTask.load_from_checkpoint(local, map_location="cpu")
     assert task.hparams.model_name == "cnn" and task.hparams.num_classes == 10
 
 
-def test_spec_artifact_parses_into_the_same_spec(mlflow_server, trained_run, tmp_path):
-    spec, result, _ = trained_run
+def test_spec_artifact_parses_into_the_same_spec(mlflow_server, tracked_cnn, tmp_path):
+    spec, result = tracked_cnn.logged_spec, tracked_cnn.result
     local = MlflowClient(mlflow_server).download_artifacts(result.run_id, "spec.yaml",
                                                            str(tmp_path))
     assert TrainSpec.model_validate(yaml.safe_load(Path(local).read_text())) == spec

@@ -4,30 +4,58 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
-import subprocess
+import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from mlflow.tracking import MlflowClient
+from support import clean_env, session_pids, start_process, stop_group, wait_until
 
 from training.errors import WaldoError
 from training.spec import SweepSpec, TrainSpec
 
 pytestmark = pytest.mark.slow
 
+
 @pytest.fixture(scope="module")
-def local_ray():
-    """One local Ray for the in-process tests of this module (2 CPUs, as on CI)."""
+def ray_tmp() -> Iterator[Path]:
+    """The temp folder of the module's Ray workers (their TMPDIR), to find what they leave.
+    Short: Ray puts its session's sockets under it, and a socket path has at most 107 bytes."""
+    folder = Path(tempfile.mkdtemp(prefix="wr-", dir="/tmp"))
+    yield folder
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def local_ray(ray_tmp):
+    """One local Ray for the in-process tests of this module (2 CPUs, as on CI); its workers
+    inherit TMPDIR from this process as it starts them."""
     import ray
 
     from training.distributed import start_local_ray
 
-    context = start_local_ray(num_cpus=2)
+    saved = os.environ.get("TMPDIR")
+    os.environ["TMPDIR"] = str(ray_tmp)
+    try:
+        context = start_local_ray(num_cpus=2)
+    finally:
+        if saved is None:
+            os.environ.pop("TMPDIR")
+        else:
+            os.environ["TMPDIR"] = saved
     yield context
     ray.shutdown()
+
+
+def _leftovers(folder: Path) -> list[str]:
+    """Temporary folders of ours or of Ray Train's Lightning callback left behind."""
+    return sorted(p.name for p in folder.glob("*")
+                  if p.name.startswith(("lightning_checkpoints-", "waldo-")))
 
 
 def _history(client: MlflowClient, run_id: str, key: str) -> list[float]:
@@ -35,13 +63,13 @@ def _history(client: MlflowClient, run_id: str, key: str) -> list[float]:
                                     key=lambda m: (m.timestamp, m.step))]
 
 
-def test_two_workers_match_one_and_both_ranks_train(local_ray, in_tmp, mlflow_server):
-    from training.train import train
+def test_two_workers_match_one_and_both_ranks_train(local_ray, ray_tmp, in_tmp, mlflow_server):
+    from training.pipeline import run
 
     base = dict(model="cnn", data="digits", epochs=12, tracking_uri=mlflow_server,
                 experiment="ray-two-workers", progress_bar=False)
-    one = train(TrainSpec(**base, workers=1))
-    two = train(TrainSpec(**base, workers=2))
+    one = run(TrainSpec(**base, workers=1))
+    two = run(TrainSpec(**base, workers=2))
     client = MlflowClient(mlflow_server)
     acc_one = client.get_run(one.run_id).data.metrics["test_acc"]
     acc_two = client.get_run(two.run_id).data.metrics["test_acc"]
@@ -54,13 +82,20 @@ def test_two_workers_match_one_and_both_ranks_train(local_ray, in_tmp, mlflow_se
     assert rank0[-1] + rank1[-1] >= 1221  # digits' training split, padded to an even share
     tags = client.get_run(two.run_id).data.tags
     assert tags["ray.workers"] == "2" and tags["ray.storage_path"].endswith(tags["ray.run_name"])
-    assert any(a.path == "best" for a in client.list_artifacts(two.run_id))
+    # The storage contract: the best checkpoint's place in storage and its artifact copy.
+    assert tags["waldo.best_checkpoint"] == two.best_checkpoint
+    assert Path(two.best_checkpoint).is_file()
+    assert two.best_checkpoint.startswith(str(in_tmp / "waldo_runs" / tags["ray.run_name"]))
+    artifact = tags["waldo.best_checkpoint_artifact"]
+    assert artifact in {f.path for f in client.list_artifacts(two.run_id, "best")}
+    # Neither the workers nor Ray's Lightning callback left temporary folders behind.
+    assert _leftovers(ray_tmp) == []
 
 
 def test_killed_worker_resumes_from_its_checkpoint(local_ray, in_tmp, mlflow_server):
     import ray.util.state
 
-    from training.train import train
+    from training.pipeline import run as train
 
     epochs = 8
     spec = TrainSpec(model="cnn", data="digits", epochs=epochs, workers=2, max_failures=2,
@@ -98,10 +133,10 @@ def test_killed_worker_resumes_from_its_checkpoint(local_ray, in_tmp, mlflow_ser
 
 
 def test_more_workers_than_the_cluster_has_is_refused(local_ray, in_tmp):
-    from training.train import train
+    from training.pipeline import run
 
     with pytest.raises(WaldoError, match="16 workers need 16 CPUs.*has 2 CPUs"):
-        train(TrainSpec(model="cnn", workers=16, epochs=1, progress_bar=False))
+        run(TrainSpec(model="cnn", workers=16, epochs=1, progress_bar=False))
 
 
 def test_unknown_search_distribution_and_parameter_are_refused():
@@ -113,15 +148,19 @@ def test_unknown_search_distribution_and_parameter_are_refused():
         build_spec(SweepSpec, None, {"search": {"learning_rate": "uniform(0,1)"}})
 
 
-def test_sweep_with_asha_stops_a_trial_and_nests_runs(local_ray, in_tmp, mlflow_server):
-    from training.sweep import STOPPED_EARLY, sweep
+def test_sweep_with_asha_stops_a_trial_exports_the_best_and_moves_the_alias(
+        local_ray, ray_tmp, in_tmp, mlflow_server):
+    """`waldo sweep ... --export --alias production` on a real mlflow server."""
+    from training.pipeline import run_sweep
+    from training.sweep import STOPPED_EARLY
 
     # The search draws from the seed: lr 3.6e-4 and 5.7e-2 first, then 5.3e-6 for a third trial
     # that starts when one of the first two has finished, so ASHA has their results to stop it.
     spec = SweepSpec(model="cnn", data="digits", epochs=4, trials=4, max_concurrent=2,
                      search={"lr": "loguniform(1e-6,1e-1)"}, tracking_uri=mlflow_server,
-                     experiment="ray-sweep", progress_bar=False, seed=1)
-    result = sweep(spec)
+                     experiment="ray-sweep", progress_bar=False, seed=1,
+                     export=True, alias="production")
+    result = run_sweep(spec)
     client = MlflowClient(mlflow_server)
     experiment = client.get_experiment_by_name("ray-sweep")
     runs = client.search_runs([experiment.experiment_id])
@@ -134,43 +173,47 @@ def test_sweep_with_asha_stops_a_trial_and_nests_runs(local_ray, in_tmp, mlflow_
     assert all(c.data.params.get("lr") for c in children)
     assert all(c.info.status in ("FINISHED", "FAILED") for c in children)
     parent = client.get_run(result.parent_run_id)
-    assert parent.data.tags["best.run_id"] in {c.info.run_id for c in children}
+    best_run = parent.data.tags["best.run_id"]
+    assert best_run == result.best_run_id and best_run in {c.info.run_id for c in children}
     artifacts = {a.path for a in client.list_artifacts(result.parent_run_id)}
-    assert {"trials.png", "best_trial.json"} <= artifacts
+    assert {"trials.png", "best_trial.json", "best"} <= artifacts
+    # The best trial's checkpoint was exported and registered, linked to the best trial's run.
+    assert result.export is not None and result.export.alias == "production"
+    version = client.get_model_version_by_alias(result.export.name, "production")
+    assert version.version == str(result.export.version)
+    assert version.run_id == best_run
+    assert result.export.card.source_run == best_run
+    assert result.export.model_path.is_file()
+    # Stopped trials' processes were ended without cleaning up; the sweep did it for them.
+    assert _leftovers(ray_tmp) == []
+
+
+def test_sweep_with_default_paths_keeps_its_trials(local_ray, in_tmp):
+    """A sweep as a new user runs it, in an empty folder with no tracking URI and no storage:
+    the parent run, every trial's child run and the checkpoints all land under this folder,
+    not in Ray's per-trial working folders."""
+    from training.sweep import sweep
+
+    spec = SweepSpec(model="cnn", epochs=1, trials=2, scheduler="none",
+                     search={"lr": "loguniform(1e-3,1e-1)"}, progress_bar=False)
+    result = sweep(spec)
+    client = MlflowClient(f"sqlite:///{in_tmp / 'mlflow.db'}")
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == result.parent_run_id]
+    assert len(children) == 2, [r.info.run_name for r in runs]
+    parent = client.get_run(result.parent_run_id)
+    assert parent.data.tags["best.run_id"] in {c.info.run_id for c in children}
+    assert result.best_checkpoint.startswith(str(in_tmp / "waldo_runs"))
+    assert Path(result.best_checkpoint).is_file()
+    assert parent.data.tags["waldo.best_checkpoint"] == result.best_checkpoint
 
 
 def test_unreachable_ray_address_is_a_clear_error(tmp_path, waldo):
-    env = {**os.environ, "RAY_AUTH_MODE": "token"}
-    out = subprocess.run([*waldo.command(), "train", "--workers", "1", "--ray-address", "127.0.0.1:1",
-                          "--epochs", "1"], cwd=tmp_path, env=env, capture_output=True,
-                         text=True, timeout=300)
+    out = waldo.run("train", "--workers", "1", "--ray-address", "127.0.0.1:1", "--epochs", "1",
+                    cwd=tmp_path, env=clean_env(RAY_AUTH_MODE="token"), timeout=300)
     assert out.returncode == 2, out.stderr[-2000:]
     assert "cannot connect to Ray at '127.0.0.1:1'" in out.stderr
     assert "Traceback" not in out.stderr
-
-
-def _session_processes(sid: int) -> list[int]:
-    """Pids of the processes in session `sid` (Linux /proc): a driver started in its own
-    session, and every process it spawned, Ray's local cluster and workers included."""
-    pids = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                stat = Path(f"/proc/{entry}/stat").read_text()
-            except OSError:
-                continue
-            fields = stat.rsplit(")", 1)[1].split()
-            if int(fields[3]) == sid and fields[0] != "Z":  # fields: state ppid pgrp session
-                pids.append(int(entry))
-    return pids
-
-
-def _kill_session(sid: int) -> None:
-    for pid in _session_processes(sid):
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
 
 
 def _checkpoints(storage: Path, name: str) -> list[tuple[int, int]]:
@@ -190,33 +233,25 @@ def test_resume_continues_a_job_whose_driver_died(tmp_path, mlflow_server, waldo
     then `waldo train --resume NAME`: the same MLflow run carries on from the last registered
     checkpoint, in a new local Ray, to the requested epoch."""
     name, epochs, storage = "driver-dies", 20, tmp_path / "runs"
-    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
-    env.update(PYTHONUNBUFFERED="1", NO_COLOR="1")
     argv = [*waldo.command(), "train", "--model", "cnn", "--data", "digits", "--workers", "1",
             "--epochs", str(epochs), "--run-name", name, "--storage", str(storage),
             "--tracking-uri", mlflow_server, "--experiment", "ray-driver-dies",
             "--no-progress-bar"]
-    log = (tmp_path / "driver.log").open("w")
-    # Its own session, so that the driver and everything it started can be found afterwards.
-    driver = subprocess.Popen(argv, cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT,
-                              start_new_session=True)
+    log = tmp_path / "driver.log"
+    # Its own session (with `clean_env()`), so that the driver and everything it started can be
+    # found and ended afterwards.
+    driver = start_process(argv, log=log, cwd=tmp_path)
     try:
-        deadline = time.time() + 400
-        while time.time() < deadline and not [e for e, _ in _checkpoints(storage, name) if e >= 1]:
-            assert driver.poll() is None, (
-                f"the driver ended (status {driver.returncode}) before it could be killed:\n"
-                + (tmp_path / "driver.log").read_text()[-3000:])
-            time.sleep(0.2)
-        assert [e for e, _ in _checkpoints(storage, name) if e >= 1], "no epoch checkpointed in 400 s"
-        os.kill(driver.pid, signal.SIGKILL)
+        wait_until(lambda: any(e >= 1 for e, _ in _checkpoints(storage, name)),
+                   what="an epoch checkpointed before the driver is killed", timeout=400,
+                   proc=driver, log=log, interval=0.2)
+        os.kill(driver.pid, signal.SIGKILL)  # the driver alone: its Ray outlives it a moment
         assert driver.wait(timeout=30) == -signal.SIGKILL
     finally:
-        if driver.poll() is None:
-            driver.kill()
-            driver.wait(timeout=30)
-        time.sleep(2)  # let Ray's processes notice the driver's death, then sweep what is left
-        _kill_session(driver.pid)
-        log.close()
+        time.sleep(2)  # let Ray's processes notice the driver's death, then end what is left
+        stop_group(driver)  # everything in the driver's session, Ray's processes included
+    wait_until(lambda: not session_pids(driver.pid), what="the dead driver's processes ended",
+               timeout=30)
     # Ray's processes outlive the driver by a moment and may register a checkpoint or two more.
     last_epoch, last_step = _checkpoints(storage, name)[-1]
     assert last_epoch < epochs - 1, "the driver finished training before it was killed"

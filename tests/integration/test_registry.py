@@ -1,10 +1,10 @@
 """Export, register and download against a real `mlflow server` on 127.0.0.1.
 
-`waldo train --export --register --alias production` registers a version linked to its run;
-`waldo export --run ... --alias production` moves the alias to a new version; serving's
-repository downloads `models:/cnn@production` into `<cache>/<name>/<version>/`; and plain
-onnxruntime + numpy (no torch in the process) predicts the same classes as torch, with
-preprocessing taken only from the ModelCard.
+`waldo train --publish --alias production` (`training.pipeline.run`) registers a version
+linked to its run; `waldo export --run ... --alias production` moves the alias to a new
+version; serving's repository downloads `models:/cnn@production` into
+`<cache>/<name>/<version>/`; and plain onnxruntime + numpy (no torch in the process) predicts
+the same classes as torch, with preprocessing taken only from the ModelCard.
 """
 
 from __future__ import annotations
@@ -19,18 +19,16 @@ import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
 from PIL import Image
+from support import REPO_ROOT, TrainedRun, clean_env
 
 from serving.modelcard import CARD_FILE, MODEL_FILE, ModelCard
 from serving.repository import RepositoryError, fetch
 from training.cli import main
 from training.data import create_datamodule
 from training.predict import predict
-from training.spec import TrainSpec
-from training.train import train
 
 pytestmark = pytest.mark.slow
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 NAME, ALIAS = "cnn", "production"
 
 # Serving's side, run as its own process: the repository, the card and onnxruntime only.
@@ -67,20 +65,11 @@ print(json.dumps({
 
 
 @pytest.fixture(scope="module")
-def trained(mlflow_server, tmp_path_factory):
-    """`waldo train --model cnn --epochs 3 --export --register --alias production`."""
-    work = tmp_path_factory.mktemp("registry-run")
-    mp = pytest.MonkeyPatch()
-    mp.chdir(work)
-    mp.delenv("MLFLOW_TRACKING_URI", raising=False)
-    try:
-        spec = TrainSpec(model="cnn", epochs=3, tracking_uri=mlflow_server,
-                         experiment="it-registry", export=True, register=True, alias=ALIAS,
-                         progress_bar=False)
-        result = train(spec)
-    finally:
-        mp.undo()
-    return spec, result, work
+def trained(trained_run, mlflow_server) -> TrainedRun:
+    """`waldo train --model cnn --epochs 3 --publish --alias production`: train, then export
+    the run's best checkpoint and register it."""
+    return trained_run(model="cnn", epochs=3, tracking_uri=mlflow_server,
+                       experiment="it-registry", publish=True, alias=ALIAS)
 
 
 @pytest.fixture(scope="module")
@@ -88,7 +77,7 @@ def images(trained, tmp_path_factory) -> list[str]:
     """Test digits as PNG files: 28x28 grey as the data set has them, and a few enlarged to
     RGB 50x50, so that preprocessing converts and resizes."""
     folder = tmp_path_factory.mktemp("registry-images")
-    dm = create_datamodule(trained[0])
+    dm = create_datamodule(trained.spec.data_spec())
     dm.setup("fit")
     paths = []
     for i in range(24):
@@ -103,7 +92,7 @@ def images(trained, tmp_path_factory) -> list[str]:
 
 
 def test_train_export_registers_a_version_linked_to_its_run(mlflow_server, trained, tmp_path):
-    _, result, work = trained
+    result, work = trained.result, trained.folder
     exported = result.export
     assert exported is not None and exported.model_uri == f"models:/{NAME}/{exported.version}"
     client = MlflowClient(mlflow_server)
@@ -133,10 +122,10 @@ def test_train_export_registers_a_version_linked_to_its_run(mlflow_server, train
 
 
 def test_export_again_moves_the_alias(mlflow_server, trained, tmp_path, capsys):
-    _, result, _ = trained
+    result = trained.result
     client = MlflowClient(mlflow_server)
     before = int(client.get_model_version_by_alias(NAME, ALIAS).version)
-    code = main(["export", "--run", result.run_id, "--register", "--alias", ALIAS,
+    code = main(["export", "--run", result.run_id, "--publish", "--alias", ALIAS,
                  "--tracking-uri", mlflow_server, "--output", str(tmp_path)])
     out, err = capsys.readouterr()
     assert code == 0, err
@@ -149,11 +138,11 @@ def test_export_again_moves_the_alias(mlflow_server, trained, tmp_path, capsys):
 
 def test_plain_onnxruntime_predicts_what_torch_predicts(mlflow_server, trained, images,
                                                         tmp_path):
-    _, result, _ = trained
+    result = trained.result
     cache = tmp_path / "cache"
     proc = subprocess.run(
         [sys.executable, "-c", PLAIN_ORT, f"models:/{NAME}@{ALIAS}", str(cache), mlflow_server,
-         *images], capture_output=True, text=True, timeout=180, cwd=REPO_ROOT)
+         *images], capture_output=True, text=True, timeout=180, cwd=REPO_ROOT, env=clean_env())
     assert proc.returncode == 0, proc.stderr[-3000:]
     served = json.loads(proc.stdout.strip().splitlines()[-1])
     assert served["heavy"] == [], f"serving loaded {served['heavy']}"
@@ -169,7 +158,7 @@ def test_plain_onnxruntime_predicts_what_torch_predicts(mlflow_server, trained, 
     assert [r["label"] for r in served["results"]] == [r["label"] for r in expected]
     np.testing.assert_allclose([r["probability"] for r in served["results"]],
                                [r["probability"] for r in expected], atol=1e-4)
-    dm = create_datamodule(trained[0])
+    dm = create_datamodule(trained.spec.data_spec())
     dm.setup("fit")
     truth = [str(int(dm.test_set[i][1])) for i in range(len(images))]
     accuracy = np.mean([r["label"] == t for r, t in zip(served["results"], truth, strict=True)])
@@ -194,7 +183,7 @@ def test_unknown_alias_or_model_is_a_clear_error(mlflow_server, trained, tmp_pat
 
 
 def test_failed_exports_register_nothing(mlflow_server, trained, tmp_path, capsys):
-    _, result, _ = trained
+    result = trained.result
     client = MlflowClient(mlflow_server)
     versions = sorted(int(v.version) for v in client.search_model_versions(f"name='{NAME}'"))
     empty = client.create_run(client.get_run(result.run_id).info.experiment_id).info.run_id

@@ -3,27 +3,26 @@ version, and its background poll picks up the alias when an export moves it."""
 
 from __future__ import annotations
 
-import time
-
 import pytest
 from fastapi.testclient import TestClient
+from support import wait_until
 
 from serving.app import create_app
 from serving.settings import Settings
 from training.export import export_run
-from training.spec import TrainSpec
-from training.train import train
+from training.spec import ExportSpec
 
 pytestmark = pytest.mark.slow
 
 NAME = "digits-served"
 
 
-def test_serves_an_alias_and_follows_it_when_it_moves(in_tmp, mlflow_server, samples_png):
-    run = train(TrainSpec(model="cnn", epochs=3, tracking_uri=mlflow_server, experiment="serving-registry",
-                          progress_bar=False))
-    first = export_run(run.run_id, name=NAME, alias="production", tracking_uri=mlflow_server,
-                       output=in_tmp / "exports")
+def test_serves_an_alias_and_follows_it_when_it_moves(in_tmp, mlflow_server, tracked_cnn, samples_png):
+    def export(name: str):
+        return export_run(ExportSpec(run=tracked_cnn.run_id, name=name, alias="production",
+                                     tracking_uri=mlflow_server, output=str(in_tmp / "exports")))
+
+    first = export(NAME)
     settings = Settings(models=[f"{NAME}@production", f"{NAME}-next@production"], tracking_uri=mlflow_server,
                         cache_dir=str(in_tmp / "cache"), poll_interval_s=1)
     with TestClient(create_app(settings)) as client:
@@ -43,22 +42,19 @@ def test_serves_an_alias_and_follows_it_when_it_moves(in_tmp, mlflow_server, sam
         assert answer.status_code == 200 and answer.json()["version"] == str(first.version)
         assert client.post(f"/v1/models/{NAME}/reload").json()["changed"] is False
 
-        second = export_run(run.run_id, name=NAME, alias="production", tracking_uri=mlflow_server,
-                            output=in_tmp / "exports")
+        second = export(NAME)
         assert second.version == first.version + 1
-        deadline = time.monotonic() + 60
-        while client.get(f"/v1/models/{NAME}").json()["version"] != str(second.version):
-            assert time.monotonic() < deadline, "the poll did not pick up the moved alias"
-            time.sleep(0.5)
+        wait_until(lambda: client.get(f"/v1/models/{NAME}").json()["version"] == str(second.version),
+                   what="the poll picks up the moved alias", timeout=60, interval=0.5,
+                   detail=lambda: client.get(f"/v1/models/{NAME}").json())
         answer = client.post(f"/v1/models/{NAME}/predict", files=[("file", ("d.png", image, "image/png"))])
         assert answer.json()["version"] == str(second.version)
         assert answer.json()["predictions"][0]["label"] == label
         # Registered later, the missing model is brought in by the poll: the service turns ready.
-        export_run(run.run_id, name=f"{NAME}-next", alias="production", tracking_uri=mlflow_server,
-                   output=in_tmp / "exports")
-        while client.get("/readyz").status_code != 200:
-            assert time.monotonic() < deadline + 60, client.get("/readyz").json()
-            time.sleep(0.5)
+        export(f"{NAME}-next")
+        wait_until(lambda: client.get("/readyz").status_code == 200, what="the poll brings the "
+                   "newly registered model in", timeout=60, interval=0.5,
+                   detail=lambda: client.get("/readyz").json())
 
 
 @pytest.fixture

@@ -19,21 +19,17 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 import numpy as np
 import pytest
 from PIL import Image
-from servers import free_port, stop_group
+from support import Server, start_server, waldo_command
 
 pytestmark = pytest.mark.slow
 
-STARTUP_TIMEOUT_S = 120  # 2 loaded cores, and other test runs beside us
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
 # What a serving-only install lacks: importing any of these raises ImportError in that process.
@@ -41,68 +37,11 @@ HEAVY = ("torch", "torchvision", "lightning", "pytorch_lightning", "ray", "train
 
 
 # --- a real server ----------------------------------------------------------------------------
-def waldo_command() -> list[str]:
-    """The installed console script next to this interpreter (as tests/conftest.py finds it)."""
-    script = Path(sys.executable).parent / "waldo"
-    return [str(script)] if script.exists() else [sys.executable, "-m", "training.cli"]
-
-
-def waldo_env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("WALDO_") and k != "MLFLOW_TRACKING_URI"}
-    env.update(PYTHONUNBUFFERED="1", NO_COLOR="1")
-    return env
-
-
-@dataclass
-class Server:
-    url: str
-    proc: subprocess.Popen
-    log: Path
-
-    def tail(self, chars: int = 4000) -> str:
-        return self.log.read_text(errors="replace")[-chars:] if self.log.exists() else ""
-
-
-def _status(url: str) -> int | None:
-    try:
-        with urllib.request.urlopen(url, timeout=3) as response:
-            return response.status
-    except urllib.error.HTTPError as exc:
-        return exc.code
-    except (urllib.error.URLError, OSError):
-        return None
-
-
-def start_server(argv_for_port, workdir: Path, attempts: int = 3) -> Server:
-    """Run `argv_for_port(port)` until /readyz answers 200; retry on another port if the one we
-    picked was taken meanwhile (other test runs share this machine)."""
-    workdir.mkdir(parents=True, exist_ok=True)
-    for attempt in range(attempts):
-        port = free_port()
-        log = workdir / f"server-{port}.log"
-        with log.open("w") as out:
-            proc = subprocess.Popen(argv_for_port(port), cwd=workdir, env=waldo_env(), stdout=out,
-                                    stderr=subprocess.STDOUT, start_new_session=True)
-        server = Server(f"http://127.0.0.1:{port}", proc, log)
-        deadline = time.monotonic() + STARTUP_TIMEOUT_S
-        while True:
-            if proc.poll() is not None:
-                if "address already in use" in server.tail().lower() and attempt + 1 < attempts:
-                    break
-                pytest.fail(f"server exited with {proc.returncode} before it was ready:\n{server.tail()}")
-            if _status(f"{server.url}/readyz") == 200:
-                return server
-            if time.monotonic() > deadline:
-                stop_group(proc)
-                pytest.fail(f"server not ready after {STARTUP_TIMEOUT_S}s:\n{server.tail()}")
-            time.sleep(0.25)
-    raise AssertionError("unreachable")
-
-
 def waldo_serve(models: Path, workdir: Path, *extra: str) -> Server:
     """`waldo serve --models MODELS --host 127.0.0.1 --port <free>` through the console script."""
     return start_server(lambda port: [*waldo_command(), "serve", "--models", str(models),
-                                      "--host", "127.0.0.1", "--port", str(port), *extra], workdir)
+                                      "--host", "127.0.0.1", "--port", str(port), *extra],
+                        workdir=workdir)
 
 
 @pytest.fixture
@@ -116,7 +55,7 @@ def serve(tmp_path: Path) -> Iterator:
 
     yield _serve
     for server in servers:
-        stop_group(server.proc)
+        server.stop()
 
 
 @pytest.fixture(scope="module")
@@ -127,7 +66,7 @@ def server(model_repo, tmp_path_factory) -> Iterator[Server]:
     try:
         yield running
     finally:
-        stop_group(running.proc)
+        running.stop()
 
 
 def copy_repo(repo: Path, to: Path) -> Path:
@@ -263,7 +202,7 @@ def test_serve_without_torch(model_repo, tmp_path: Path, digits) -> None:
                 f"sys.exit(main({args!r}))\n")
         return [sys.executable, "-c", code]
 
-    server = start_server(argv, tmp_path)
+    server = start_server(argv, workdir=tmp_path)
     try:
         models = httpx.get(f"{server.url}/v1/models", timeout=60).json()["models"]
         assert sorted(m["name"] for m in models) == ["cnn", "cnn-localize"]
@@ -279,7 +218,7 @@ def test_serve_without_torch(model_repo, tmp_path: Path, digits) -> None:
         assert response.status_code == 200, response.text
         assert {"p_c", "box", "label"} <= set(response.json()["predictions"][0])
     finally:
-        stop_group(server.proc)
+        server.stop()
     # The guard was real: the same preamble makes `import torch` fail.
     guard = f"import sys\nfor m in ({blocked},): sys.modules[m] = None\nimport torch\n"
     check = subprocess.run([sys.executable, "-c", guard], capture_output=True, text=True, timeout=60)

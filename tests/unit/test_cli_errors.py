@@ -1,12 +1,12 @@
-"""User mistakes on the real `waldo` command: exit status 2, one line on stderr, no traceback.
-
-Each case is a real subprocess. They are started all at once (module fixture) because each
-pays the interpreter + torch start-up, and they run in parallel.
-"""
+"""User mistakes on the `waldo` command line: exit status 2, one line on stderr, no traceback,
+and no run left behind. In-process through `training.cli.main`; the same contract for the real
+console script is in tests/integration/test_cli_process.py."""
 
 from __future__ import annotations
 
 import pytest
+
+from training.cli import main
 
 # case id -> (argv, strings the message must contain)
 CASES: dict[str, tuple[list[str], list[str]]] = {
@@ -27,29 +27,21 @@ CASES: dict[str, tuple[list[str], list[str]]] = {
 }
 
 
-@pytest.fixture(scope="module")
-def results(tmp_path_factory, waldo):
-    cwd = tmp_path_factory.mktemp("cli")
-    (cwd / "bad.yaml").write_text("epoch: 3\n")
-    out = waldo.run_all({case: argv for case, (argv, _) in CASES.items()}, cwd=cwd)
-    out["__cwd__"] = cwd
-    return out
-
-
 @pytest.mark.parametrize("case", list(CASES))
-def test_user_error_is_one_line_and_exit_2(results, case):
-    returncode, stdout, stderr = results[case]
-    lines = [line for line in stderr.splitlines() if line.strip()]
-    assert "Traceback" not in stderr, stderr
-    assert len(lines) == 1, f"expected one line on stderr, got:\n{stderr}"
-    assert returncode == 2, stderr
+def test_user_error_is_one_line_and_exit_2(in_tmp, capsys, case):
+    (in_tmp / "bad.yaml").write_text("epoch: 3\n")
+    argv, expected = CASES[case]
+    try:
+        status = main(argv)
+    except SystemExit as exc:  # argparse's own errors
+        status = exc.code
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert "Traceback" not in err, err
+    assert len(lines) == 1, f"expected one line on stderr, got:\n{err}"
+    assert status == 2, err
     assert "error" in lines[0]
-    for expected in CASES[case][1]:
-        assert expected in lines[0], f"{expected!r} not named in: {lines[0]}"
-
-
-def test_user_errors_leave_no_run_behind(results):
-    """A rejected spec never opens an MLflow run or a checkpoint folder."""
-    cwd = results["__cwd__"]
-    assert not (cwd / "waldo_runs").exists()
-    assert not (cwd / "mlflow.db").exists()
+    for text in expected:
+        assert text in lines[0], f"{text!r} not named in: {lines[0]}"
+    # A rejected spec never opens an MLflow run or a checkpoint folder.
+    assert not (in_tmp / "waldo_runs").exists() and not (in_tmp / "mlflow.db").exists()

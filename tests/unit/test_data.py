@@ -34,7 +34,7 @@ def digits() -> DigitsDataModule:
 def test_datasets_registry():
     assert {"digits", "mnist", "fashion-mnist", "cifar10", "folder"} <= set(list_datasets())
     with pytest.raises(WaldoError, match="'nope'.*digits"):
-        create_datamodule(TrainSpec(data="nope"))
+        create_datamodule(TrainSpec(data="nope").data_spec())
 
 
 def test_digits_images_are_1x28x28_uint8(digits):

@@ -19,7 +19,7 @@ from training.data.localization import (
     box_augmentation,
 )
 from training.errors import WaldoError
-from training.spec import TrainSpec
+from training.spec import DataSpec, TrainSpec
 
 
 def all_items(ds) -> tuple[torch.Tensor, torch.Tensor]:
@@ -202,9 +202,9 @@ def write_folder(root: Path, rows=FOLDER_ROWS, header: str = "image,x,y,w,h,labe
     return root
 
 
-def folder_spec(root: Path, **data_args) -> TrainSpec:
+def folder_spec(root: Path, **data_args) -> DataSpec:
     return TrainSpec(task="localize", data="localization-folder", data_dir=str(root),
-                     image_size=32, data_args=data_args)
+                     image_size=32, data_args=data_args).data_spec()
 
 
 def test_folder_labels_images_and_boxes(tmp_path):
@@ -284,7 +284,7 @@ def test_folder_bad_csv_is_a_user_error(tmp_path, case, match):
 
 
 def test_folder_needs_a_data_dir():
-    dm = create_datamodule(TrainSpec(task="localize", data="localization-folder"))
+    dm = create_datamodule(TrainSpec(task="localize", data="localization-folder").data_spec())
     with pytest.raises(WaldoError, match="--data-dir"):
         dm.setup("fit")
 
@@ -298,7 +298,7 @@ def test_folder_needs_a_data_dir():
 ])
 def test_task_and_data_must_match(task, data, names):
     with pytest.raises(WaldoError) as info:
-        create_datamodule(TrainSpec(task=task, data=data))
+        create_datamodule(TrainSpec(task=task, data=data).data_spec())
     for name in names:
         assert name in str(info.value)
 
@@ -306,7 +306,7 @@ def test_task_and_data_must_match(task, data, names):
 def test_unknown_data_arg_lists_the_accepted_options():
     spec = TrainSpec(task="localize", data="localization-digits", data_args={"train_sise": 64})
     with pytest.raises(WaldoError) as info:
-        create_datamodule(spec)
+        create_datamodule(spec.data_spec())
     message = str(info.value)
     assert "train_sise" in message
     for option in ("train_size", "eval_size", "empty_fraction", "canvas_size", "clutter", "noise"):
@@ -321,6 +321,6 @@ def test_data_arg_flags_reach_the_data_module():
     ])
     spec = _spec_from_args(args)
     assert spec.data_args == {"train_size": 64, "empty_fraction": 0.5, "canvas_size": 48}
-    dm = create_datamodule(spec)
+    dm = create_datamodule(spec.data_spec())
     dm.setup("fit")
     assert len(dm.train_set) == 64 and dm.image_size == 48

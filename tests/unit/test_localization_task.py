@@ -1,24 +1,22 @@
-"""LocalizationTask: output layout on several backbones, a smoke fit, the checkpoint round trip
-through `load_task`, and its ModelCard."""
+"""LocalizationTask and its network (`training.models.heads`): output layout on several
+backbones, the size of the headless localizers, and the hyperparameters its ModelCard is built
+from. Nothing here trains: the smoke fit, val_loss over the validation set and the checkpoint
+round trip through `load_task` are in tests/integration/test_localization_training.py."""
 
 from __future__ import annotations
 
 import warnings
 
 import pytest
-import pytorch_lightning as pl
 import torch
+from torch import nn
 
-from training.data.digits import DigitsDataModule
 from training.data.localization import LocalizationDigitsDataModule
-from training.tasks import ClassificationTask, LocalizationTask, load_task
+from training.errors import WaldoError
+from training.models import Localizer, create_localizer, create_model
+from training.tasks import LocalizationTask
 
 warnings.filterwarnings("ignore", ".*does not have many workers.*")
-
-
-def quiet_trainer(**kwargs) -> pl.Trainer:
-    return pl.Trainer(accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
-                      enable_progress_bar=False, enable_model_summary=False, **kwargs)
 
 
 @pytest.fixture(scope="module")
@@ -32,10 +30,6 @@ def make_task(dm, model: str = "cnn", **kwargs) -> LocalizationTask:
     return LocalizationTask(model_name=model, num_classes=dm.num_classes,
                             in_channels=dm.in_channels, image_size=dm.image_size,
                             labels=dm.labels, mean=list(dm.mean), std=list(dm.std), **kwargs)
-
-
-def first_batch(dm, loader: str = "val_dataloader"):
-    return dm.on_after_batch_transfer(next(iter(getattr(dm, loader)())), 0)
 
 
 @pytest.mark.parametrize("model,channels,size", [("cnn", 1, 64), ("lenet5", 1, 48),
@@ -53,95 +47,79 @@ def test_output_is_an_activated_5_plus_k_vector(model, channels, size):
     assert not torch.allclose(y[0], y[1])  # depends on the input
 
 
-def test_fast_dev_run(canvases):
-    pl.seed_everything(0, verbose=False)
+def n_params(net: nn.Module) -> int:
+    return sum(p.numel() for p in net.parameters())
+
+
+# Localizers for 10 classes (the localization-digits canvas is 1x64x64): backbone without its
+# classifier + pooled grid + 256-wide MLP. Built with the classifier they were 134,791,888
+# (vgg16) and 57,062,096 (alexnet) at 1x64x64, and 140,691,280 and 59,371,344 at 3x224x224.
+LOCALIZER_COUNTS = {
+    ("vgg16", 1, 64): 15_241_935,
+    ("alexnet", 1, 64): 2_523_855,
+    ("vgg16", 3, 224): 21_141_327,
+    ("alexnet", 3, 224): 4_833_103,
+}
+
+
+@pytest.mark.parametrize("name,channels,size", sorted(LOCALIZER_COUNTS))
+def test_localizer_carries_no_unused_classifier(name, channels, size):
+    """Smaller than the backbone's full network plus the head, by its classifier; no
+    4096-wide layer left. Built on the meta device: counts only, no memory."""
+    with torch.device("meta"):
+        net = create_localizer(name, num_classes=10, in_channels=channels, image_size=size)
+        full = create_model(name, num_classes=1, in_channels=channels, image_size=size)
+    assert isinstance(net, Localizer) and net.backbone.num_classes == 0
+    assert not [m for m in net.modules() if isinstance(m, nn.Linear) and m.out_features == 4096]
+    assert n_params(net) < n_params(full) + n_params(net.head)
+    assert n_params(net) == n_params(net.backbone) + n_params(net.head)
+    assert n_params(net) == LOCALIZER_COUNTS[name, channels, size]
+
+
+@pytest.mark.parametrize("name", ["vgg16", "alexnet"])
+def test_localizer_output_on_the_classics(name):
+    torch.manual_seed(0)
+    net = create_localizer(name, num_classes=10, in_channels=1, image_size=64).eval()
+    with torch.no_grad():
+        y = net(torch.randn(2, 1, 64, 64) * 3)
+    assert y.shape == (2, 15)
+    assert ((y >= 0) & (y <= 1)).all()
+    torch.testing.assert_close(y[:, 5:].sum(1), torch.ones(2))
+    assert not torch.allclose(y[0], y[1])
+
+
+def test_localizer_refuses_bad_arguments():
+    with pytest.raises(WaldoError, match=r"num_classes=0"):
+        create_localizer("cnn", num_classes=0, in_channels=1, image_size=64)
+    with pytest.raises(WaldoError, match=r"aux_logits"):  # aux heads need a classifier
+        create_localizer("googlenet", num_classes=3, in_channels=1, image_size=64,
+                         aux_logits=True)
+
+
+def test_localizer_loads_a_state_dict_that_still_holds_the_unused_classifier():
+    """Localizers saved before heads moved to models/ carried the backbone's 1-way
+    classifier; those weights were never used and are skipped on load."""
+    torch.manual_seed(0)
+    net = create_localizer("cnn", num_classes=4, in_channels=1, image_size=64)
+    old = dict(net.state_dict())
+    stale = create_model("cnn", num_classes=1, in_channels=1, image_size=64).head
+    old.update({f"backbone.head.{k}": v for k, v in stale.state_dict().items()})
+    fresh = create_localizer("cnn", num_classes=4, in_channels=1, image_size=64)
+    fresh.load_state_dict(old)  # strict
+    x = torch.randn(2, 1, 64, 64)
+    torch.testing.assert_close(fresh.eval()(x), net.eval()(x), rtol=0, atol=0)
+    old["backbone.features.9.weight"] = torch.zeros(1)  # anything else is still refused
+    with pytest.raises(RuntimeError, match="Unexpected"):
+        fresh.load_state_dict(old)
+
+
+def test_hparams_hold_what_the_card_is_built_from(canvases):
+    """The ModelCard is written by `training.export.card` from these saved hyperparameters
+    (its localize outputs are tested in tests/unit/test_export.py)."""
     task = make_task(canvases)
-    before = [p.detach().clone() for p in task.parameters()]
-    trainer = quiet_trainer(fast_dev_run=True)
-    trainer.fit(task, datamodule=canvases)
-    assert trainer.state.finished
-    assert any(not torch.equal(b, p) for b, p in zip(before, task.parameters(), strict=True))
-    for key in ("train_loss", "val_loss", "val_obj_acc", "val_cls_acc", "val_iou", "val_iou50"):
-        value = trainer.callback_metrics[key]
-        assert torch.isfinite(value), key
-        if not key.endswith("loss"):
-            assert 0 <= value <= 1, key
-
-
-def test_val_loss_is_the_mean_loss_over_the_validation_set():
-    """val_loss must be the per-sample mean over the whole set (not a mean of batch means):
-    40 images in batches of 16, 16 and 8."""
-    canvases = LocalizationDigitsDataModule(train_size=32, eval_size=40, batch_size=16)
-    canvases.setup("fit")
-    pl.seed_everything(0, verbose=False)
-    task = make_task(canvases)
-    trainer = quiet_trainer(max_epochs=1, limit_train_batches=1)
-    trainer.fit(task, datamodule=canvases)
-    task.eval()
-    per_sample = []
-    with torch.no_grad():
-        for batch in canvases.val_dataloader():
-            x, target = canvases.on_after_batch_transfer(batch, 0)
-            pred = task(x)
-            # the source's loss by hand: (p̂_c - p_c)^2 alone when empty, else every term
-            full = ((pred - target) ** 2).sum(1)
-            objectness = (pred[:, 0] - target[:, 0]) ** 2
-            per_sample.append(torch.where(target[:, 0] > 0.5, full, objectness))
-    expected = torch.cat(per_sample).mean()
-    assert trainer.callback_metrics["val_loss"].item() == pytest.approx(expected.item(), rel=1e-5)
-
-
-@pytest.fixture(scope="module")
-def checkpoints(canvases, tmp_path_factory):
-    """A localizer (with the ce loss) and a classifier, briefly trained and saved."""
-    folder = tmp_path_factory.mktemp("ckpt")
-    pl.seed_everything(0, verbose=False)
-    loc = make_task(canvases, loss_variant="ce", box_loss="giou", lr=0.01)
-    trainer = quiet_trainer(max_epochs=1, limit_train_batches=3, limit_val_batches=1)
-    trainer.fit(loc, datamodule=canvases)
-    trainer.save_checkpoint(folder / "loc.ckpt")
-
-    digits = DigitsDataModule(batch_size=32)
-    digits.setup("fit")
-    cls = ClassificationTask(model_name="cnn", num_classes=10, in_channels=1, image_size=28,
-                             labels=digits.labels)
-    trainer = quiet_trainer(max_epochs=1, limit_train_batches=2, limit_val_batches=1)
-    trainer.fit(cls, datamodule=digits)
-    trainer.save_checkpoint(folder / "cls.ckpt")
-    return {"loc": (loc, folder / "loc.ckpt"), "cls": (cls, folder / "cls.ckpt"), "digits": digits}
-
-
-def test_load_task_detects_a_localizer_and_restores_it(canvases, checkpoints):
-    task, path = checkpoints["loc"]
-    loaded = load_task(str(path))
-    assert type(loaded) is LocalizationTask
-    assert loaded.hparams.loss_variant == "ce" and loaded.hparams.box_loss == "giou"
-    assert loaded.hparams.labels == canvases.labels
-    x, _ = first_batch(canvases, "test_dataloader")
-    task.eval(), loaded.eval()
-    with torch.no_grad():
-        torch.testing.assert_close(loaded(x), task(x), rtol=0, atol=0)
-        fresh = LocalizationTask(**dict(loaded.hparams)).eval()
-        assert not torch.allclose(fresh(x), task(x))  # the weights came from the file
-
-
-def test_load_task_detects_a_classifier(checkpoints):
-    task, path = checkpoints["cls"]
-    loaded = load_task(str(path))
-    assert type(loaded) is ClassificationTask
-    x, _ = first_batch(checkpoints["digits"], "test_dataloader")
-    task.eval(), loaded.eval()
-    with torch.no_grad():
-        torch.testing.assert_close(loaded(x), task(x), rtol=0, atol=0)
-
-
-def test_model_card(canvases):
-    card = make_task(canvases).model_card()
-    assert card.task == "localize"
-    assert card.labels == [str(d) for d in range(10)]
-    assert card.architecture == "cnn"
-    assert (card.input.channels, card.input.height, card.input.width) == (1, 64, 64)
-    assert card.input.mean == list(canvases.mean) and card.input.std == list(canvases.std)
-    assert 0 < card.input.mean[0] < 1 and 0 < card.input.std[0] < 1
-    assert [o.name for o in card.outputs] == ["y"]
-    assert "p_c" in card.outputs[0].meaning
+    h = task.hparams
+    assert task.task == "localize"
+    assert h.labels == [str(d) for d in range(10)] and h.model_name == "cnn"
+    assert (h.in_channels, h.image_size, h.num_classes) == (1, 64, 10)
+    assert h.mean == list(canvases.mean) and h.std == list(canvases.std)
+    assert 0 < h.mean[0] < 1 and 0 < h.std[0] < 1

@@ -1,10 +1,9 @@
 """serving.processing: pre-processing equals training's batch transform, post-processing by
-hand, and serving stays free of torch."""
+hand. (That serving stays free of torch is in test_import_rules.py.)"""
 
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,8 +15,6 @@ from serving.modelcard import CLASSIFY_OUTPUTS, LOCALIZE_OUTPUTS, InputSpec, Mod
 from serving.processing import postprocess, preprocess
 from training.data.base import ImageDataModule
 from training.data.localization import LocalizationDigitsDataModule
-
-REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 def card(task: str = "classify", labels=("a", "b", "c", "d"), channels: int = 1, size: int = 28,
@@ -125,14 +122,6 @@ def test_postprocess_localize_threshold():
     assert postprocess(c, y, [(10, 10)])[0]["object"] is False
     assert postprocess(c, y, [(10, 10)], threshold=0.3)[0]["object"] is True
     assert postprocess(c, y, [(10, 10)], threshold=0.41)[0]["object"] is False
-
-
-# --- serving stays light --------------------------------------------------------------------
-def test_serving_imports_no_torch(loaded_modules):
-    loaded = loaded_modules("import serving.processing, serving.modelcard")
-    assert {"serving", "numpy", "PIL"} <= loaded  # the probe did import something
-    heavy = loaded & {"torch", "torchvision", "pytorch_lightning", "lightning", "training"}
-    assert not heavy, f"serving pulled in {sorted(heavy)}"
 
 
 def test_softmax_helper_is_numerically_safe():

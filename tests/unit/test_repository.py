@@ -1,20 +1,15 @@
-"""serving.repository on local folders: the layout, newest versions, URIs, and no heavy
-imports (mlflow only when a models:/ URI is resolved; see tests/integration/test_registry.py
-for a real registry)."""
+"""serving.repository on local folders: the layout, newest versions, URIs. (That it imports no
+torch or mlflow is in test_import_rules.py; a real registry, in tests/integration.)"""
 
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from serving.modelcard import CARD_FILE, CLASSIFY_OUTPUTS, MODEL_FILE, InputSpec, ModelCard
 from serving.repository import RepositoryError, parse_models_uri, resolve, scan
-
-REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 def add_version(root: Path, name: str, version: str, files=(MODEL_FILE, CARD_FILE)) -> Path:
@@ -70,18 +65,3 @@ def test_malformed_models_uri(uri):
 def test_a_models_uri_needs_a_cache():
     with pytest.raises(RepositoryError, match="cache"):
         resolve("models:/cnn@production")
-
-
-def test_repository_imports_neither_torch_nor_mlflow():
-    script = (
-        "import json, sys, serving.repository\n"
-        "serving.repository.scan(sys.argv[1])\n"
-        "print(json.dumps(sorted({m.split('.')[0] for m in sys.modules})))\n"
-    )
-    proc = subprocess.run([sys.executable, "-c", script, str(REPO_ROOT)], capture_output=True,
-                          text=True, timeout=60, cwd=REPO_ROOT)
-    assert proc.returncode == 0, proc.stderr
-    loaded = set(json.loads(proc.stdout.strip().splitlines()[-1]))
-    assert "serving" in loaded and "pydantic" in loaded
-    heavy = loaded & {"torch", "torchvision", "pytorch_lightning", "training", "mlflow", "ray"}
-    assert not heavy, f"serving.repository pulled in {sorted(heavy)}"

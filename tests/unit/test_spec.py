@@ -145,3 +145,45 @@ def test_load_yaml_errors(tmp_path):
     with pytest.raises(WaldoError, match="not valid YAML"):
         load_yaml(write_yaml(tmp_path, "epochs: [3\n"))
     assert load_yaml(write_yaml(tmp_path, "")) == {}
+
+
+# --- publish (was `register`), and the export spec's validators -----------------------------
+@pytest.mark.parametrize("flag", ["--publish", "--register"])
+def test_publish_flag_and_its_old_name(flag):
+    spec = spec_from_flags("--export", flag)
+    assert spec.publish is True and spec.exports
+    assert "register" not in TrainSpec.model_fields  # no field shadows ABCMeta.register
+
+
+def test_register_key_still_accepted_in_files_and_bodies(tmp_path):
+    from training.spec import ExportSpec, SweepSpec
+
+    assert build_spec(TrainSpec, write_yaml(tmp_path, {"register": True})).publish is True
+    assert build_spec(ExportSpec, None, {"run": "r", "register": True}).registers
+    assert SweepSpec(search={"lr": "uniform(0,1)"}).publish is False  # a plain default
+
+
+@pytest.mark.parametrize("fields,expected", [
+    ({"opset": 17}, ["opset", "17", "18 to 23"]),
+    ({"opset": 99}, ["opset", "99"]),
+    ({"name": "../etc"}, ["name", "'../etc'", "letters, digits"]),
+    ({"alias": "latest"}, ["alias", "reserved"]),
+    ({"alias": "v2"}, ["alias", "reserved"]),
+    ({"alias": "a b"}, ["alias", "letters, digits"]),
+    ({"atol": -1}, ["atol"]),
+    ({"max_drop": -0.1}, ["max_drop"]),
+    ({"precision": "int4"}, ["precision", "fp32", "int8"]),
+    ({"checkpoint": "x.ckpt"}, ["exactly one of run"]),
+])
+def test_export_spec_refuses_bad_values_naming_the_field(fields, expected):
+    from training.spec import ExportSpec
+
+    with pytest.raises(WaldoError) as info:
+        build_spec(ExportSpec, None, {"run": "r", **fields})
+    message = str(info.value)
+    assert all(part in message for part in expected), message
+
+
+def test_train_spec_checks_the_alias_too():
+    with pytest.raises(WaldoError, match="alias.*reserved"):
+        build_spec(TrainSpec, None, {"alias": "V3"})

@@ -1,22 +1,12 @@
-"""ClassificationTask: one-batch smoke runs, optimizers and schedules, checkpoint round trip."""
+"""ClassificationTask without a Trainer: its optimizers and LR schedules. The runs through a
+Trainer (one-batch smoke runs, a checkpoint round trip) are tests/integration/test_task_training.py."""
 
 from __future__ import annotations
 
-import warnings
-
 import pytest
-import pytorch_lightning as pl
-import torch
 
 from training.data.digits import DigitsDataModule
 from training.tasks import ClassificationTask
-
-warnings.filterwarnings("ignore", ".*does not have many workers.*")
-
-
-def quiet_trainer(**kwargs) -> pl.Trainer:
-    return pl.Trainer(accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
-                      enable_progress_bar=False, enable_model_summary=False, **kwargs)
 
 
 @pytest.fixture(scope="module")
@@ -30,44 +20,6 @@ def make_task(dm: DigitsDataModule, model: str, image_size: int | None = None, *
     return ClassificationTask(model_name=model, num_classes=dm.num_classes,
                               in_channels=dm.in_channels, image_size=image_size or dm.image_size,
                               labels=dm.labels, **kwargs)
-
-
-@pytest.mark.parametrize("model", ["mlp", "cnn", "lenet5"])
-def test_fast_dev_run(digits, model):
-    pl.seed_everything(0, verbose=False)
-    task = make_task(digits, model)
-    before = [p.detach().clone() for p in task.parameters()]
-    trainer = quiet_trainer(fast_dev_run=True)
-    trainer.fit(task, datamodule=digits)
-    assert trainer.state.finished
-    changed = [not torch.equal(b, p) for b, p in zip(before, task.parameters(), strict=True)]
-    assert any(changed), "no optimizer step was taken"
-    for key in ("train_loss", "train_acc", "val_loss", "val_acc"):
-        assert torch.isfinite(trainer.callback_metrics[key]), key
-
-
-@pytest.mark.slow
-def test_googlenet_aux_losses_train(tmp_path):
-    """With aux classifiers the training step gets three outputs and adds their losses."""
-    pl.seed_everything(0, verbose=False)
-    dm = DigitsDataModule(batch_size=8, image_size=32)
-    dm.setup("fit")
-    task = make_task(dm, "googlenet", model_args={"aux_logits": True})
-    trainer = quiet_trainer(fast_dev_run=True)
-    trainer.fit(task, datamodule=dm)
-    assert torch.isfinite(trainer.callback_metrics["train_loss"])
-    # In train mode the loss includes the aux heads: it differs from the main head's alone.
-    x, y = dm.on_after_batch_transfer(next(iter(dm.val_dataloader())), 0)
-    task.train()
-    with torch.no_grad():
-        torch.manual_seed(0)
-        out = task(x)
-        loss, logits = task._loss(out, y)
-        main = torch.nn.functional.cross_entropy(out[0], y)
-        aux = sum(torch.nn.functional.cross_entropy(a, y) for a in out[1:])
-    assert isinstance(out, tuple) and len(out) == 3
-    torch.testing.assert_close(loss, main + 0.3 * aux)
-    assert logits is out[0]
 
 
 @pytest.mark.parametrize("optimizer", ["adam", "adamw", "sgd"])
@@ -99,61 +51,3 @@ def test_optimizer_and_schedule_build(digits, optimizer, schedule):
     else:  # cosine over `epochs`: from lr down to 0 at the end
         assert lrs[0] == pytest.approx(0.02) and lrs == sorted(lrs, reverse=True)
         assert opt.param_groups[0]["lr"] == pytest.approx(0.0, abs=1e-9)
-
-
-def test_one_epoch_trains_in_a_trainer_with_a_schedule(digits):
-    task = make_task(digits, "mlp", optimizer="sgd", lr_schedule="step", lr_step_size=1,
-                     lr_gamma=0.5, lr=0.1, epochs=2)
-    trainer = quiet_trainer(max_epochs=2, limit_train_batches=2, limit_val_batches=1)
-    trainer.fit(task, datamodule=digits)
-    assert trainer.optimizers[0].param_groups[0]["lr"] == pytest.approx(0.025)
-
-
-@pytest.fixture(scope="module")
-def trained(digits, tmp_path_factory):
-    """A cnn trained for a few batches and saved by the Trainer."""
-    pl.seed_everything(0, verbose=False)
-    task = make_task(digits, "cnn", lr=0.01)
-    trainer = quiet_trainer(max_epochs=1, limit_train_batches=10, limit_val_batches=2)
-    trainer.fit(task, datamodule=digits)
-    path = tmp_path_factory.mktemp("ckpt") / "cnn.ckpt"
-    trainer.save_checkpoint(path)
-    return task, trainer, path
-
-
-def test_checkpoint_round_trip_needs_no_arguments(digits, trained):
-    task, _, path = trained
-    loaded = ClassificationTask.load_from_checkpoint(path, map_location="cpu")
-    assert loaded.hparams.model_name == "cnn"
-    assert loaded.hparams.labels == digits.labels
-    x, _ = digits.on_after_batch_transfer(next(iter(digits.test_dataloader())), 0)
-    task.eval(), loaded.eval()
-    with torch.no_grad():
-        torch.testing.assert_close(loaded(x), task(x), rtol=0, atol=0)
-    fresh = ClassificationTask(**{k: v for k, v in loaded.hparams.items()})
-    with torch.no_grad():
-        assert not torch.equal(fresh.eval()(x), task(x))  # the weights came from the file
-
-
-def test_checkpoint_holds_the_datamodule_state(digits, trained):
-    _, _, path = trained
-    checkpoint = torch.load(path, map_location="cpu", weights_only=False)
-    state = checkpoint[type(digits).__qualname__]
-    assert state["labels"] == digits.labels
-    assert tuple(state["mean"]) == digits.mean and tuple(state["std"]) == digits.std
-    restored = DigitsDataModule()
-    restored.load_state_dict(state)
-    assert restored.labels == digits.labels
-    assert (restored.mean, restored.std) == (digits.mean, digits.std)
-
-
-def test_test_accuracy_is_the_fraction_correct(digits, trained):
-    """`test_acc` must be plain accuracy: correct predictions over all predictions, i.e. the
-    trace of the test confusion matrix over its sum (not an average of per-class recalls)."""
-    task, trainer, _ = trained
-    (metrics,) = trainer.test(task, datamodule=digits, verbose=False)
-    confusion = task.test_confusion
-    assert confusion is not None and confusion.shape == (10, 10)
-    assert int(confusion.sum()) == len(digits.test_set)
-    fraction_correct = (confusion.diag().sum() / confusion.sum()).item()
-    assert metrics["test_acc"] == pytest.approx(fraction_correct, abs=1e-6)

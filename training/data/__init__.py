@@ -6,7 +6,7 @@ import inspect
 
 from training.data.base import ImageDataModule
 from training.errors import WaldoError, unknown_choice
-from training.spec import TrainSpec
+from training.spec import DataSpec
 
 
 def _registry() -> dict[str, type[ImageDataModule]]:
@@ -31,30 +31,30 @@ def list_datasets() -> list[str]:
     return sorted(_registry())
 
 
-def create_datamodule(spec: TrainSpec) -> ImageDataModule:
-    """Build the data module that `spec.data` names, configured from the spec."""
+def create_datamodule(data: DataSpec) -> ImageDataModule:
+    """Build the data module that `data.name` names (a job spec's `data_spec()`)."""
     registry = _registry()
-    if spec.data not in registry:
-        raise unknown_choice("data set", spec.data, registry)
-    cls = registry[spec.data]
-    if cls.task != spec.task:
-        fitting = sorted(n for n, c in registry.items() if c.task == spec.task)
-        raise WaldoError(f"data set {spec.data!r} is for task {cls.task!r}, not {spec.task!r}; "
-                         f"data sets for {spec.task!r}: {', '.join(fitting)}")
+    if data.name not in registry:
+        raise unknown_choice("data set", data.name, registry)
+    cls = registry[data.name]
+    if cls.task != data.task:
+        fitting = sorted(n for n, c in registry.items() if c.task == data.task)
+        raise WaldoError(f"data set {data.name!r} is for task {cls.task!r}, not {data.task!r}; "
+                         f"data sets for {data.task!r}: {', '.join(fitting)}")
     accepted = set(inspect.signature(cls.__init__).parameters) - set(
         inspect.signature(ImageDataModule.__init__).parameters) - {"kwargs"}
-    unknown = sorted(set(spec.data_args) - accepted)
+    unknown = sorted(set(data.args) - accepted)
     if unknown:
-        raise WaldoError(f"data set {spec.data!r} does not take option(s) {', '.join(unknown)}; "
+        raise WaldoError(f"data set {data.name!r} does not take option(s) {', '.join(unknown)}; "
                          f"it accepts: {', '.join(sorted(accepted)) or 'none'}")
     return cls(
-        **spec.data_args,
-        batch_size=spec.batch_size,
-        image_size=spec.image_size,
-        data_dir=spec.data_dir,
-        download=spec.download,
-        val_fraction=spec.val_fraction,
-        num_workers=spec.loader_workers,
+        **data.args,
+        batch_size=data.batch_size,
+        image_size=data.image_size,
+        data_dir=data.dir,
+        download=data.download,
+        val_fraction=data.val_fraction,
+        num_workers=data.loader_workers,
     )
 
 

@@ -8,5 +8,14 @@ from training.models._api import (
     list_models,
     register_model,
 )
+from training.models.heads import Localizer, create_localizer
 
-__all__ = ["ModelInfo", "create_model", "get_model_info", "list_models", "register_model"]
+__all__ = [
+    "Localizer",
+    "ModelInfo",
+    "create_localizer",
+    "create_model",
+    "get_model_info",
+    "list_models",
+    "register_model",
+]

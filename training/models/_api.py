@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from torch import nn
 
 from training.errors import WaldoError, unknown_choice
+from training.models._layers import check_num_classes
 
 
 @dataclass(frozen=True)
@@ -62,16 +63,18 @@ def create_model(
 ) -> nn.Module:
     """Build the network `name` for `in_channels`-channel images and `num_classes` classes.
 
+    `num_classes=0` builds it without a classifier (timm's convention): `forward` then returns
+    pooled features of size `net.num_features`, and `net.reset_classifier(k)` adds one later.
+
     `image_size` matters only for networks whose dense layers sit on a fixed grid (mlp, cnn,
     lenet5); it defaults to the size they were designed for. The torchvision classics end in
     adaptive pooling and accept any size from `min_size` up. Extra keyword arguments go to the
     builder (e.g. `aux_logits=True` for googlenet).
     """
     info = get_model_info(name)
-    if num_classes < 1 or in_channels < 1:
-        raise WaldoError(
-            f"num_classes and in_channels must be positive (got {num_classes}, {in_channels})"
-        )
+    check_num_classes(num_classes)
+    if in_channels < 1:
+        raise WaldoError(f"in_channels must be positive (got {in_channels})")
     size = image_size or info.default_input[1]
     if size < info.min_size:
         raise WaldoError(
@@ -90,20 +93,3 @@ def create_model(
     if info.sized:
         kwargs["image_size"] = size
     return info.builder(num_classes=num_classes, in_channels=in_channels, **kwargs)
-
-
-def replace_first_conv(conv: nn.Conv2d, in_channels: int) -> nn.Conv2d:
-    """Return `conv` rebuilt for `in_channels` inputs (same geometry), or `conv` itself if it fits.
-
-    The torchvision classics hard-code RGB input; this is the one place they are adapted.
-    """
-    if conv.in_channels == in_channels:
-        return conv
-    return nn.Conv2d(
-        in_channels,
-        conv.out_channels,
-        kernel_size=conv.kernel_size,
-        stride=conv.stride,
-        padding=conv.padding,
-        bias=conv.bias is not None,
-    )

@@ -12,17 +12,41 @@ from torch import nn
 from torchvision.models.googlenet import GoogLeNet as _TVGoogLeNet
 from torchvision.models.googlenet import GoogLeNetOutputs
 
-from training.models._api import register_model, replace_first_conv
+from training.errors import WaldoError
+from training.models._api import register_model
+from training.models._layers import check_num_classes, placed_like, replace_first_conv
+
+
+def _check_aux(aux_logits: bool, num_classes: int) -> None:
+    if aux_logits and not num_classes:
+        raise WaldoError(
+            f"googlenet's auxiliary classifiers (aux_logits=True) need num_classes > 0 "
+            f"(got num_classes={num_classes}); use aux_logits=False for a network without one"
+        )
+
+
+def _linear(in_features: int, num_classes: int) -> nn.Linear:
+    layer = nn.Linear(in_features, num_classes)
+    nn.init.trunc_normal_(layer.weight, mean=0.0, std=0.01, a=-2, b=2)  # torchvision's init
+    return layer
 
 
 class GoogLeNet(_TVGoogLeNet):
+    """torchvision's GoogLeNet with a swappable classifier; `num_classes=0` builds none."""
+
     def __init__(
         self, *, num_classes: int, in_channels: int, aux_logits: bool, dropout: float
     ):
-        super().__init__(num_classes=num_classes, aux_logits=aux_logits,
+        check_num_classes(num_classes)
+        _check_aux(aux_logits, num_classes)
+        # torchvision always builds `fc`; a 1-way one costs 1,025 weights, dropped below.
+        super().__init__(num_classes=max(num_classes, 1), aux_logits=aux_logits,
                          transform_input=False, init_weights=True, dropout=dropout)
         self.conv1.conv = replace_first_conv(self.conv1.conv, in_channels)
         self.num_features = self.fc.in_features
+        self.num_classes = num_classes
+        if not num_classes:
+            self.fc = None
 
     def _features(self, x: torch.Tensor):
         """Run the stem and the inception stages; return features and the aux logits."""
@@ -43,8 +67,9 @@ class GoogLeNet(_TVGoogLeNet):
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         return self._features(x)[0]
 
-    def forward_head(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(self.dropout(torch.flatten(self.avgpool(x), 1)))
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        x = self.dropout(torch.flatten(self.avgpool(x), 1))  # (B, 1024), what `fc` takes
+        return x if pre_logits or self.fc is None else self.fc(x)
 
     def forward(self, x: torch.Tensor):
         x, aux1, aux2 = self._features(x)
@@ -53,11 +78,23 @@ class GoogLeNet(_TVGoogLeNet):
             return GoogLeNetOutputs(logits, aux2, aux1)
         return logits
 
+    def reset_classifier(self, num_classes: int) -> None:
+        """A fresh `num_classes`-way `fc` (and auxiliary outputs, if any), or none for 0."""
+        check_num_classes(num_classes)
+        _check_aux(self.aux1 is not None, num_classes)
+        self.fc = placed_like(_linear(self.num_features, num_classes), self) if num_classes else None
+        for aux in (self.aux1, self.aux2):
+            if aux is not None:
+                aux.fc2 = placed_like(_linear(aux.fc2.in_features, num_classes), self)
+        self.num_classes = num_classes
+
 
 @register_model("googlenet")
 def googlenet(
     *, num_classes: int = 1000, in_channels: int = 3, aux_logits: bool = False,
     dropout: float = 0.2,
-) -> nn.Module:
+) -> GoogLeNet:
+    """GoogLeNet (Inception v1): 9 inception modules, optional auxiliary classifiers
+    (Szegedy et al., 2014, "Going Deeper with Convolutions")."""
     return GoogLeNet(num_classes=num_classes, in_channels=in_channels,
                      aux_logits=aux_logits, dropout=dropout)

@@ -8,14 +8,29 @@ parameter count, and it trains in a few epochs.
 
 from __future__ import annotations
 
+from functools import partial
+
 from torch import nn
 
 from training.models._api import register_model
 from training.models.simple import SequentialClassifier
 
 
+def _head(in_features: int, num_classes: int) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Flatten(),
+        nn.Linear(in_features, 120),
+        nn.ReLU(inplace=True),
+        nn.Linear(120, 84),
+        nn.ReLU(inplace=True),
+        nn.Linear(84, num_classes),
+    )
+
+
 @register_model("lenet5", default_input=(1, 28, 28), min_size=28, sized=True)
-def lenet5(*, num_classes: int = 10, in_channels: int = 1, image_size: int = 28) -> nn.Module:
+def lenet5(*, num_classes: int = 10, in_channels: int = 1, image_size: int = 28) -> SequentialClassifier:
+    """LeNet-5: two 5x5 conv layers and dense layers 400-120-84-classes (LeCun, Bottou, Bengio
+    & Haffner, 1998, "Gradient-Based Learning Applied to Document Recognition")."""
     padding = 2 if image_size < 32 else 0
     features = nn.Sequential(
         nn.Conv2d(in_channels, 6, kernel_size=5, padding=padding),  # (B, 6, 28, 28)
@@ -26,12 +41,5 @@ def lenet5(*, num_classes: int = 10, in_channels: int = 1, image_size: int = 28)
         nn.MaxPool2d(2),  # (B, 16, 5, 5)
     )
     side = ((image_size + 2 * padding - 4) // 2 - 4) // 2
-    head = nn.Sequential(
-        nn.Flatten(),
-        nn.Linear(16 * side * side, 120),
-        nn.ReLU(inplace=True),
-        nn.Linear(120, 84),
-        nn.ReLU(inplace=True),
-        nn.Linear(84, num_classes),
-    )
-    return SequentialClassifier(features, head, num_features=16)
+    return SequentialClassifier(features, partial(_head, 16 * side * side), num_features=16,
+                                num_classes=num_classes)

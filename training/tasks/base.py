@@ -1,5 +1,6 @@
 """What every task shares: the network from the registry, the optimizer, the memory format,
-and a ModelCard describing how to feed the trained network."""
+and hyperparameters that rebuild it all from a checkpoint (and from which export writes the
+ModelCard, in `training.export.card`)."""
 
 from __future__ import annotations
 
@@ -9,19 +10,17 @@ import pytorch_lightning as pl
 import torch
 from torch import nn
 
-from serving.modelcard import InputSpec, ModelCard, OutputSpec
 from training.tasks.optim import build_optimizers
 
 
 class BaseTask(pl.LightningModule):
-    """Subclasses set `task`, `outputs`, `default_monitor` and build `self.net`.
+    """Subclasses set `task` and `default_monitor` and build `self.net`.
 
     The hyperparameters hold the network's name and arguments and the data's labels and
     normalization, so `load_from_checkpoint(path)` rebuilds everything with no config file.
     """
 
     task: ClassVar[str] = ""
-    outputs: ClassVar[list[OutputSpec]] = []
     default_monitor: ClassVar[tuple[str, str]] = ("val_loss", "min")  # (metric, mode)
 
     def __init__(
@@ -68,23 +67,6 @@ class BaseTask(pl.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["waldo_task"] = self.task  # lets `load_task` pick the class
-
-    def model_card(self, name: str | None = None, **extra: Any) -> ModelCard:
-        h = self.hparams
-        labels = list(h.labels or [str(i) for i in range(h.num_classes)])
-        return ModelCard(
-            name=name or h.model_name,
-            task=self.task,
-            labels=labels,
-            architecture=h.model_name,
-            input=InputSpec(
-                channels=h.in_channels, height=h.image_size, width=h.image_size,
-                mean=list(h.mean or [0.0] * h.in_channels),
-                std=list(h.std or [1.0] * h.in_channels),
-            ),
-            outputs=self.outputs,
-            **extra,
-        )
 
 
 def count_parameters(net: nn.Module) -> int:

@@ -10,7 +10,6 @@ from torch import nn
 from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
 
-from serving.modelcard import CLASSIFY_OUTPUTS
 from training.models import create_model
 from training.tasks.base import BaseTask
 
@@ -22,7 +21,6 @@ class ClassificationTask(BaseTask):
     """Train a classifier; `forward` returns logits (B, K)."""
 
     task = "classify"
-    outputs = CLASSIFY_OUTPUTS
     default_monitor = ("val_loss", "min")
 
     def __init__(self, *, net: nn.Module | None = None, **kwargs: Any):

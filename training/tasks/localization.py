@@ -1,7 +1,7 @@
 """Single-object localization: is there an object, which class, where is its box.
 
-Any registered backbone (through `forward_features`) gets a localization head whose output,
-after activations, is the source's vector y = [p_c, x, y, w, h, p_1..p_K].
+Any registered backbone gets a localization head (`training.models.heads`) whose output, after
+activations, is the source's vector y = [p_c, x, y, w, h, p_1..p_K].
 """
 
 from __future__ import annotations
@@ -14,42 +14,9 @@ from torchmetrics import MeanMetric
 from torchmetrics.classification import BinaryAccuracy, MulticlassAccuracy
 from torchvision.ops import box_convert, box_iou
 
-from serving.modelcard import LOCALIZE_OUTPUTS
 from training.losses import localization_loss
-from training.models import create_model
+from training.models import create_localizer
 from training.tasks.base import BaseTask
-
-# Feature maps are pooled to at most this side before the dense head: enough spatial detail
-# for the box, and a head whose size does not grow with the input.
-MAX_GRID = 8
-
-
-class LocalizationNet(nn.Module):
-    """A backbone's features -> pooled grid -> MLP -> activated (B, 5 + K) vector."""
-
-    def __init__(self, backbone: nn.Module, num_classes: int, in_channels: int, image_size: int,
-                 hidden: int = 256):
-        super().__init__()
-        self.backbone = backbone
-        with torch.no_grad():  # one dry run tells the feature shape
-            was_training = backbone.training
-            f = backbone.eval().forward_features(torch.zeros(1, in_channels, image_size, image_size))
-            backbone.train(was_training)
-        if f.ndim == 4:  # (1, C, h, w)
-            side = min(f.shape[-1], MAX_GRID)
-            self.pool: nn.Module = nn.AdaptiveAvgPool2d(side)
-            flat = f.shape[1] * side * side
-        else:  # (1, F) from a dense backbone
-            self.pool = nn.Identity()
-            flat = f.shape[1]
-        self.head = nn.Sequential(
-            nn.Flatten(), nn.Linear(flat, hidden), nn.ReLU(inplace=True),
-            nn.Linear(hidden, 5 + num_classes),
-        )
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        raw = self.head(self.pool(self.backbone.forward_features(x)))  # (B, 5 + K)
-        return torch.cat([raw[:, :5].sigmoid(), raw[:, 5:].softmax(dim=1)], dim=1)
 
 
 def xywh_iou(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -64,7 +31,6 @@ class LocalizationTask(BaseTask):
     """Train a localizer. Targets are (B, 5 + K) vectors laid out like the output."""
 
     task = "localize"
-    outputs = LOCALIZE_OUTPUTS
     default_monitor = ("val_loss", "min")
 
     def __init__(self, *, loss_variant: str = "mse", box_loss: str = "smooth_l1",
@@ -72,10 +38,9 @@ class LocalizationTask(BaseTask):
         super().__init__(**kwargs)
         h = self.hparams
         if net is None:
-            # The backbone's own classifier is not used; build it with one class to keep it small.
-            backbone = create_model(h.model_name, num_classes=1, in_channels=h.in_channels,
-                                    image_size=h.image_size, **(h.model_args or {}))
-            net = LocalizationNet(backbone, h.num_classes, h.in_channels, h.image_size)
+            net = create_localizer(h.model_name, num_classes=h.num_classes,
+                                   in_channels=h.in_channels, image_size=h.image_size,
+                                   **(h.model_args or {}))
         self.net = net
         self.metrics = nn.ModuleDict({
             split: nn.ModuleDict({

@@ -1,8 +1,9 @@
 """fp16 and int8 copies of an exported model, scored against fp32 on the validation split.
 
-Reduced precision changes the numbers on purpose, so the parity check of `training.export`
-does not apply; instead both files are scored with the training task's own metrics on the
-validation split, and the reduced one is refused when it loses more than `max_drop`.
+Reduced precision changes the numbers on purpose, so the parity check
+(`training.export.parity`) does not apply; instead both files are scored with the training
+task's own metrics on the validation split, and the reduced one is refused when it loses more
+than `max_drop`.
 """
 
 from __future__ import annotations
@@ -17,9 +18,10 @@ import onnx
 import torch
 
 from training.errors import WaldoError, unknown_choice
-from training.export import DEFAULT_MAX_DROP, INPUT_NAME, PRECISIONS, ort_session, quiet_loggers
-from training.spec import TrainSpec, build_spec
-from training.tasks import BaseTask
+from training.export.exporters import INPUT_NAME, quiet_loggers
+from training.export.parity import ort_session
+from training.export.source import CheckpointRecord
+from training.spec import DEFAULT_MAX_DROP, EXPORT_PRECISIONS, TrainSpec, build_spec
 
 CALIBRATION_IMAGES = 512  # training images that set int8 activation ranges
 
@@ -41,7 +43,7 @@ def reduce_precision(model: onnx.ModelProto, precision: str,
 
         return convert_float_to_float16(model, keep_io_types=True)
     if precision != "int8":
-        raise unknown_choice("precision", precision, PRECISIONS)
+        raise unknown_choice("precision", precision, EXPORT_PRECISIONS)
     from onnxruntime.quantization import (
         CalibrationDataReader,
         QuantFormat,
@@ -135,26 +137,26 @@ def compare_precision(model: onnx.ModelProto, precision: str, dm, task: str,
     return reduced, reference, scores
 
 
-def spec_from_checkpoint(meta: dict[str, Any], task: str, path: Path) -> TrainSpec:
-    """The data a bare checkpoint was trained on, with the data set's default options (the
-    checkpoint does not keep them; its run's spec.yaml does)."""
-    data = meta.get("data")
+def spec_from_record(record: CheckpointRecord, path: str | Path) -> TrainSpec:
+    """The data a bare checkpoint was trained on, from the data module's saved state, with the
+    data set's default options (the checkpoint does not keep them; its run's spec.yaml does)."""
+    data = record.data
     if not data or not data.get("name"):
         raise WaldoError(f"checkpoint {str(path)!r} does not say which data it was trained on; "
                          "export its run with --run to compare precisions")
-    return build_spec(TrainSpec, None, {"task": task, "data": data["name"],
+    return build_spec(TrainSpec, None, {"task": record.task, "data": data["name"],
                                         "image_size": data["image_size"]})
 
 
-def validation_data(spec: TrainSpec, task: BaseTask):
+def validation_data(spec: TrainSpec, record: CheckpointRecord):
     """The spec's data module, set up, after checking that it matches the network."""
     from training.data import create_datamodule
 
-    dm = create_datamodule(spec)
+    dm = create_datamodule(spec.data_spec())
     dm.setup("fit")
-    h = task.hparams
-    if list(dm.labels) != list(h.labels or []) or dm.image_size != h.image_size:
+    h = record.hparams
+    if list(dm.labels) != list(h.get("labels") or []) or dm.image_size != h["image_size"]:
         raise WaldoError(f"data {spec.data!r} ({len(dm.labels)} classes, {dm.image_size} px) "
-                         f"does not match the network ({h.num_classes} classes, "
-                         f"{h.image_size} px); cannot score {spec.data!r} on it")
+                         f"does not match the network ({h['num_classes']} classes, "
+                         f"{h['image_size']} px); cannot score {spec.data!r} on it")
     return dm

@@ -1,40 +1,25 @@
-"""`/v1/jobs`: submit, list, inspect, read the logs of and stop jobs; plus health."""
+"""`/v1/jobs`: submit, list, inspect, read the logs of and stop jobs. RayJobs' calls block
+(Ray's client uses requests), so they run in the thread pool."""
 
 from __future__ import annotations
 
 import secrets
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, Query, Request
-from fastapi.responses import JSONResponse, PlainTextResponse
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi import APIRouter, Query
+from fastapi.responses import PlainTextResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.concurrency import run_in_threadpool
 
-from services.jobs.errors import ApiError
+from services.jobs.deps import Authorized, JobsDep, SettingsDep
 from services.jobs.ray_jobs import RayJobs
+from serving.errors import ApiError
 from training.spec import JOB_SPECS, format_validation_error
 
-_bearer = HTTPBearer(auto_error=False)
-
-
-def _jobs(request: Request) -> RayJobs:
-    return request.app.state.jobs
-
-
-def require_token(request: Request,
-                  credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]) -> None:
-    token = request.app.state.settings.token.get_secret_value()
-    if credentials is None:
-        raise ApiError(401, "unauthorized", "this API needs an Authorization: Bearer <token> header",
-                       headers={"WWW-Authenticate": "Bearer"})
-    if not secrets.compare_digest(credentials.credentials.encode(), token.encode()):
-        raise ApiError(403, "forbidden", "the bearer token is not valid")
-
-
-Jobs = Annotated[RayJobs, Depends(_jobs)]
-router = APIRouter(prefix="/v1/jobs", tags=["jobs"], dependencies=[Depends(require_token)])
-health = APIRouter(tags=["health"])
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"], dependencies=[Authorized],
+                   responses={401: {"description": "no bearer token"},
+                              403: {"description": "a wrong bearer token"},
+                              503: {"description": "Ray cluster unreachable"}})
 
 
 class JobRequest(BaseModel):
@@ -44,14 +29,12 @@ class JobRequest(BaseModel):
 
 
 @router.post("", status_code=201, summary="Validate a spec and submit it to the Ray cluster",
-             responses={401: {}, 403: {}, 422: {"description": "the spec names a bad field"},
-                        503: {"description": "Ray cluster unreachable"}})
-async def submit(body: JobRequest, jobs: Jobs, request: Request) -> dict:
+             responses={422: {"description": "the spec names a bad field"}})
+async def submit(body: JobRequest, jobs: JobsDep, settings: SettingsDep) -> dict:
     spec_cls = JOB_SPECS[body.kind]
     data = dict(body.spec)
     if body.kind != "export":
         data.setdefault("progress_bar", False)  # logs, not a terminal
-    settings = request.app.state.settings
     if settings.tracking_uri and not data.get("tracking_uri"):
         data["tracking_uri"] = settings.tracking_uri
     if settings.storage and body.kind != "export" and not data.get("storage"):
@@ -73,19 +56,19 @@ def _submit(jobs: RayJobs, kind: str, spec: dict[str, Any]) -> str:
 
 
 @router.get("", summary="Every Waldo job on the cluster, newest first")
-async def list_jobs(jobs: Jobs) -> dict:
+async def list_jobs(jobs: JobsDep) -> dict:
     return {"jobs": await run_in_threadpool(jobs.list)}
 
 
 @router.get("/{job_id}", summary="State, timings, MLflow run and registered model of one job",
-            responses={404: {}})
-async def get_job(job_id: str, jobs: Jobs) -> dict:
+            responses={404: {"description": "no Waldo job has this id"}})
+async def get_job(job_id: str, jobs: JobsDep) -> dict:
     return await run_in_threadpool(jobs.get, job_id)
 
 
-@router.get("/{job_id}/logs", response_class=PlainTextResponse, responses={404: {}},
-            summary="The job's output so far")
-async def job_logs(job_id: str, jobs: Jobs,
+@router.get("/{job_id}/logs", response_class=PlainTextResponse, summary="The job's output so far",
+            responses={404: {"description": "no Waldo job has this id"}})
+async def job_logs(job_id: str, jobs: JobsDep,
                    tail: Annotated[int | None, Query(ge=1, le=100_000, description="last N lines")] = None):
     text = await run_in_threadpool(jobs.logs, job_id)
     if tail is not None:
@@ -93,17 +76,7 @@ async def job_logs(job_id: str, jobs: Jobs,
     return PlainTextResponse(text)
 
 
-@router.delete("/{job_id}", summary="Stop a job", responses={404: {}})
-async def stop_job(job_id: str, jobs: Jobs) -> dict:
+@router.delete("/{job_id}", summary="Stop a job",
+               responses={404: {"description": "no Waldo job has this id"}})
+async def stop_job(job_id: str, jobs: JobsDep) -> dict:
     return await run_in_threadpool(jobs.stop, job_id)
-
-
-@health.get("/healthz")
-async def healthz() -> dict:
-    return {"status": "ok"}
-
-
-@health.get("/readyz", responses={503: {"description": "the Ray cluster is unreachable"}})
-async def readyz(jobs: Jobs):
-    await run_in_threadpool(jobs.ping)
-    return JSONResponse({"ready": True, "ray_address": jobs.settings.ray_address})

@@ -4,31 +4,17 @@ MLflow 3 keeps models as LoggedModels (`models:/m-<id>`), not as run artifacts. 
 becomes one LoggedModel, linked to its source run, whose artifact root holds exactly
 `model.onnx` and `modelcard.json`; a new version of the registered model points at it, so
 `models:/<name>@<alias>` and `models:/<name>/<version>` download those two files. Aliases are
-moved with `set_registered_model_alias`; the deprecated stages are not used.
+moved with `set_registered_model_alias`; the deprecated stages are not used. Alias names are
+checked by `ExportSpec` before anything is exported.
 """
 
 from __future__ import annotations
 
-import re
 import shutil
 from collections.abc import Callable
 from pathlib import Path
 
 from training.errors import WaldoError
-
-_ALIAS = re.compile(r"^[\w-]{1,255}$")
-_VERSION_LIKE = re.compile(r"^[vV]\d+$")
-
-
-def check_alias(alias: str) -> str:
-    """MLflow's rules for alias names, checked before anything is exported or registered."""
-    if not _ALIAS.match(alias):
-        raise WaldoError(f"invalid alias {alias!r}: use letters, digits, '_' and '-', "
-                         "e.g. production or staging")
-    if alias.lower() == "latest" or _VERSION_LIKE.match(alias):
-        raise WaldoError(f"invalid alias {alias!r}: 'latest' and version-like names (v1, V2) "
-                         "are reserved by MLflow; use e.g. production or staging")
-    return alias
 
 
 def publish(

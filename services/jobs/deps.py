@@ -1,0 +1,32 @@
+"""Dependencies for the routes: the settings, the RayJobs of the app, and the bearer token
+(checked by serving.auth, the check the inference service uses too)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import Depends, Request
+
+from services.jobs.ray_jobs import RayJobs
+from services.jobs.settings import JobsSettings
+from serving.auth import Credentials, check_bearer
+
+
+async def _settings(request: Request) -> JobsSettings:
+    return request.app.state.settings
+
+
+async def _jobs(request: Request) -> RayJobs:
+    return request.app.state.jobs
+
+
+SettingsDep = Annotated[JobsSettings, Depends(_settings)]
+JobsDep = Annotated[RayJobs, Depends(_jobs)]
+
+
+async def require_token(settings: SettingsDep, credentials: Credentials) -> None:
+    """Every /v1 route: the token is required (JobsSettings refuses to start without one)."""
+    check_bearer(settings.token, credentials)
+
+
+Authorized = Depends(require_token)  # `dependencies=[Authorized]` on a router

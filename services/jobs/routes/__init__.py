@@ -1,0 +1,1 @@
+"""One router per resource: `jobs` (/v1/jobs) and `health` (/healthz, /readyz)."""

@@ -1,0 +1,67 @@
+"""What every test that starts a process or needs a trained run uses, in one place each:
+
+    clean_env(**extra)        the environment for a `waldo` (or mlflow, ray) subprocess
+    free_port()               a free port on 127.0.0.1
+    start_process / Processes a process (or several) in its own session, logging to a file
+    stop_group(proc)          end such a process and everything it spawned, nothing else
+    session_pids(sid)         the live processes of a session (Linux /proc)
+    wait_until / wait_http    poll a predicate (or a URL) with a deadline; fail with the log tail
+    start_server / Server     a server on a free port, waited for until it answers 200
+    waldo_command, start_waldo, run_waldo, run_waldo_all   the `waldo` command
+    modules_loaded_by(script) top-level modules a fresh interpreter holds after `script`
+    ray_cluster(root, ...)    `ray start` head + worker nodes, stopped without `ray stop`
+    RunFactory / TrainedRun   trained runs, one per distinct spec per session (`trained_run`)
+    in_folder(path)           work in a folder with no tracking URI or Ray address inherited
+    FakeJobSubmission, waldo_meta   an in-process fake of Ray's job-submission client
+                              (support.fakes; imported on first use, as it loads Ray's SDK)
+
+Fixtures built on them live in tests/conftest.py.
+"""
+
+from support.cluster import RayCluster, ray_cluster
+from support.processes import (
+    BIN,
+    STARTUP_TIMEOUT_S,
+    Processes,
+    Server,
+    clean_env,
+    free_port,
+    http_status,
+    log_tail,
+    session_pids,
+    start_process,
+    start_server,
+    stop_group,
+    wait_http,
+    wait_until,
+)
+from support.runs import RunFactory, TrainedRun, in_folder
+from support.waldo import (
+    REPO_ROOT,
+    modules_loaded_by,
+    run_waldo,
+    run_waldo_all,
+    start_waldo,
+    waldo_command,
+)
+
+__all__ = [
+    "BIN", "REPO_ROOT", "STARTUP_TIMEOUT_S", "FakeJobSubmission", "Processes", "RayCluster",
+    "RunFactory", "Server", "TrainedRun", "clean_env", "free_port", "http_status", "in_folder",
+    "log_tail", "modules_loaded_by", "ray_cluster", "run_waldo", "run_waldo_all", "session_pids",
+    "start_process", "start_server", "start_waldo", "stop_group", "wait_http", "wait_until",
+    "waldo_command", "waldo_meta",
+]
+
+_LAZY = {"FakeJobSubmission": "support.fakes", "waldo_meta": "support.fakes"}
+
+
+def __getattr__(name: str):
+    """The names of modules that are slow to import (Ray's SDK), imported when first asked for."""
+    if name in _LAZY:
+        import importlib
+
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,0 +1,55 @@
+"""The storage contract: one resolution of `--storage` and of the tracking URI for every
+runner, so processes in other working folders (Ray workers, Tune trials) write where the user
+meant."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from training import storage
+from training.tracking import absolute_tracking_uri
+
+
+def test_local_storage_becomes_absolute_and_uris_are_kept(in_tmp):
+    assert storage.storage_root(None) == str(in_tmp / "waldo_runs")
+    assert storage.storage_root("runs/x") == str(in_tmp / "runs" / "x")
+    assert storage.storage_root("file://" + str(in_tmp / "a")) == str(in_tmp / "a")
+    # Path("s3://b/x") would be "s3:/b/x": a local folder named "s3:".
+    assert storage.storage_root("s3://bucket/waldo/") == "s3://bucket/waldo"
+    assert storage.join("s3://bucket/waldo", "run", "/checkpoints/") == "s3://bucket/waldo/run/checkpoints"
+    assert storage.with_scheme("s3://bucket/waldo", "bucket/waldo/x") == "s3://bucket/waldo/x"
+    assert storage.with_scheme(str(in_tmp), str(in_tmp / "x")) == str(in_tmp / "x")
+
+
+def test_relative_tracking_uris_become_absolute(in_tmp, monkeypatch):
+    assert absolute_tracking_uri(None) == f"sqlite:///{in_tmp / 'mlflow.db'}"
+    assert absolute_tracking_uri("sqlite:///runs.db") == f"sqlite:///{in_tmp / 'runs.db'}"
+    assert absolute_tracking_uri("sqlite:////abs/m.db") == "sqlite:////abs/m.db"
+    assert absolute_tracking_uri("mlruns") == (in_tmp / "mlruns").as_uri()
+    assert absolute_tracking_uri("http://127.0.0.1:5000") == "http://127.0.0.1:5000"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite:///env.db")
+    assert absolute_tracking_uri(None) == f"sqlite:///{in_tmp / 'env.db'}"
+
+
+def test_local_upload_fetch_and_the_run_record(tmp_path):
+    source = tmp_path / "a.ckpt"
+    source.write_bytes(b"weights")
+    target = str(tmp_path / "deep" / "er" / "best.ckpt")
+    storage.upload(source, target)
+    assert storage.fetch(target, tmp_path) == Path(target)
+    assert storage.exists(target) and not storage.exists(str(tmp_path / "none"))
+    with pytest.raises(FileNotFoundError):
+        storage.fetch(str(tmp_path / "none.ckpt"), tmp_path)
+
+    class FakeRun:  # the one method of training.tracking.Run the record uses
+        tags: dict[str, str] = {}
+
+        def set_tags(self, tags):
+            self.tags.update(tags)
+
+    run = FakeRun()
+    storage.record_best_checkpoint(run, target, "best/best.ckpt")
+    assert storage.best_checkpoint_record(run.tags) == (target, "best/best.ckpt")
+    assert storage.best_checkpoint_record({}) == (None, None)

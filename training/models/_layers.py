@@ -1,0 +1,59 @@
+"""Small pieces the model families share: adapting the stem, and building or dropping a head."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from training.errors import WaldoError
+
+
+def check_num_classes(num_classes: int) -> None:
+    """0 means no classifier (the network returns pooled features); negatives are an error."""
+    if num_classes < 0:
+        raise WaldoError(
+            f"num_classes must be a positive count, or 0 for no classifier (got {num_classes})"
+        )
+
+
+def replace_first_conv(conv: nn.Conv2d, in_channels: int) -> nn.Conv2d:
+    """Return `conv` rebuilt for `in_channels` inputs (same geometry), or `conv` itself if it fits.
+
+    The torchvision classics hard-code RGB input; this is the one place they are adapted.
+    """
+    if conv.in_channels == in_channels:
+        return conv
+    return nn.Conv2d(
+        in_channels,
+        conv.out_channels,
+        kernel_size=conv.kernel_size,
+        stride=conv.stride,
+        padding=conv.padding,
+        bias=conv.bias is not None,
+    )
+
+
+def global_pool(x: torch.Tensor) -> torch.Tensor:
+    """(B, C, H, W) -> (B, C) by average; already-flat (B, F) features pass through."""
+    return torch.flatten(F.adaptive_avg_pool2d(x, 1), 1) if x.ndim == 4 else x
+
+
+def materialize(module: nn.Module) -> nn.Module:
+    """Allocate a meta-device module on the current default device with PyTorch's default init.
+
+    torchvision's constructors always build their classifier. Building them on the meta device
+    costs neither memory nor initialization time, so a network built without its classifier
+    materializes only the parts it keeps.
+    """
+    module = module.to_empty(device=torch.get_default_device())
+    for m in module.modules():
+        if hasattr(m, "reset_parameters"):
+            m.reset_parameters()
+    return module
+
+
+def placed_like(new: nn.Module, net: nn.Module) -> nn.Module:
+    """Move a freshly built layer to `net`'s device and dtype (a reset on a GPU stays there)."""
+    ref = next(net.parameters(), None)
+    return new if ref is None else new.to(device=ref.device, dtype=ref.dtype)

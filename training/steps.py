@@ -1,0 +1,171 @@
+"""The steps every training run takes, shared by the in-process runner (`training.train`) and
+the Ray runner (`training.distributed`): seed and load the data, build the task around the
+network, build the Lightning Trainer and its callbacks, open the MLflow run, and log the
+pictures at the end. Neither runner imports the other; both import this.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pytorch_lightning as pl
+from lightning_fabric.utilities.exceptions import MisconfigurationException
+from pytorch_lightning.callbacks import Callback, EarlyStopping, LearningRateMonitor
+from torchvision.utils import save_image
+
+from training import storage, viz
+from training.callbacks import BoxPictures, SamplesPerRank
+from training.data import ImageDataModule, create_datamodule
+from training.errors import WaldoError
+from training.spec import TrainSpec
+from training.tasks import TASKS, BaseTask, ClassificationTask
+from training.tracking import Run, absolute_tracking_uri, start_run
+
+if TYPE_CHECKING:
+    from training.export import ExportResult
+
+# Lightning's advice about DataLoader workers does not apply to in-memory tensors.
+warnings.filterwarnings("ignore", ".*does not have many workers.*")
+warnings.filterwarnings("ignore", ".*smaller than the logging interval.*")
+warnings.filterwarnings("ignore", ".*treespec, LeafSpec.*")
+
+
+class _NoTips(logging.Filter):
+    """Drop Lightning's advertisements for its cloud products from the console."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Tip:" not in str(record.msg)
+
+
+logging.getLogger("pytorch_lightning.utilities.rank_zero").addFilter(_NoTips())
+
+
+@dataclass
+class TrainResult:
+    run_id: str
+    experiment_id: str
+    tracking_uri: str
+    best_checkpoint: str  # its location in storage: a local path or a URI (s3://...)
+    metrics: dict[str, float] = field(default_factory=dict)
+    ui_hint: str = ""
+    export: ExportResult | None = None  # set by `training.pipeline` when the spec exports
+
+
+def resolve_locations(spec: Any) -> Any:
+    """The spec with its tracking URI and storage made absolute. Ray workers and Tune trials
+    run in working folders of their own, where `./mlflow.db` or `./waldo_runs` would name other
+    places than the ones the user meant, so this happens before anything starts."""
+    return spec.model_copy(update={"tracking_uri": absolute_tracking_uri(spec.tracking_uri),
+                                   "storage": storage.storage_root(spec.storage)})
+
+
+def build_task(spec: TrainSpec, dm: ImageDataModule) -> BaseTask:
+    """The spec's task around the spec's network, shaped by the data (channels, classes, size)."""
+    extra = {"loss_variant": spec.loss_variant, "box_loss": spec.box_loss} if spec.task == "localize" else {}
+    return TASKS[spec.task](
+        model_name=spec.model, model_args=dict(spec.model_args), num_classes=dm.num_classes,
+        in_channels=dm.in_channels, image_size=dm.image_size, labels=dm.labels,
+        mean=list(dm.mean), std=list(dm.std),
+        optimizer=spec.optimizer, lr=spec.lr, weight_decay=spec.weight_decay,
+        momentum=spec.momentum, lr_schedule=spec.lr_schedule, epochs=spec.epochs,
+        lr_step_size=spec.lr_step_size, lr_gamma=spec.lr_gamma, channels_last=spec.channels_last,
+        **extra,
+    )
+
+
+def monitor_of(spec: TrainSpec) -> tuple[str, str]:
+    """(metric, mode) that picks the best checkpoint and drives early stopping."""
+    metric, mode = TASKS[spec.task].default_monitor
+    if spec.monitor:
+        metric = spec.monitor
+        mode = "min" if metric.endswith("loss") else "max"
+        if not metric.startswith("val_"):
+            raise WaldoError(f"monitor {metric!r} must be a validation metric (val_...), "
+                             f"e.g. {TASKS[spec.task].default_monitor[0]}")
+    return metric, mode
+
+
+def build_trainer(spec: TrainSpec, *, callbacks: list[Callback], logger, root: Path | str,
+                  **overrides) -> pl.Trainer:
+    """The Lightning Trainer for a spec; Ray passes its strategy and plugins as overrides."""
+    kwargs = dict(
+        max_epochs=spec.epochs, accelerator=spec.accelerator, devices=1,
+        precision=spec.precision, logger=logger, callbacks=callbacks,
+        enable_progress_bar=spec.progress_bar, enable_model_summary=False,
+        log_every_n_steps=1, default_root_dir=root,
+    )
+    try:
+        return pl.Trainer(**{**kwargs, **overrides})
+    except (MisconfigurationException, ValueError) as exc:
+        raise WaldoError(f"cannot run with accelerator={spec.accelerator!r}, "
+                         f"precision={spec.precision!r} here: {exc}") from None
+
+
+def standard_callbacks(spec: TrainSpec, run: Run, dm: ImageDataModule) -> list[Callback]:
+    """Callbacks every run gets, in-process or on Ray: early stopping, pictures, LR, samples."""
+    monitor, mode = monitor_of(spec)
+    callbacks: list[Callback] = [SamplesPerRank()]
+    if spec.early_stopping_patience:
+        callbacks.append(EarlyStopping(monitor=monitor, mode=mode,
+                                       patience=spec.early_stopping_patience))
+    if spec.task == "localize":
+        callbacks.append(BoxPictures(run, dm))
+    if spec.lr_schedule != "none":
+        callbacks.append(LearningRateMonitor(logging_interval="epoch"))
+    return callbacks
+
+
+def prepare(spec: TrainSpec) -> tuple[ImageDataModule, BaseTask]:
+    """Seed, load the data and build the task: the first steps of every run, on every rank."""
+    pl.seed_everything(spec.seed, workers=True, verbose=False)
+    dm = create_datamodule(spec.data_spec())
+    dm.setup("fit")  # the network's shape depends on the data: channels, classes, size
+    return dm, build_task(spec, dm)
+
+
+def default_run_name(spec: TrainSpec) -> str:
+    # uuid4 draws from the OS, not from `random`, which seeding makes repeat across runs.
+    return spec.run_name or f"{spec.model}-{spec.data}-{uuid.uuid4().hex[:6]}"
+
+
+@contextmanager
+def open_run(spec: TrainSpec, name: str, *, parent_run_id: str | None = None,
+             run_id: str | None = None, tags: dict[str, Any] | None = None) -> Iterator[Run]:
+    """The job's MLflow run, tagged with what it trains; a new run logs the spec as params and
+    `spec.yaml`, a reopened one (`run_id`, a resumed job) keeps what it has."""
+    all_tags = {"waldo.task": spec.task, "waldo.model": spec.model, "waldo.data": spec.data,
+                **(tags or {})}
+    with start_run(spec.experiment, run_name=name, tracking_uri=spec.tracking_uri,
+                   parent_run_id=parent_run_id, tags=all_tags, run_id=run_id) as run:
+        if run_id is None:
+            run.log_params(spec.to_params())
+            run.log_text(spec.to_yaml(), "spec.yaml")
+        yield run
+
+
+def log_pictures(run: Run, task: BaseTask, dm: ImageDataModule) -> None:
+    """Learning curves, test confusion matrix and first-layer filters, as PNG artifacts."""
+    if isinstance(task, ClassificationTask):
+        keys, loss_name = ["train_acc", "val_acc"], "cross-entropy"
+    else:
+        keys = ["val_obj_acc", "val_cls_acc", "val_iou", "val_iou50"]
+        loss_name = f"localization loss ({task.hparams.loss_variant})"
+    history = {k: run.metric_history(k) for k in ["train_loss", "val_loss", *keys]}
+    run.log_figure(viz.learning_curves(history, loss_name), "learning_curves.png")
+    if isinstance(task, ClassificationTask) and task.test_confusion is not None:
+        run.log_figure(viz.confusion_matrix(task.test_confusion, dm.labels), "confusion_matrix.png")
+    grid = viz.filter_grid(task.net)
+    if grid is not None:
+        run.log_image_file(lambda path: save_image(grid, path), "first_layer_filters.png")
+
+
+__all__ = ["BoxPictures", "SamplesPerRank", "TrainResult", "build_task", "build_trainer",
+           "default_run_name", "log_pictures", "monitor_of", "open_run", "prepare",
+           "resolve_locations", "standard_callbacks"]

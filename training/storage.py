@@ -1,0 +1,115 @@
+"""The storage contract: where checkpoints live, and how a run says which one is its best.
+
+One function, `storage_root`, resolves `--storage` for every runner: a local folder (relative
+paths become absolute, so Ray workers and Tune trials, which run in other working folders, write
+where the user meant) or an object-store URI such as `s3://bucket/path` (`AWS_ENDPOINT_URL`
+points it at MinIO or any S3-compatible server). Files are read and written through fsspec, the
+layer Lightning's own checkpointing uses, so a local folder and a bucket take the same code.
+
+Both runners record the best checkpoint on their MLflow run, as tags: its location in storage
+(`waldo.best_checkpoint`) and the run artifact holding a copy (`waldo.best_checkpoint_artifact`).
+Export reads that record; it never re-derives paths or guesses among artifact names.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+from training.errors import WaldoError
+
+DEFAULT_STORAGE = "waldo_runs"
+BEST_CHECKPOINT_TAG = "waldo.best_checkpoint"
+BEST_ARTIFACT_TAG = "waldo.best_checkpoint_artifact"
+CHECKPOINT_ARTIFACT_DIR = "best"  # run artifact folder holding the best checkpoint's copy
+
+
+def is_remote(location: str) -> bool:
+    return "://" in location and not location.startswith("file://")
+
+
+def storage_root(storage: str | None) -> str:
+    """`--storage` as every process of a job must see it: an absolute local folder, or a URI."""
+    location = storage or DEFAULT_STORAGE
+    if location.startswith("file://"):
+        location = location.removeprefix("file://")
+    if is_remote(location):
+        return location.rstrip("/")
+    return str(Path(location).expanduser().resolve())
+
+
+def join(root: str, *parts: str) -> str:
+    """`root/part/...` for a folder or a URI alike."""
+    return "/".join([root.rstrip("/"), *(p.strip("/") for p in parts)])
+
+
+def with_scheme(root: str, path: str) -> str:
+    """`path` on the filesystem of `root`: Ray reports checkpoint paths without the scheme."""
+    if is_remote(root) and "://" not in path:
+        return f"{root.split('://', 1)[0]}://{path}"
+    return path
+
+
+def filesystem(location: str):
+    """(fsspec filesystem, path within it) for a folder, a file or a URI."""
+    import fsspec
+
+    try:
+        return fsspec.core.url_to_fs(location)
+    except (ImportError, ValueError) as exc:
+        scheme = location.split("://", 1)[0]
+        raise WaldoError(f"cannot use storage {location!r}: {exc} (supported: a local folder, "
+                         f"s3://bucket/path; {scheme}:// needs its fsspec package)") from None
+
+
+def exists(location: str) -> bool:
+    fs, path = filesystem(location)
+    try:
+        return fs.exists(path)
+    except OSError:
+        return False
+
+
+def upload(local: str | Path, location: str) -> None:
+    """Copy a local file to `location` (a path or URI)."""
+    if not is_remote(location):
+        Path(location).parent.mkdir(parents=True, exist_ok=True)
+        if Path(local).resolve() != Path(location).resolve():
+            shutil.copyfile(local, location)
+        return
+    fs, path = filesystem(location)
+    fs.put_file(str(local), path)
+
+
+def fetch(location: str, into: str | Path) -> Path:
+    """A local path to the file at `location`: itself when local, else a download into `into`."""
+    if not is_remote(location):
+        path = Path(location)
+        if not path.is_file():
+            raise FileNotFoundError(location)
+        return path
+    fs, path = filesystem(location)
+    local = Path(into) / os.path.basename(path)
+    fs.get_file(path, str(local))
+    return local
+
+
+def record_best_checkpoint(run: Any, location: str, artifact: str | None = None) -> None:
+    """Tag the MLflow run (a `training.tracking.Run`) with its best checkpoint's location and,
+    when the checkpoint was also logged, the artifact path of that copy."""
+    tags = {BEST_CHECKPOINT_TAG: location}
+    if artifact is not None:
+        tags[BEST_ARTIFACT_TAG] = artifact
+    run.set_tags(tags)
+
+
+def best_checkpoint_record(tags: dict[str, str]) -> tuple[str | None, str | None]:
+    """(storage location, artifact path) of a run's best checkpoint, from the run's tags."""
+    return tags.get(BEST_CHECKPOINT_TAG), tags.get(BEST_ARTIFACT_TAG)
+
+
+__all__ = ["BEST_ARTIFACT_TAG", "BEST_CHECKPOINT_TAG", "DEFAULT_STORAGE", "best_checkpoint_record",
+           "exists", "fetch", "filesystem", "is_remote", "join", "record_best_checkpoint",
+           "storage_root", "upload", "with_scheme"]
