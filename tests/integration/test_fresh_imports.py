@@ -9,6 +9,8 @@ import pkgutil
 import pytest
 from support import REPO_ROOT
 
+pytestmark = pytest.mark.slow  # starts processes
+
 HEAVY = {"torch", "torchvision", "pytorch_lightning", "lightning", "mlflow", "ray"}
 NOT_FAMILIES = {"heads"}  # training.models modules that hold no model family
 

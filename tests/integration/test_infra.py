@@ -22,6 +22,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+pytestmark = pytest.mark.slow  # starts processes
+
 try:
     import tomllib
 except ModuleNotFoundError:  # Python 3.10

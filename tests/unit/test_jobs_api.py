@@ -57,6 +57,11 @@ def test_health_needs_no_token_and_readiness_reports_the_cluster(client):
     ({"kind": "train", "spec": {"modle": "cnn"}}, 422, ["'modle'", "did you mean 'model'"]),
     ({"kind": "sweep", "spec": {"model": "cnn", "search": {"lr": "gauss(1,2)"}}}, 422, ["gauss"]),
     ({"kind": "export", "spec": {}}, 422, ["exactly one of run"]),
+    # Export validation lives in ExportSpec: refused at submit time, not minutes later on Ray.
+    ({"kind": "export", "spec": {"run": "r", "opset": 99}}, 422, ["'opset'", "18 to 23"]),
+    ({"kind": "export", "spec": {"run": "r", "alias": "latest"}}, 422, ["'alias'", "reserved"]),
+    ({"kind": "export", "spec": {"run": "r", "name": "../x"}}, 422, ["'name'", "'../x'"]),
+    ({"kind": "train", "spec": {"alias": "v1"}}, 422, ["'alias'", "reserved"]),
     ({"kind": "deploy", "spec": {}}, 422, ["kind", "train", "sweep", "export"]),
     ({"spec": {}}, 422, ["kind"]),
     ({"kind": "train", "spec": {}, "shell": "rm -rf /"}, 422, ["shell"]),
