@@ -104,6 +104,8 @@ def _spec_from_args(args: argparse.Namespace, defaults: dict[str, Any] | None = 
         from training.spec import load_yaml
 
         base.update(load_yaml(args.config))
+        if "register" in base:  # the old name of `publish`; a --publish flag still wins
+            base.setdefault("publish", base.pop("register"))
     return build_spec(spec_cls, None, {**base, **overrides})
 
 

@@ -48,7 +48,7 @@ _VERSION_LIKE = re.compile(r"^[vV]\d+$")
 
 def check_model_name(name: str) -> str:
     """A name that is safe as a repository folder and an MLflow registered model."""
-    if not _MODEL_NAME.match(name):
+    if not _MODEL_NAME.fullmatch(name):
         raise ValueError(f"invalid model name {name!r}: use letters, digits, '_', '-' and '.', "
                          "starting with a letter or digit (at most 100 characters)")
     return name
@@ -56,10 +56,10 @@ def check_model_name(name: str) -> str:
 
 def check_alias(alias: str) -> str:
     """MLflow's rules for alias names, checked before anything is exported or registered."""
-    if not _ALIAS.match(alias):
+    if not _ALIAS.fullmatch(alias):
         raise ValueError(f"invalid alias {alias!r}: use letters, digits, '_' and '-', "
                          "e.g. production or staging")
-    if alias.lower() == "latest" or _VERSION_LIKE.match(alias):
+    if alias.lower() == "latest" or _VERSION_LIKE.fullmatch(alias):
         raise ValueError(f"invalid alias {alias!r}: 'latest' and version-like names (v1, V2) "
                          "are reserved by MLflow; use e.g. production or staging")
     return alias
@@ -168,7 +168,8 @@ class TrainSpec(BaseModel):
 
     # Tracking and storage.
     experiment: str = Field("waldo", min_length=1, description="MLflow experiment name")
-    run_name: str | None = Field(None, description="MLflow run name (default: generated)")
+    run_name: str | None = Field(
+        None, description="MLflow run name, also the job's folder in storage (default: generated)")
     tracking_uri: str | None = Field(
         None, description="MLflow tracking URI (default: MLFLOW_TRACKING_URI or ./mlflow.db)"
     )
@@ -188,6 +189,15 @@ class TrainSpec(BaseModel):
     @classmethod
     def _alias(cls, value: str | None) -> str | None:
         return None if value is None else check_alias(value)
+
+    @field_validator("run_name")
+    @classmethod
+    def _run_name(cls, value: str | None) -> str | None:
+        # A Ray job's folder in storage is named after it: no '/', no '..'.
+        if value is not None and not _MODEL_NAME.fullmatch(value):
+            raise ValueError(f"invalid run name {value!r}: use letters, digits, '_', '-' and '.', "
+                             "starting with a letter or digit (at most 100 characters)")
+        return value
 
     @field_validator("precision", mode="before")
     @classmethod

@@ -59,11 +59,15 @@ class TrainResult:
 
 
 def resolve_locations(spec: Any) -> Any:
-    """The spec with its tracking URI and storage made absolute. Ray workers and Tune trials
-    run in working folders of their own, where `./mlflow.db` or `./waldo_runs` would name other
-    places than the ones the user meant, so this happens before anything starts."""
-    return spec.model_copy(update={"tracking_uri": absolute_tracking_uri(spec.tracking_uri),
-                                   "storage": storage.storage_root(spec.storage)})
+    """The spec with its tracking URI, storage and data folder made absolute. Ray workers and
+    Tune trials run in working folders of their own, where `./mlflow.db`, `./waldo_runs` or
+    `./data` would name other places than the ones the user meant, so this happens before
+    anything starts."""
+    update = {"tracking_uri": absolute_tracking_uri(spec.tracking_uri),
+              "storage": storage.storage_root(spec.storage)}
+    if spec.data_dir is not None:
+        update["data_dir"] = str(Path(spec.data_dir).expanduser().resolve())
+    return spec.model_copy(update=update)
 
 
 def build_task(spec: TrainSpec, dm: ImageDataModule) -> BaseTask:

@@ -17,6 +17,8 @@ import os
 import shutil
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
+from urllib.request import url2pathname
 
 from training.errors import WaldoError
 
@@ -31,11 +33,13 @@ def is_remote(location: str) -> bool:
 
 
 def storage_root(storage: str | None) -> str:
-    """`--storage` as every process of a job must see it: an absolute local folder, or a URI."""
+    """`--storage` as every process of a job must see it: an absolute local folder, or a URI
+    whose filesystem is known here (else a WaldoError naming what is supported)."""
     location = storage or DEFAULT_STORAGE
-    if location.startswith("file://"):
-        location = location.removeprefix("file://")
+    if location.startswith("file:"):  # file:///abs, file:/abs, file://localhost/abs
+        location = url2pathname(urlparse(location).path)
     if is_remote(location):
+        filesystem(location)  # an unknown scheme or a missing package fails here, up front
         return location.rstrip("/")
     return str(Path(location).expanduser().resolve())
 

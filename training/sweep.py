@@ -130,10 +130,9 @@ def sweep(spec: SweepSpec) -> SweepResult:
         finished = [t for t in trials if t.get(monitor) is not None]
         if not finished:
             raise WaldoError(f"no trial of sweep {name!r} reported {monitor!r}; see the child runs")
-        # A trial ASHA stopped was behind at its last rung, and its process died before it
-        # recorded a best checkpoint; the best is chosen among trials that ran to the end.
-        ran = [t for t in finished if t["status"] == "completed"] or finished
-        best = (min if mode == "min" else max)(ran, key=lambda t: t[monitor])
+        # Each trial's best epoch, among those that reported a checkpoint (all but failed ones).
+        ranked = [t for t in finished if t.get("checkpoint")] or finished
+        best = (min if mode == "min" else max)(ranked, key=lambda t: t[monitor])
         parent.log_metrics({f"best_{monitor}": best[monitor]})
         location = _adopt_best_checkpoint(parent, best)
         parent.set_tags({"best.trial_id": best["trial_id"], "best.run_id": best.get("run_id", "")})

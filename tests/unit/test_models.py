@@ -343,3 +343,13 @@ def test_too_small_input_is_an_error(name):
 def test_bad_sizes_are_errors(kwargs, named):
     with pytest.raises(WaldoError, match=rf"{named}.*\(got {kwargs[named]}\)"):
         create_model("cnn", **kwargs)
+
+
+def test_a_googlenet_localizer_ignores_aux_logits():
+    """Specs (and checkpoints) of googlenet localizers may carry aux_logits=true, which a
+    classifier uses and a localizer, reading only the features, cannot."""
+    from training.models import create_localizer
+
+    net = create_localizer("googlenet", num_classes=3, in_channels=1, image_size=32, aux_logits=True)
+    assert net.backbone.aux1 is None and net.backbone.num_classes == 0
+    assert net.eval()(torch.zeros(2, 1, 32, 32)).shape == (2, 8)

@@ -187,3 +187,28 @@ def test_export_spec_refuses_bad_values_naming_the_field(fields, expected):
 def test_train_spec_checks_the_alias_too():
     with pytest.raises(WaldoError, match="alias.*reserved"):
         build_spec(TrainSpec, None, {"alias": "V3"})
+
+
+@pytest.mark.parametrize("fields,named", [
+    ({"run": "r", "name": "cnn\n"}, "name"),  # `$` would match before a final newline
+    ({"run": "r", "alias": "prod\n"}, "alias"),
+])
+def test_names_with_a_trailing_newline_are_refused(fields, named):
+    from training.spec import ExportSpec
+
+    with pytest.raises(WaldoError, match=f"'{named}'"):
+        build_spec(ExportSpec, None, fields)
+
+
+@pytest.mark.parametrize("name", ["../x", "a/b", ".hidden", "x" * 101])
+def test_run_names_cannot_leave_the_storage_folder(name):
+    with pytest.raises(WaldoError, match="'run_name'.*invalid run name"):
+        build_spec(TrainSpec, None, {"run_name": name})
+
+
+@pytest.mark.parametrize("flag,expected", [("--publish", True), ("--no-publish", False),
+                                           ("--no-register", False)])
+def test_register_in_a_file_and_a_publish_flag_together(tmp_path, flag, expected):
+    path = write_yaml(tmp_path, {"register": True, "export": True})
+    assert spec_from_flags("--config", str(path), flag).publish is expected
+    assert spec_from_flags("--config", str(path)).publish is True

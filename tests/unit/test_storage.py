@@ -53,3 +53,26 @@ def test_local_upload_fetch_and_the_run_record(tmp_path):
     storage.record_best_checkpoint(run, target, "best/best.ckpt")
     assert storage.best_checkpoint_record(run.tags) == (target, "best/best.ckpt")
     assert storage.best_checkpoint_record({}) == (None, None)
+
+
+def test_file_uris_and_unusable_schemes(in_tmp):
+    from training.errors import WaldoError
+
+    assert storage.storage_root(f"file://{in_tmp}/a") == str(in_tmp / "a")
+    assert storage.storage_root(f"file:{in_tmp}/b") == str(in_tmp / "b")
+    assert storage.storage_root(f"file://localhost{in_tmp}/c") == str(in_tmp / "c")
+    # A typo in the scheme is a clear error before any data loads, not a traceback later.
+    with pytest.raises(WaldoError, match=r"cannot use storage 's4://b/x'.*s3://bucket/path"):
+        storage.storage_root("s4://b/x")
+
+
+def test_resolve_locations_makes_every_path_of_a_spec_absolute(in_tmp):
+    from training.spec import TrainSpec
+    from training.steps import resolve_locations
+
+    spec = resolve_locations(TrainSpec(data="folder", data_dir="pets", storage="runs",
+                                       tracking_uri="sqlite:///m.db"))
+    assert (spec.data_dir, spec.storage) == (str(in_tmp / "pets"), str(in_tmp / "runs"))
+    assert spec.tracking_uri == f"sqlite:///{in_tmp / 'm.db'}"
+    assert resolve_locations(spec) == spec  # idempotent: every runner may call it
+    assert resolve_locations(TrainSpec()).data_dir is None  # the data set's own default

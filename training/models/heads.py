@@ -68,10 +68,13 @@ def create_localizer(name: str, *, num_classes: int, in_channels: int, image_siz
                      hidden: int = 256, **model_args: Any) -> Localizer:
     """A localizer for `num_classes` object classes on the registered backbone `name`.
 
-    The backbone is built without its classifier; `model_args` go to its builder.
+    The backbone is built without its classifier; `model_args` go to its builder, except
+    GoogLeNet's `aux_logits`: auxiliary classifiers feed class scores into the loss of a
+    classifier, and a localizer, which reads only the backbone's features, has no use for them.
     """
     if num_classes < 1:
         raise WaldoError(f"a localizer needs at least one object class (got num_classes={num_classes})")
+    model_args.pop("aux_logits", None)
     backbone = create_model(name, num_classes=0, in_channels=in_channels, image_size=image_size,
                             **model_args)
     return Localizer(backbone, num_classes=num_classes, in_channels=in_channels,
