@@ -14,7 +14,6 @@ Export reads that record; it never re-derives paths or guesses among artifact na
 from __future__ import annotations
 
 import os
-import shutil
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -68,25 +67,6 @@ def filesystem(location: str):
                          f"s3://bucket/path; {scheme}:// needs its fsspec package)") from None
 
 
-def exists(location: str) -> bool:
-    fs, path = filesystem(location)
-    try:
-        return fs.exists(path)
-    except OSError:
-        return False
-
-
-def upload(local: str | Path, location: str) -> None:
-    """Copy a local file to `location` (a path or URI)."""
-    if not is_remote(location):
-        Path(location).parent.mkdir(parents=True, exist_ok=True)
-        if Path(local).resolve() != Path(location).resolve():
-            shutil.copyfile(local, location)
-        return
-    fs, path = filesystem(location)
-    fs.put_file(str(local), path)
-
-
 def fetch(location: str, into: str | Path) -> Path:
     """A local path to the file at `location`: itself when local, else a download into `into`."""
     if not is_remote(location):
@@ -115,5 +95,5 @@ def best_checkpoint_record(tags: dict[str, str]) -> tuple[str | None, str | None
 
 
 __all__ = ["BEST_ARTIFACT_TAG", "BEST_CHECKPOINT_TAG", "DEFAULT_STORAGE", "best_checkpoint_record",
-           "exists", "fetch", "filesystem", "is_remote", "join", "record_best_checkpoint",
-           "storage_root", "upload", "with_scheme"]
+           "fetch", "filesystem", "is_remote", "join", "record_best_checkpoint", "storage_root",
+           "with_scheme"]

@@ -4,8 +4,6 @@ meant."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
 from training import storage
@@ -33,13 +31,11 @@ def test_relative_tracking_uris_become_absolute(in_tmp, monkeypatch):
     assert absolute_tracking_uri(None) == f"sqlite:///{in_tmp / 'env.db'}"
 
 
-def test_local_upload_fetch_and_the_run_record(tmp_path):
-    source = tmp_path / "a.ckpt"
-    source.write_bytes(b"weights")
-    target = str(tmp_path / "deep" / "er" / "best.ckpt")
-    storage.upload(source, target)
-    assert storage.fetch(target, tmp_path) == Path(target)
-    assert storage.exists(target) and not storage.exists(str(tmp_path / "none"))
+def test_local_fetch_and_the_run_record(tmp_path):
+    target = tmp_path / "deep" / "best.ckpt"
+    target.parent.mkdir()
+    target.write_bytes(b"weights")
+    assert storage.fetch(str(target), tmp_path / "downloads") == target  # local: no copy
     with pytest.raises(FileNotFoundError):
         storage.fetch(str(tmp_path / "none.ckpt"), tmp_path)
 
@@ -50,8 +46,8 @@ def test_local_upload_fetch_and_the_run_record(tmp_path):
             self.tags.update(tags)
 
     run = FakeRun()
-    storage.record_best_checkpoint(run, target, "best/best.ckpt")
-    assert storage.best_checkpoint_record(run.tags) == (target, "best/best.ckpt")
+    storage.record_best_checkpoint(run, str(target), "best/best.ckpt")
+    assert storage.best_checkpoint_record(run.tags) == (str(target), "best/best.ckpt")
     assert storage.best_checkpoint_record({}) == (None, None)
 
 
