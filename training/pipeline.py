@@ -6,7 +6,7 @@ job whose driver died. Each ends like `waldo export --run RUN --publish --alias 
 spec sets `export`, `publish` or `alias`: for a sweep, on the best trial's run.
 
 Each runner makes the spec's relative locations absolute before it starts anything
-(`training.steps.resolve_locations`).
+(`training.steps.resolve_locations`), so this module does not.
 """
 
 from __future__ import annotations
@@ -26,9 +26,6 @@ if TYPE_CHECKING:
 def run(spec: TrainSpec, *, callbacks: Sequence[Any] = (),
         parent_run_id: str | None = None) -> TrainResult:
     """Train `spec` (in-process with `workers=0`, else as a Ray Train job) and export if asked."""
-    from training.steps import resolve_locations
-
-    spec = resolve_locations(spec)
     if spec.workers > 0:
         from training.distributed import train_distributed
 
@@ -37,7 +34,7 @@ def run(spec: TrainSpec, *, callbacks: Sequence[Any] = (),
         from training.train import train
 
         result = train(spec, callbacks=callbacks, parent_run_id=parent_run_id)
-    result.export = export_if_asked(spec, result.run_id)
+    result.export = export_if_asked(spec, result.run_id, result.tracking_uri)
     return result
 
 
@@ -51,7 +48,6 @@ def resume(name: str, *, storage_location: str | None = None, tracking_uri: str 
     for follows.
     """
     from training.distributed import load_job, train_distributed
-    from training.steps import resolve_locations
 
     spec, run_id, stored_uri = load_job(name, storage_location)
     update: dict[str, Any] = {"tracking_uri": tracking_uri or stored_uri}
@@ -59,9 +55,9 @@ def resume(name: str, *, storage_location: str | None = None, tracking_uri: str 
         update["storage"] = storage_location
     if ray_address:
         update["ray_address"] = ray_address
-    spec = resolve_locations(spec.model_copy(update=update))
+    spec = spec.model_copy(update=update)
     result = train_distributed(spec, resume_run_id=run_id)
-    result.export = export_if_asked(spec, result.run_id)
+    result.export = export_if_asked(spec, result.run_id, result.tracking_uri)
     return result
 
 
@@ -73,11 +69,12 @@ def run_sweep(spec: SweepSpec) -> SweepResult:
     if spec.exports and not result.best_run_id:
         raise WaldoError(f"sweep run {result.parent_run_id}: the best trial has no MLflow run "
                          "to export")
-    result.export = export_if_asked(spec, result.best_run_id)
+    result.export = export_if_asked(spec, result.best_run_id, spec.tracking_uri)
     return result
 
 
-def export_if_asked(spec: TrainSpec, run_id: str | None) -> ExportResult | None:
+def export_if_asked(spec: TrainSpec, run_id: str | None,
+                    tracking_uri: str | None) -> ExportResult | None:
     """With `spec.export` (or `publish`, or `alias`), export the closed run's best checkpoint
     to ONNX, check it and register it, as `waldo export --run RUN_ID` does."""
     if not spec.exports or run_id is None:
@@ -85,7 +82,7 @@ def export_if_asked(spec: TrainSpec, run_id: str | None) -> ExportResult | None:
     from training.export import export_run
 
     export = ExportSpec(run=run_id, publish=spec.publish, alias=spec.alias,
-                        tracking_uri=spec.tracking_uri)
+                        tracking_uri=tracking_uri)
     try:
         return export_run(export, train_spec=spec)
     except WaldoError as exc:

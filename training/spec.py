@@ -11,10 +11,11 @@ import ast
 import difflib
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
+    AfterValidator,
     AliasChoices,
     BaseModel,
     ConfigDict,
@@ -69,6 +70,21 @@ def check_opset(opset: int) -> int:
     if not MIN_OPSET <= opset <= MAX_OPSET:
         raise ValueError(f"opset {opset} is not supported: use {MIN_OPSET} to {MAX_OPSET}")
     return opset
+
+
+def check_run_name(name: str) -> str:
+    """A Ray job's folder in storage is named after its run: no '/', no '..'."""
+    if not _MODEL_NAME.fullmatch(name):
+        raise ValueError(f"invalid run name {name!r}: use letters, digits, '_', '-' and '.', "
+                         "starting with a letter or digit (at most 100 characters)")
+    return name
+
+
+# Field types that carry their checks, for every spec that has such a field.
+ModelName = Annotated[str, AfterValidator(check_model_name)]
+AliasName = Annotated[str, AfterValidator(check_alias)]
+RunName = Annotated[str, AfterValidator(check_run_name)]
+Opset = Annotated[int, AfterValidator(check_opset)]
 
 
 # `publish` is the field; `register` (its name before) is still accepted in files, bodies and
@@ -168,7 +184,7 @@ class TrainSpec(BaseModel):
 
     # Tracking and storage.
     experiment: str = Field("waldo", min_length=1, description="MLflow experiment name")
-    run_name: str | None = Field(
+    run_name: RunName | None = Field(
         None, description="MLflow run name, also the job's folder in storage (default: generated)")
     tracking_uri: str | None = Field(
         None, description="MLflow tracking URI (default: MLFLOW_TRACKING_URI or ./mlflow.db)"
@@ -181,23 +197,9 @@ class TrainSpec(BaseModel):
         False, description="after training, export the best checkpoint to ONNX into ./models"
     )
     publish: bool = _publish_field(_PUBLISH_HELP + " (implies export)")
-    alias: str | None = Field(
+    alias: AliasName | None = Field(
         None, description="move this MLflow alias, e.g. production, to that version (implies publish)",
     )
-
-    @field_validator("alias")
-    @classmethod
-    def _alias(cls, value: str | None) -> str | None:
-        return None if value is None else check_alias(value)
-
-    @field_validator("run_name")
-    @classmethod
-    def _run_name(cls, value: str | None) -> str | None:
-        # A Ray job's folder in storage is named after it: no '/', no '..'.
-        if value is not None and not _MODEL_NAME.fullmatch(value):
-            raise ValueError(f"invalid run name {value!r}: use letters, digits, '_', '-' and '.', "
-                             "starting with a letter or digit (at most 100 characters)")
-        return value
 
     @field_validator("precision", mode="before")
     @classmethod
@@ -360,15 +362,15 @@ class ExportSpec(BaseModel):
 
     run: str | None = Field(None, min_length=1, description="MLflow run whose best checkpoint to export")
     checkpoint: str | None = Field(None, min_length=1, description="a .ckpt file written by `waldo train`")
-    name: str | None = Field(
+    name: ModelName | None = Field(
         None, description="model name in the repository and the registry "
         "(default: the architecture, e.g. cnn, or cnn-localize)")
-    opset: int = Field(DEFAULT_OPSET, description=f"ONNX opset, {MIN_OPSET} to {MAX_OPSET}")
+    opset: Opset = Field(DEFAULT_OPSET, description=f"ONNX opset, {MIN_OPSET} to {MAX_OPSET}")
     precision: ExportPrecision = Field(
         "fp32", description="fp16 and int8 are scored against fp32 on the validation split")
     output: str = Field("models", min_length=1, description="model repository folder")
     publish: bool = _publish_field(_PUBLISH_HELP)
-    alias: str | None = Field(
+    alias: AliasName | None = Field(
         None, description="move this MLflow alias (e.g. production) to the new version; implies publish")
     tracking_uri: str | None = Field(
         None, description="MLflow tracking URI (default: MLFLOW_TRACKING_URI or ./mlflow.db)")
@@ -377,21 +379,6 @@ class ExportSpec(BaseModel):
         DEFAULT_MAX_DROP, description="validation accuracy fp16/int8 may lose, as a fraction")
     exporter: Exporter = Field(
         "auto", description="auto: TorchScript (fast), dynamo where it cannot")
-
-    @field_validator("name")
-    @classmethod
-    def _name(cls, value: str | None) -> str | None:
-        return None if value is None else check_model_name(value)
-
-    @field_validator("alias")
-    @classmethod
-    def _alias(cls, value: str | None) -> str | None:
-        return None if value is None else check_alias(value)
-
-    @field_validator("opset")
-    @classmethod
-    def _opset(cls, value: int) -> int:
-        return check_opset(value)
 
     @model_validator(mode="after")
     def _one_source(self) -> ExportSpec:

@@ -17,11 +17,10 @@ import warnings
 
 import onnx
 import pytest
-import torch
 from mlflow.tracking import MlflowClient
 from onnx import numpy_helper
 from support import TrainedRun, in_folder
-from torch import nn
+from support.tasks import BatchDependent
 
 import training.export.precision as precision
 import training.export.source as source
@@ -230,18 +229,6 @@ def test_an_unknown_run(cnn, capsys, tmp_path):
     line = error_line(err)
     assert code == 2 and "unknown run" in line and "0123456789abcdef" in line
     assert not any(tmp_path.iterdir()) and not registered(cnn.result.tracking_uri)
-
-
-class BatchDependent(nn.Module):
-    """Tracing at batch 2 freezes the other branch, so the ONNX file is wrong at batch 1."""
-
-    def __init__(self, inner: nn.Module):
-        super().__init__()
-        self.inner = inner
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.inner(x)
-        return y + 1.0 if x.shape[0] == 1 else y
 
 
 def test_parity_failure_through_the_cli_writes_and_registers_nothing(cnn, capsys, tmp_path,

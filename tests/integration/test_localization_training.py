@@ -10,6 +10,8 @@ import warnings
 import pytest
 import pytorch_lightning as pl
 import torch
+from support.tasks import canvas_module, quiet_trainer
+from support.tasks import localization_task as make_task
 
 from training.data.digits import DigitsDataModule
 from training.data.localization import LocalizationDigitsDataModule
@@ -20,22 +22,9 @@ pytestmark = pytest.mark.slow  # trains (a few batches)
 warnings.filterwarnings("ignore", ".*does not have many workers.*")
 
 
-def quiet_trainer(**kwargs) -> pl.Trainer:
-    return pl.Trainer(accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
-                      enable_progress_bar=False, enable_model_summary=False, **kwargs)
-
-
 @pytest.fixture(scope="module")
 def canvases() -> LocalizationDigitsDataModule:
-    dm = LocalizationDigitsDataModule(train_size=64, eval_size=32, batch_size=16)
-    dm.setup("fit")
-    return dm
-
-
-def make_task(dm, model: str = "cnn", **kwargs) -> LocalizationTask:
-    return LocalizationTask(model_name=model, num_classes=dm.num_classes,
-                            in_channels=dm.in_channels, image_size=dm.image_size,
-                            labels=dm.labels, mean=list(dm.mean), std=list(dm.std), **kwargs)
+    return canvas_module()
 
 
 def first_batch(dm, loader: str = "val_dataloader"):

@@ -8,6 +8,8 @@ import warnings
 import pytest
 import pytorch_lightning as pl
 import torch
+from support.tasks import classification_task as make_task
+from support.tasks import digits_module, quiet_trainer
 
 from training.data.digits import DigitsDataModule
 from training.tasks import ClassificationTask
@@ -17,22 +19,9 @@ warnings.filterwarnings("ignore", ".*does not have many workers.*")
 pytestmark = pytest.mark.slow
 
 
-def quiet_trainer(**kwargs) -> pl.Trainer:
-    return pl.Trainer(accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
-                      enable_progress_bar=False, enable_model_summary=False, **kwargs)
-
-
 @pytest.fixture(scope="module")
 def digits() -> DigitsDataModule:
-    dm = DigitsDataModule(batch_size=32)
-    dm.setup("fit")
-    return dm
-
-
-def make_task(dm: DigitsDataModule, model: str, image_size: int | None = None, **kwargs):
-    return ClassificationTask(model_name=model, num_classes=dm.num_classes,
-                              in_channels=dm.in_channels, image_size=image_size or dm.image_size,
-                              labels=dm.labels, **kwargs)
+    return digits_module()
 
 
 @pytest.mark.parametrize("model", ["mlp", "cnn", "lenet5"])

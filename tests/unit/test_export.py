@@ -19,7 +19,7 @@ import onnx
 import pytest
 import pytorch_lightning as pl
 import torch
-from torch import nn
+from support.tasks import BatchDependent
 
 import training.export.precision as precision
 from serving.modelcard import (
@@ -258,19 +258,6 @@ def test_data_to_score_on_comes_from_the_checkpoint_record(tmp_path):
 
 
 # --- parity failure: a real exporter mistake --------------------------------------------------
-class BatchDependent(nn.Module):
-    """Python control flow on the batch size: tracing at batch 2 freezes the other branch, so
-    the ONNX file is wrong at batch 1. The classic way a traced export goes silently wrong."""
-
-    def __init__(self, inner: nn.Module):
-        super().__init__()
-        self.inner = inner
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.inner(x)
-        return y + 1.0 if x.shape[0] == 1 else y
-
-
 def test_parity_failure_names_the_figure():
     net = BatchDependent(build("classify", "cnn").net)
     with pytest.raises(WaldoError) as info:

@@ -9,6 +9,8 @@ import warnings
 
 import pytest
 import torch
+from support.tasks import canvas_module
+from support.tasks import localization_task as make_task
 from torch import nn
 
 from training.data.localization import LocalizationDigitsDataModule
@@ -21,15 +23,7 @@ warnings.filterwarnings("ignore", ".*does not have many workers.*")
 
 @pytest.fixture(scope="module")
 def canvases() -> LocalizationDigitsDataModule:
-    dm = LocalizationDigitsDataModule(train_size=64, eval_size=32, batch_size=16)
-    dm.setup("fit")
-    return dm
-
-
-def make_task(dm, model: str = "cnn", **kwargs) -> LocalizationTask:
-    return LocalizationTask(model_name=model, num_classes=dm.num_classes,
-                            in_channels=dm.in_channels, image_size=dm.image_size,
-                            labels=dm.labels, mean=list(dm.mean), std=list(dm.std), **kwargs)
+    return canvas_module()
 
 
 @pytest.mark.parametrize("model,channels,size", [("cnn", 1, 64), ("lenet5", 1, 48),

@@ -4,22 +4,15 @@ Trainer (one-batch smoke runs, a checkpoint round trip) are tests/integration/te
 from __future__ import annotations
 
 import pytest
+from support.tasks import classification_task as make_task
+from support.tasks import digits_module
 
 from training.data.digits import DigitsDataModule
-from training.tasks import ClassificationTask
 
 
 @pytest.fixture(scope="module")
 def digits() -> DigitsDataModule:
-    dm = DigitsDataModule(batch_size=32)
-    dm.setup("fit")
-    return dm
-
-
-def make_task(dm: DigitsDataModule, model: str, image_size: int | None = None, **kwargs):
-    return ClassificationTask(model_name=model, num_classes=dm.num_classes,
-                              in_channels=dm.in_channels, image_size=image_size or dm.image_size,
-                              labels=dm.labels, **kwargs)
+    return digits_module()
 
 
 @pytest.mark.parametrize("optimizer", ["adam", "adamw", "sgd"])

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -57,3 +59,42 @@ def placed_like(new: nn.Module, net: nn.Module) -> nn.Module:
     """Move a freshly built layer to `net`'s device and dtype (a reset on a GPU stays there)."""
     ref = next(net.parameters(), None)
     return new if ref is None else new.to(device=ref.device, dtype=ref.dtype)
+
+
+class DenseClassifierHead:
+    """The head of torchvision's AlexNet and VGG, shared: average pooling to a fixed grid, then
+    a dense classifier (in -> 4096 -> 4096 -> classes) that may be absent (`num_classes=0`).
+
+    A family sets `build_classifier(num_classes, dropout)` (torchvision's classifier, as
+    torchvision initializes it) and `init_last(layer)` (how a new last layer is initialized),
+    and keeps `self.classifier`, `self.avgpool`, `self.features` and `self.drop_rate`.
+    """
+
+    build_classifier: Callable[[int, float], nn.Sequential]
+    init_last: Callable[[nn.Linear], None] = staticmethod(lambda layer: None)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.features(x)  # (B, C, H/32, W/32)
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        if self.classifier is None:
+            return global_pool(x)  # (B, C)
+        x = torch.flatten(self.avgpool(x), 1)  # (B, C * grid * grid)
+        return self.classifier[:-1](x) if pre_logits else self.classifier(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+    def reset_classifier(self, num_classes: int) -> None:
+        """Retarget to `num_classes`: a new last layer (the 4096-wide ones are kept), a fresh
+        classifier if there was none, or none at all for 0."""
+        check_num_classes(num_classes)
+        if not num_classes:
+            self.classifier = None
+        elif self.classifier is None:
+            self.classifier = placed_like(self.build_classifier(num_classes, self.drop_rate), self)
+        else:
+            last = nn.Linear(self.classifier[-1].in_features, num_classes)
+            self.init_last(last)
+            self.classifier[-1] = placed_like(last, self)
+        self.num_classes = num_classes

@@ -12,10 +12,9 @@ from torchvision.models.alexnet import AlexNet as _TVAlexNet
 
 from training.models._api import register_model
 from training.models._layers import (
+    DenseClassifierHead,
     check_num_classes,
-    global_pool,
     materialize,
-    placed_like,
     replace_first_conv,
 )
 
@@ -27,8 +26,10 @@ def _classifier(num_classes: int, dropout: float) -> nn.Sequential:
     return materialize(classifier)
 
 
-class AlexNet(_TVAlexNet):
+class AlexNet(DenseClassifierHead, _TVAlexNet):
     """torchvision's AlexNet with a swappable classifier; `num_classes=0` builds none."""
+
+    build_classifier = staticmethod(_classifier)
 
     def __init__(self, *, num_classes: int, in_channels: int, dropout: float = 0.5):
         check_num_classes(num_classes)
@@ -42,31 +43,6 @@ class AlexNet(_TVAlexNet):
         self.classifier = _classifier(num_classes, dropout) if num_classes else None
         self.drop_rate = dropout  # for a classifier built later
         self.num_features = 256
-        self.num_classes = num_classes
-
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        return self.features(x)  # (B, 256, H/32, W/32)
-
-    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        if self.classifier is None:
-            return global_pool(x)  # (B, 256)
-        x = torch.flatten(self.avgpool(x), 1)  # (B, 256 * 6 * 6)
-        return self.classifier[:-1](x) if pre_logits else self.classifier(x)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
-
-    def reset_classifier(self, num_classes: int) -> None:
-        """Retarget to `num_classes`: a new last layer (the 4096-wide ones are kept), a fresh
-        classifier if there was none, or none at all for 0."""
-        check_num_classes(num_classes)
-        if not num_classes:
-            self.classifier = None
-        elif self.classifier is None:
-            self.classifier = placed_like(_classifier(num_classes, self.drop_rate), self)
-        else:
-            last = nn.Linear(self.classifier[-1].in_features, num_classes)
-            self.classifier[-1] = placed_like(last, self)
         self.num_classes = num_classes
 
 

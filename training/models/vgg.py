@@ -13,7 +13,7 @@ from torchvision.models.vgg import VGG as _TVVGG
 from torchvision.models.vgg import cfgs, make_layers
 
 from training.models._api import register_model
-from training.models._layers import check_num_classes, global_pool, placed_like, replace_first_conv
+from training.models._layers import DenseClassifierHead, check_num_classes, replace_first_conv
 
 
 def _classifier(num_classes: int, dropout: float) -> nn.Sequential:
@@ -21,8 +21,16 @@ def _classifier(num_classes: int, dropout: float) -> nn.Sequential:
     return _TVVGG(nn.Sequential(), num_classes=num_classes, dropout=dropout).classifier
 
 
-class VGG(_TVVGG):
+def _init_last(layer: nn.Linear) -> None:
+    nn.init.normal_(layer.weight, 0, 0.01)  # torchvision's VGG init
+    nn.init.zeros_(layer.bias)
+
+
+class VGG(DenseClassifierHead, _TVVGG):
     """torchvision's VGG with a swappable classifier; `num_classes=0` builds none."""
+
+    build_classifier = staticmethod(_classifier)
+    init_last = staticmethod(_init_last)
 
     def __init__(
         self, cfg: str, *, num_classes: int, in_channels: int, batch_norm: bool, dropout: float
@@ -38,33 +46,6 @@ class VGG(_TVVGG):
         self.classifier = _classifier(num_classes, dropout) if num_classes else None
         self.drop_rate = dropout  # for a classifier built later
         self.num_features = 512
-        self.num_classes = num_classes
-
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        return self.features(x)  # (B, 512, H/32, W/32)
-
-    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        if self.classifier is None:
-            return global_pool(x)  # (B, 512)
-        x = torch.flatten(self.avgpool(x), 1)  # (B, 512 * 7 * 7)
-        return self.classifier[:-1](x) if pre_logits else self.classifier(x)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
-
-    def reset_classifier(self, num_classes: int) -> None:
-        """Retarget to `num_classes`: a new last layer (the 4096-wide ones are kept), a fresh
-        classifier if there was none, or none at all for 0."""
-        check_num_classes(num_classes)
-        if not num_classes:
-            self.classifier = None
-        elif self.classifier is None:
-            self.classifier = placed_like(_classifier(num_classes, self.drop_rate), self)
-        else:
-            last = nn.Linear(self.classifier[-1].in_features, num_classes)
-            nn.init.normal_(last.weight, 0, 0.01)  # torchvision's VGG init
-            nn.init.zeros_(last.bias)
-            self.classifier[-1] = placed_like(last, self)
         self.num_classes = num_classes
 
 
