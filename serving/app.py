@@ -8,6 +8,7 @@ Importing this module does nothing heavy; onnxruntime is imported when the first
 
 from __future__ import annotations
 
+import asyncio
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
@@ -36,6 +37,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.metrics = Metrics()
     app.state.manager = ModelManager(settings, app.state.metrics)
+    app.state.decode_slots = asyncio.Semaphore(settings.max_concurrent_decodes)
     errors.install(app)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     for router in (health.router, models.router, predict.router, page.router):

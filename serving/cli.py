@@ -55,11 +55,11 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"waldo serve: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    import uvicorn
-
     from serving.app import create_app
+    from serving.httpserver import ConnectionLimits, serve
 
-    uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level=args.log_level)
+    serve(create_app(settings), host=args.host, port=args.port, limits=ConnectionLimits.of(settings),
+          log_level=args.log_level)
     return 0
 
 

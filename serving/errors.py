@@ -16,6 +16,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 
 class ApiError(Exception):
@@ -73,6 +74,11 @@ def install(app: FastAPI, translations: Mapping[type[Exception], Translation] | 
     async def _invalid(request: Request, exc: RequestValidationError):
         problems = [f"{_where(e['loc'])}: {e['msg']}" for e in exc.errors()[:5]]
         return error_response(422, "invalid_input", "; ".join(problems))
+
+    @app.exception_handler(ClientDisconnect)
+    async def _gone(request: Request, exc: ClientDisconnect):  # closed mid-body (or timed out)
+        log.info("%s %s: the client went away before its body arrived", request.method, request.url.path)
+        return error_response(400, "client_disconnected", "the connection closed before the body arrived")
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException):

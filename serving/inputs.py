@@ -43,8 +43,23 @@ class PredictRequest(BaseModel):
     instances: Annotated[list[Instance], Field(min_length=1)]
 
 
-def decode_image(data: bytes, what: str, max_pixels: int) -> Image.Image:
-    """Bytes -> a loaded Pillow image; 400 for anything undecodable, 413 for too many pixels."""
+class PixelBudget:
+    """Decoded pixels one request may cost (`max_request_pixels`), charged image by image."""
+
+    def __init__(self, limit: int):
+        self.limit, self.used = limit, 0
+
+    def charge(self, pixels: int, what: str) -> None:
+        self.used += pixels
+        if self.used > self.limit:
+            raise ApiError(413, "too_large", f"decoding {what} brings this request to {self.used} pixels; "
+                                             f"the per-request budget is {self.limit} decoded pixels "
+                                             "(send fewer or smaller images)")
+
+
+def open_image(data: bytes, what: str, max_pixels: int) -> Image.Image:
+    """Bytes -> an opened, not yet decoded, Pillow image; 400 for anything undecodable, 413 for
+    too many pixels, both read from the header before a pixel is decoded."""
     if not data:
         raise ApiError(400, "bad_image", f"{what} is empty (0 bytes)")
     try:
@@ -62,6 +77,11 @@ def decode_image(data: bytes, what: str, max_pixels: int) -> Image.Image:
                                          f"the limit is {max_pixels}")
     if width < 1 or height < 1:
         raise ApiError(400, "bad_image", f"{what} has size {width}x{height}")
+    return image
+
+
+def load_image(image: Image.Image, what: str) -> Image.Image:
+    """Decode an opened image's pixels; 400 for truncated or corrupt data."""
     try:
         image.load()
     except Exception as exc:  # truncated data, corrupt chunks, bombs that lied in the header
@@ -69,13 +89,60 @@ def decode_image(data: bytes, what: str, max_pixels: int) -> Image.Image:
     return image
 
 
-def images_to_batch(card: ModelCard, images: list[Image.Image]) -> np.ndarray:
-    return np.stack([preprocess(card, image) for image in images])
+def decode_image(data: bytes, what: str, max_pixels: int) -> Image.Image:
+    """Bytes -> a decoded Pillow image at full size (for callers that want the image itself)."""
+    return load_image(open_image(data, what, max_pixels), what)
 
 
-def parse_json(body: bytes, card: ModelCard, max_pixels: int,
-               max_images: int) -> tuple[np.ndarray, list[tuple[int, int]]]:
-    """A JSON predict body -> (batch, original (width, height) per instance)."""
+class Inputs:
+    """A request's inputs in order: encoded images, decoded and preprocessed one at a time, and
+    tensors already preprocessed.
+
+    Building one opens every image (headers only) and charges the request's budget of decoded
+    pixels, so a request over it is refused before anything is decoded. JPEGs decode at the
+    smallest 1/2, 1/4 or 1/8 scale that still covers the model's input (Pillow's draft mode), so
+    a phone photo bound for a small network never exists at full size. `decode()` then decodes,
+    resizes and normalizes each image and lets it go before the next: the peak is one image at
+    decode size, never the whole request at full size.
+    """
+
+    def __init__(self, card: ModelCard, items: list[tuple[str, bytes] | np.ndarray], *,
+                 max_pixels: int, max_request_pixels: int):
+        spec = card.input
+        self.card = card
+        budget = PixelBudget(max_request_pixels)
+        self._items: list[tuple[str, Image.Image] | np.ndarray | None] = []
+        self.sizes: list[tuple[int, int]] = []  # as sent: boxes come back in these pixels
+        for item in items:
+            if isinstance(item, np.ndarray):
+                self._items.append(item)
+                self.sizes.append((spec.width, spec.height))
+                continue
+            name, blob = item
+            image = open_image(blob, name, max_pixels)
+            self.sizes.append(image.size)
+            if image.format == "JPEG":
+                image.draft(image.mode if image.mode in ("L", "RGB") else None, (spec.width, spec.height))
+            budget.charge(image.size[0] * image.size[1], name)
+            self._items.append((name, image))
+        self.pixels = budget.used  # what decode() will decode
+
+    def decode(self) -> np.ndarray:
+        """(n, C, H, W) float32, as the card says."""
+        rows = []
+        for i, item in enumerate(self._items):
+            self._items[i] = None  # nothing keeps a decoded image past its turn
+            if isinstance(item, np.ndarray):
+                rows.append(item)
+                continue
+            name, image = item
+            with image:
+                rows.append(preprocess(self.card, load_image(image, name)))
+        return np.stack(rows)
+
+
+def parse_json(body: bytes, card: ModelCard, max_images: int) -> list[tuple[str, bytes] | np.ndarray]:
+    """A JSON predict body -> its instances: (name, encoded image) or a checked (C, H, W) array."""
     try:
         raw = json.loads(body)
     except RecursionError:
@@ -96,17 +163,14 @@ def parse_json(body: bytes, card: ModelCard, max_pixels: int,
                                               f"float array]}}: {problems}") from None
     spec = card.input
     shape = (spec.channels, spec.height, spec.width)
-    rows, sizes = [], []
+    items: list[tuple[str, bytes] | np.ndarray] = []
     for i, item in enumerate(request.instances):
         what = f"instances[{i}]"
         if isinstance(item, B64Image):
             try:
-                data = base64.b64decode(item.b64, validate=True)
+                items.append((what, base64.b64decode(item.b64, validate=True)))
             except (binascii.Error, ValueError):
                 raise ApiError(400, "bad_image", f"{what}.b64 is not valid base64") from None
-            image = decode_image(data, what, max_pixels)
-            rows.append(preprocess(card, image))
-            sizes.append(image.size)
             continue
         try:
             x = np.asarray(item, dtype=np.float32)
@@ -120,6 +184,5 @@ def parse_json(body: bytes, card: ModelCard, max_pixels: int,
                                                  f"{list(shape)} (channels, height, width), preprocessed")
         if not np.isfinite(x).all():
             raise ApiError(422, "invalid_input", f"{what} contains NaN or infinity")
-        rows.append(x)
-        sizes.append((spec.width, spec.height))
-    return np.stack(rows), sizes
+        items.append(x)
+    return items

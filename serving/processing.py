@@ -14,10 +14,19 @@ from PIL import Image
 from serving.modelcard import ModelCard
 
 
+# 16-bit (and 32-bit integer) greyscale: 0..65535 scaled to 0..255; `convert` would clip it.
+WIDE_GREY = ("I;16", "I;16L", "I;16B", "I;16N", "I")
+
+
 def preprocess(card: ModelCard, image: Image.Image) -> np.ndarray:
     """One image -> float32 array (C, H, W) as the card says: mode, resize, scale, normalize."""
     spec = card.input
-    image = image.convert("L" if spec.channels == 1 else "RGB")
+    mode = "L" if spec.channels == 1 else "RGB"
+    if image.mode in WIDE_GREY:  # as training reads them (training.data.images.to_mode)
+        wide = np.asarray(image, dtype=np.int64).clip(0, 65535)
+        image = Image.fromarray(((wide + 128) // 257).astype(np.uint8))
+    if image.mode != mode:  # convert() copies even when the mode is already right
+        image = image.convert(mode)
     if image.size != (spec.width, spec.height):
         image = image.resize((spec.width, spec.height), Image.Resampling.BILINEAR)
     x = np.asarray(image, dtype=np.float32) * spec.scale

@@ -58,6 +58,25 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(16 * 2**20, gt=0, description="larger request bodies get 413")
     max_image_pixels: int = Field(4096 * 4096, gt=0, description="larger decoded images get 413")
     max_images: int = Field(64, ge=1, description="images or instances in one request")
+    max_request_pixels: int = Field(
+        256 * 2**20, gt=0, description="decoded pixels one request may cost in all (JPEGs count at "
+                                       "the reduced scale they decode at); more gets 413")
+    max_concurrent_decodes: int = Field(
+        4, ge=1, description="requests decoding large images at once, service-wide: with images "
+                             "decoded one at a time, this bounds the memory decoding takes")
+
+    # Connections (serving.httpserver): slow or idle clients are closed, open ones are capped.
+    header_timeout_s: float = Field(
+        10.0, gt=0, description="a connection must finish a request's headers within this; an idle "
+                                "new connection is closed after it too")
+    body_timeout_s: float = Field(60.0, gt=0, description="a request body must arrive within this")
+    keepalive_timeout_s: float = Field(5.0, gt=0, description="idle time between requests on one connection")
+    max_connections: int = Field(
+        1024, ge=1, description="open connections; at the cap, a new one closes the oldest idle one "
+                                "(lowered to fit the process's open-file limit)")
+    drain_bytes: int = Field(
+        64 * 2**20, ge=0, description="after refusing a body (413), read and discard up to this much "
+                                      "of it so that clients which send before reading get the answer")
 
     # Auth: a bearer token on predict and on admin endpoints. Unset: open.
     api_key: SecretStr | None = Field(None, description="bearer token for predict and reload")

@@ -6,6 +6,7 @@ import asyncio
 import time
 from typing import Annotated
 
+import numpy as np
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
@@ -14,7 +15,7 @@ from starlette.datastructures import UploadFile
 from serving.batching import QueueFull
 from serving.deps import MetricsDep, ServedDep, SettingsDep, require_user
 from serving.errors import ApiError
-from serving.inputs import IMAGE_FORMATS, PredictRequest, decode_image, images_to_batch, parse_json
+from serving.inputs import IMAGE_FORMATS, Inputs, PredictRequest, parse_json
 from serving.processing import postprocess
 
 router = APIRouter(prefix="/v1/models", tags=["predict"])
@@ -60,7 +61,7 @@ _ERRORS = {s: {"description": d} for s, d in [
     (504, "timed out waiting for inference")]}
 
 
-async def _read_multipart(request: Request, settings) -> tuple[list[bytes], list[str]]:
+async def _read_multipart(request: Request, settings) -> list[tuple[str, bytes]]:
     try:
         form = await request.form(max_files=settings.max_images, max_fields=settings.max_images)
     except ApiError:
@@ -77,28 +78,37 @@ async def _read_multipart(request: Request, settings) -> tuple[list[bytes], list
             raise ApiError(422, "invalid_input", "no images: send one or more form fields named 'file'")
         if len(uploads) > settings.max_images:
             raise ApiError(413, "too_many", f"{len(uploads)} images; the limit is {settings.max_images}")
-        blobs, names = [], []
+        items = []
         for i, upload in enumerate(uploads):
             if not isinstance(upload, UploadFile):
                 raise ApiError(422, "invalid_input", f"form field file[{i}] is text; send it as a file")
-            blobs.append(await upload.read())
-            names.append(f"file[{i}] ({upload.filename or 'unnamed'})")
-        return blobs, names
+            items.append((f"file[{i}] ({upload.filename or 'unnamed'})", await upload.read()))
+        return items
     finally:
         await form.close()
 
 
-# Decoding a small body costs less than the hop to a worker thread and back.
-INLINE_BYTES = 16 * 1024
+# Work this small runs on the event loop: it costs less than the hop to a worker thread and back.
+INLINE_BYTES = 16 * 1024  # JSON to parse
+INLINE_PIXELS = 256 * 256  # pixels to decode
 
 
-async def _cpu(size: int, fn, *args):
-    return fn(*args) if size <= INLINE_BYTES else await run_in_threadpool(fn, *args)
-
-
-def _decode_all(card, blobs, names, max_pixels):
-    images = [decode_image(blob, name, max_pixels) for blob, name in zip(blobs, names)]
-    return images_to_batch(card, images), [im.size for im in images]
+async def _decode(request: Request, inputs: Inputs, settings) -> np.ndarray:
+    """Decode on the event loop when small, else on a worker thread holding one of the
+    service's decode slots (`max_concurrent_decodes`), which bounds the memory that decoding
+    can take across all requests."""
+    if inputs.pixels <= INLINE_PIXELS:
+        return inputs.decode()
+    slots: asyncio.Semaphore = request.app.state.decode_slots
+    try:
+        await asyncio.wait_for(slots.acquire(), settings.request_timeout_s)
+    except TimeoutError:
+        raise ApiError(503, "overloaded", f"no decode slot free within {settings.request_timeout_s} s; "
+                                          "retry shortly", headers={"Retry-After": "1"}) from None
+    try:
+        return await run_in_threadpool(inputs.decode)
+    finally:
+        slots.release()
 
 
 @router.post("/{name}/predict", dependencies=[Depends(require_user)], openapi_extra=_BODY,
@@ -125,13 +135,19 @@ async def predict(
                            "with 'file' fields or application/json with 'instances'")
         with served.batcher.announce():  # a batch being formed waits for this request
             if media == "multipart/form-data":
-                blobs, names = await _read_multipart(request, settings)
-                x, sizes = await _cpu(sum(map(len, blobs)), _decode_all, card, blobs, names,
-                                      settings.max_image_pixels)
+                items = await _read_multipart(request, settings)
             else:
                 body = await request.body()
-                x, sizes = await _cpu(len(body), parse_json, body, card, settings.max_image_pixels,
-                                      settings.max_images)
+                if len(body) <= INLINE_BYTES:
+                    items = parse_json(body, card, settings.max_images)
+                else:
+                    items = await run_in_threadpool(parse_json, body, card, settings.max_images)
+                del body
+            inputs = Inputs(card, items, max_pixels=settings.max_image_pixels,
+                            max_request_pixels=settings.max_request_pixels)
+            del items
+            x = await _decode(request, inputs, settings)
+            sizes = inputs.sizes
             try:
                 queued = served.batcher.put(x)
             except QueueFull as exc:
