@@ -2,7 +2,7 @@
 
 All servers serve the SAME ONNX file and run as real processes on 127.0.0.1, one at a time:
 
-  (a) waldo       Waldo's service (`uvicorn serving.app:create_app --factory`), dynamic batching
+  (a) waldo       Waldo's service (`waldo serve`: uvicorn under serving.httpserver), dynamic batching
                   (max_batch_size 32, max_delay_ms 2: the defaults)
   (b) waldo-nb    the same with batching off (WALDO_MAX_BATCH_SIZE=1)
   (c) mlflow      `mlflow models serve --env-manager local --workers 1` of the file logged with
@@ -239,10 +239,14 @@ def make_server(key: str, args, model_dir: Path, repo: Path, name: str, mlflow_m
                          WALDO_MAX_BATCH_SIZE=str(args.max_batch_size if key == "a" else 1),
                          WALDO_MAX_DELAY_MS=str(args.max_delay_ms),
                          WALDO_CACHE_DIR=str(work / "cache"))
-        cmd = [py, "-m", "uvicorn", "serving.app:create_app", "--factory", "--host", "127.0.0.1",
-               "--port", str(port), "--log-level", "warning", "--no-access-log"]
+        # `waldo serve` (uvicorn under serving.httpserver's connection guard), from this
+        # checkout or from --waldo-code (e.g. a git worktree of an earlier revision).
+        code = Path(args.waldo_code).resolve() if args.waldo_code else ROOT
+        env["PYTHONPATH"] = str(code)
+        cmd = [py, "-c", "import sys; from serving.cli import main; sys.exit(main(sys.argv[1:]))",
+               "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"]
         return Server(key, cmd, env, f"{base}/readyz", f"{base}/v1/models/{name}/predict",
-                      payloads["waldo"], log, ROOT)
+                      payloads["waldo"], log, code)
     if key == "c":
         model_uri, tracking_uri = mlflow_model
         env = server_env(args.threads, MLFLOW_TRACKING_URI=tracking_uri)
@@ -509,6 +513,7 @@ def main() -> None:
                         help="rounds over all servers (order rotated); the best round is shown")
     parser.add_argument("--threads", type=int, default=1,
                         help="ORT intra-op threads (and OMP_NUM_THREADS) in every server")
+    parser.add_argument("--waldo-code", help="run (a) and (b) from this checkout (default: this one)")
     parser.add_argument("--max-batch-size", type=int, default=32, help="for (a) and (d)")
     parser.add_argument("--max-delay-ms", type=float, default=2.0,
                         help="(a)'s max_delay_ms and (d)'s batch_timeout")

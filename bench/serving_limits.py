@@ -42,7 +42,8 @@ def big_png(seed: int) -> bytes:
     image = Image.new("RGB", (4096, 4096), (seed * 37 % 256, 90, 160))
     draw = ImageDraw.Draw(image)
     for i in range(40):
-        draw.rectangle([i * 97 % 4000, i * 53 % 4000, i * 97 % 4000 + 60, i * 53 % 4000 + 60], fill=(i * 6, 0, 0))
+        x, y = i * 97 % 4000, i * 53 % 4000
+        draw.rectangle([x, y, x + 60, y + 60], fill=(i * 6, 0, 0))
     out = io.BytesIO()
     image.save(out, "PNG")
     return out.getvalue()

@@ -207,7 +207,7 @@ class Guard:
             if limit is None or now - protocol.since < limit:
                 continue
             if phase in ("headers", "body"):
-                peer = "%s:%d" % protocol.client if protocol.client else "a client"
+                peer = "{}:{}".format(*protocol.client) if protocol.client else "a client"
                 what = "its request headers" if phase == "headers" else "its request body"
                 log.warning("closed the connection from %s: %s did not arrive within %g s",
                             peer, what, limit)

@@ -13,7 +13,6 @@ from PIL import Image
 
 from serving.modelcard import ModelCard
 
-
 # 16-bit (and 32-bit integer) greyscale: 0..65535 scaled to 0..255; `convert` would clip it.
 WIDE_GREY = ("I;16", "I;16L", "I;16B", "I;16N", "I")
 

@@ -1,6 +1,8 @@
 """The `waldo` command. It parses, builds a spec, and hands over; the work lives elsewhere.
 
-Every user mistake ends as one line on stderr and exit status 2, never a traceback.
+Every user mistake ends as one line on stderr and exit status 2, never a traceback. A run that
+diverges (its loss became nan or inf) ends as one line and exit status 1; Ctrl-C as 130, and
+SIGTERM during a run as 143 (128 + the signal), with the MLflow run marked KILLED.
 """
 
 from __future__ import annotations
@@ -9,19 +11,22 @@ import argparse
 import json
 import os
 import re
+import signal
 import sys
 import typing
 from collections.abc import Sequence
 from typing import Any
 
-import yaml
 from pydantic import BaseModel
 
 from serving import cli as serving_cli
 from training.errors import WaldoError
 from training.spec import ExportSpec, SweepSpec, TrainSpec, build_spec
+from training.specfile import load_yaml, parse_yaml
 
 EXIT_USAGE = 2
+EXIT_INTERRUPTED = 128 + signal.SIGINT
+EXIT_TERMINATED = 128 + signal.SIGTERM  # what `training.tracking` exits with on SIGTERM in a run
 
 
 class _Parser(argparse.ArgumentParser):
@@ -81,7 +86,10 @@ def _parse_pairs(flag: str, pairs: list[str]) -> dict[str, Any]:
         key, sep, value = pair.partition("=")
         if not sep or not key:
             raise WaldoError(f"malformed {flag} {pair!r}: expected KEY=VALUE, e.g. {flag} size=64")
-        out[key] = yaml.safe_load(value)
+        try:
+            out[key] = parse_yaml(value)
+        except ValueError as exc:
+            raise WaldoError(f"malformed {flag} {pair[:80]!r}: the value {exc}") from None
     return out
 
 
@@ -101,8 +109,6 @@ def _spec_from_args(args: argparse.Namespace, defaults: dict[str, Any] | None = 
             overrides[name] = _parse_pairs(flag, overrides[name])
     base = dict(defaults or {})
     if args.config:
-        from training.spec import load_yaml
-
         base.update(load_yaml(args.config))
         if "register" in base:  # the old name of `publish`; a --publish flag still wins
             base.setdefault("publish", base.pop("register"))
@@ -364,10 +370,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         return args.func(args)
     except WaldoError as exc:
         print(f"waldo {args.command}: error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+        return getattr(exc, "exit_code", EXIT_USAGE)  # 1 for a diverged run, else 2
     except KeyboardInterrupt:
         print(f"waldo {args.command}: interrupted", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
+    except SystemExit as exc:
+        # Lightning turns Ctrl-C during `fit` into sys.exit(1); the run is KILLED either way.
+        if isinstance(exc.__context__, KeyboardInterrupt):
+            print(f"waldo {args.command}: interrupted", file=sys.stderr)
+            return EXIT_INTERRUPTED
+        if exc.code == EXIT_TERMINATED:
+            print(f"waldo {args.command}: stopped by SIGTERM", file=sys.stderr)
+        raise
 
 
 if __name__ == "__main__":

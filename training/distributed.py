@@ -171,7 +171,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     dm, task = prepare(spec)
     logger = MLFlowLogger(experiment_name=spec.experiment, tracking_uri=run.tracking_uri,
                           run_id=run.run_id)
-    callbacks = [_report_callback(), *standard_callbacks(spec, run, dm),
+    # The standard callbacks come first: their stop on a nan or inf loss must see an epoch
+    # before the report callback checkpoints it.
+    callbacks = [*standard_callbacks(spec, run, dm), _report_callback(),
                  *config.get("callbacks", [])]
     with tempfile.TemporaryDirectory(prefix="waldo-") as root:
         trainer = build_trainer(
@@ -201,6 +203,14 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     if trainer.is_global_zero:
         run.set_tags({f"ray.node.rank{rank}": node for rank, node in enumerate(nodes)})
         log_pictures(run, task, dm)
+
+
+def _user_error(error: BaseException) -> WaldoError | None:
+    """The user error (a WaldoError, such as a diverged loss) that failed a worker, if one
+    did: the driver raises it as its own, so the CLI prints its one line."""
+    failures = getattr(error, "worker_failures", None) or {}
+    return next((failures[rank] for rank in sorted(failures)
+                 if isinstance(failures[rank], WaldoError)), None)
 
 
 @contextmanager
@@ -296,9 +306,15 @@ def train_distributed(
                 callbacks=list(ray_callbacks),
             ),
         )
-        result = trainer.fit()
-        if result.error is not None:
-            raise result.error
+        try:
+            result = trainer.fit()
+            if result.error is not None:  # Ray Train v2 raises it; earlier versions returned it
+                raise result.error
+        except Exception as exc:
+            user_error = _user_error(exc)
+            if user_error is None:
+                raise
+            raise user_error from None
         best = result.get_best_checkpoint(monitor, mode) or result.checkpoint
         best_name = RayTrainReportCallback.CHECKPOINT_NAME
         with best.as_directory() as folder:

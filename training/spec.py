@@ -9,7 +9,11 @@ from __future__ import annotations
 
 import ast
 import difflib
+import math
 import re
+import reprlib
+import types
+import typing
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -25,11 +29,14 @@ from pydantic import (
     PositiveFloat,
     PositiveInt,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
 
-from training.errors import WaldoError
+from training.catalog import DATASETS, MODEL_NAMES, Task, datasets_for
+from training.errors import WaldoError, unknown_choice
+from training.specfile import load_yaml
 
 Precision = Literal["32", "bf16-mixed", "16-mixed"]
 
@@ -80,11 +87,94 @@ def check_run_name(name: str) -> str:
     return name
 
 
+# --- bounds on what the code can handle -------------------------------------------------------
+# 9x the 224 px the ImageNet classics were designed for. At 2048 px VGG's first activation is
+# 1 GB per image, so only small batches on a large GPU still train; larger sizes (the issue's
+# 100000) end in an allocation error minutes in. Operators may allow less (the jobs API).
+MAX_IMAGE_SIZE = 2048
+MAX_SEED = 2**32 - 1  # numpy's and Lightning's seeds are unsigned 32-bit
+# `model_args` / `data_args` are keyword arguments: a few flat values. The bounds keep a
+# pasted document (or a JSON body) out of MLflow params and out of the Ray job's environment.
+MAX_ARGS_DEPTH = 4  # levels of mappings and lists, the args mapping itself counted
+MAX_ARGS_ENTRIES = 64  # keys and list items, counted through every level
+MAX_ARGS_TEXT = 1024  # characters in one string
+
+
+def _check_args_value(value: Any, path: str, depth: int, budget: list[int]) -> None:
+    if isinstance(value, (dict, list, tuple)):
+        if depth > MAX_ARGS_DEPTH:
+            raise ValueError(f"nests more than {MAX_ARGS_DEPTH} levels of mappings and lists; "
+                             f"at most {MAX_ARGS_DEPTH} are accepted")
+        for key, item in value.items() if isinstance(value, dict) else enumerate(value):
+            budget[0] -= 1
+            if budget[0] < 0:
+                raise ValueError(f"holds more than {MAX_ARGS_ENTRIES} entries (keys and list "
+                                 f"items through every level); at most {MAX_ARGS_ENTRIES} are "
+                                 "accepted")
+            if isinstance(value, dict) and not isinstance(key, str):
+                raise ValueError(f"key {key!r} at {path or 'the top'!r} is not text; "
+                                 "mapping keys are strings")
+            _check_args_value(key, path, depth, budget)  # a key's length, a list index
+            where = f"{path}.{key}" if isinstance(value, dict) else f"{path}[{key}]"
+            _check_args_value(item, where.removeprefix("."), depth + 1, budget)
+    elif isinstance(value, float):
+        if not math.isfinite(value):
+            raise ValueError(f"{path!r} is {value}; give a finite number")
+    elif isinstance(value, int) and not isinstance(value, bool):
+        if not -2**63 <= value < 2**63:
+            raise ValueError(f"{path!r} is an integer beyond 64 bits")
+    elif isinstance(value, str):
+        if len(value) > MAX_ARGS_TEXT:
+            raise ValueError(f"{path!r} holds {len(value):,} characters; at most "
+                             f"{MAX_ARGS_TEXT} are accepted")
+    elif value is not None and not isinstance(value, bool):
+        raise ValueError(f"{path!r} is a {type(value).__name__}; give a number, string, "
+                         "boolean, null, list or mapping")
+
+
+def check_args(args: dict[str, Any]) -> dict[str, Any]:
+    """Builder or data-set keyword arguments: finite numbers, plain JSON-like values, small."""
+    _check_args_value(args, "", 1, [MAX_ARGS_ENTRIES])
+    return args
+
+
 # Field types that carry their checks, for every spec that has such a field.
 ModelName = Annotated[str, AfterValidator(check_model_name)]
 AliasName = Annotated[str, AfterValidator(check_alias)]
 RunName = Annotated[str, AfterValidator(check_run_name)]
 Opset = Annotated[int, AfterValidator(check_opset)]
+ImageSize = Annotated[int, Field(gt=0, le=MAX_IMAGE_SIZE)]
+Seed = Annotated[int, Field(ge=0, le=MAX_SEED)]
+KeywordArgs = Annotated[dict[str, Any], AfterValidator(check_args)]
+
+
+def _number_kind(annotation: Any) -> str | None:
+    """'an integer' or 'a number' for an int or float field (Optional and Annotated too)."""
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin is Annotated:
+        return _number_kind(args[0])
+    if origin in (typing.Union, types.UnionType):
+        kinds = {_number_kind(arg) for arg in args} - {None}
+        return kinds.pop() if len(kinds) == 1 else None
+    return {int: "an integer", float: "a number"}.get(annotation)
+
+
+class _Spec(BaseModel):
+    """What every spec refuses: unknown fields, nan and inf in a float field, and a boolean
+    where a number is meant. Pydantic would read `epochs: true` as 1 and `lr: .inf` as a
+    learning rate. Flags arrive as text ("3", "1e-3"), which stays accepted: only a real
+    boolean (YAML `true`, JSON `true`) is refused, so strict types would be too strict."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_booleans_as_numbers(cls, value: Any, info: ValidationInfo) -> Any:
+        if isinstance(value, bool) and info.field_name in cls.model_fields:
+            kind = _number_kind(cls.model_fields[info.field_name].annotation)
+            if kind is not None:
+                raise ValueError(f"expects {kind}, not a boolean")
+        return value
 
 
 # `publish` is the field; `register` (its name before) is still accepted in files, bodies and
@@ -98,44 +188,45 @@ def _publish_field(description: str) -> Any:
                  json_schema_extra={"flags": ["--publish", "--register"]})
 
 
-class DataSpec(BaseModel):
-    """The data part of a job spec: what a data module is built from (`create_datamodule`)."""
+class DataSpec(_Spec):
+    """The data part of a job spec: what a data module is built from (`create_datamodule`).
+    Its name is checked there, against the live registry."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    task: Literal["classify", "localize"] = "classify"
+    task: Task = "classify"
     name: str = "digits"
-    args: dict[str, Any] = Field(default_factory=dict)
+    args: KeywordArgs = Field(default_factory=dict)
     dir: str | None = None
-    image_size: PositiveInt | None = None
+    image_size: ImageSize | None = None
     download: bool = True
     val_fraction: float = Field(0.15, gt=0, lt=1)
     loader_workers: NonNegativeInt = 0
     batch_size: PositiveInt = 32
 
 
-class TrainSpec(BaseModel):
+class TrainSpec(_Spec):
     """Everything that defines one training run. Field names double as CLI flags."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True, protected_namespaces=())
+    model_config = ConfigDict(protected_namespaces=())
 
     # What to train.
-    task: Literal["classify", "localize"] = Field(
+    task: Task = Field(
         "classify", description="what the network predicts: a class, or a class and its box"
     )
     model: str = Field("cnn", description="network name from `waldo models`")
-    model_args: dict[str, Any] = Field(
+    model_args: KeywordArgs = Field(
         default_factory=dict, description="extra builder arguments, e.g. aux_logits=true"
     )
 
     # Data.
-    data: str = Field("digits", description="data set name")
-    data_args: dict[str, Any] = Field(
+    data: str = Field("digits", validate_default=True,  # it must fit `task`, default or not
+                      description="data set name")
+    data_args: KeywordArgs = Field(
         default_factory=dict, description="data set options, e.g. empty_fraction=0.3"
     )
     data_dir: str | None = Field(None, description="folder holding (or receiving) the data")
-    image_size: PositiveInt | None = Field(
-        None, description="resize images to this square size (default: the data set's own)"
+    image_size: ImageSize | None = Field(
+        None, description=f"resize images to this square size, at most {MAX_IMAGE_SIZE} "
+        "(default: the data set's own)"
     )
     download: bool = Field(True, description="download torchvision data sets when online")
     val_fraction: float = Field(0.15, gt=0, lt=1, description="share of training data held out")
@@ -164,7 +255,8 @@ class TrainSpec(BaseModel):
     early_stopping_patience: PositiveInt | None = Field(
         None, description="stop after this many epochs without improvement (off by default)"
     )
-    seed: int = Field(0, description="random seed for weights, shuffling and splits")
+    seed: Seed = Field(0, description="random seed for weights, shuffling and splits, "
+                       f"0 to {MAX_SEED}")
 
     # Hardware.
     accelerator: Literal["auto", "cpu", "gpu"] = Field("auto", description="device type")
@@ -207,6 +299,26 @@ class TrainSpec(BaseModel):
         # YAML reads `precision: 32` as a number; the flag gives the string "32".
         return str(value) if isinstance(value, int) and not isinstance(value, bool) else value
 
+    # Names are checked against the torch-free catalog, so the jobs API refuses an unknown one
+    # at submit time; `training.models` / `training.data` check again when they build.
+    @field_validator("model")
+    @classmethod
+    def _known_model(cls, name: str) -> str:
+        if name not in MODEL_NAMES:
+            raise ValueError(str(unknown_choice("model", name, MODEL_NAMES)))
+        return name
+
+    @field_validator("data")
+    @classmethod
+    def _known_data(cls, name: str, info: ValidationInfo) -> str:
+        if name not in DATASETS:
+            raise ValueError(str(unknown_choice("data set", name, DATASETS)))
+        task = info.data.get("task")  # absent when the task itself was refused
+        if task is not None and DATASETS[name] != task:
+            raise ValueError(f"data set {name!r} is for task {DATASETS[name]!r}, not {task!r}; "
+                             f"data sets for {task!r}: {', '.join(datasets_for(task))}")
+        return name
+
     def data_spec(self) -> DataSpec:
         """The data part of this spec, for the data module."""
         return DataSpec(task=self.task, name=self.data, args=self.data_args, dir=self.data_dir,
@@ -233,6 +345,17 @@ class TrainSpec(BaseModel):
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
 
 
+# The input, as the error shows it: a few items and characters, however large it is.
+_SHORT = reprlib.Repr()
+_SHORT.maxlevel, _SHORT.maxdict, _SHORT.maxlist, _SHORT.maxtuple = 2, 4, 4, 4
+_SHORT.maxstring = _SHORT.maxother = 80
+
+
+def _short(value: Any, limit: int = 160) -> str:
+    text = _SHORT.repr(value)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
 def format_validation_error(exc: ValidationError, spec_cls: type[BaseModel]) -> str:
     """Turn pydantic's report into one line that names each bad field and what it accepts."""
     fields = sorted(spec_cls.model_fields)
@@ -244,24 +367,9 @@ def format_validation_error(exc: ValidationError, spec_cls: type[BaseModel]) -> 
             did_you_mean = f" (did you mean {hint[0]!r}?)" if hint else ""
             parts.append(f"unknown field {name!r}{did_you_mean}; valid fields: {', '.join(fields)}")
         else:
-            parts.append(f"field {name!r}: {err['msg']} (got {err.get('input')!r})")
+            message = err["msg"].removeprefix("Value error, ")
+            parts.append(f"field {name!r}: {message} (got {_short(err.get('input'))})")
     return "invalid spec: " + "; ".join(parts)
-
-
-def load_yaml(path: str | Path) -> dict[str, Any]:
-    """Read a spec file into a mapping, with user errors for missing or malformed files."""
-    path = Path(path)
-    try:
-        data = yaml.safe_load(path.read_text())
-    except FileNotFoundError:
-        raise WaldoError(f"spec file {str(path)!r} does not exist") from None
-    except yaml.YAMLError as exc:
-        raise WaldoError(f"spec file {str(path)!r} is not valid YAML: {exc}") from None
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise WaldoError(f"spec file {str(path)!r} must hold a mapping of field: value")
-    return data
 
 
 def build_spec(
@@ -313,6 +421,8 @@ def parse_distribution(name: str, text: str) -> tuple[str, list[Any]]:
         raise ValueError(f"unknown search distribution {dist!r}{did_you_mean} for {name!r}; "
                          f"valid: {', '.join(DISTRIBUTIONS)}")
     args = [_scalar(piece) for piece in body.split(",")] if body.strip() else []
+    if any(isinstance(arg, float) and not math.isfinite(arg) for arg in args):
+        raise ValueError(f"{dist}() takes finite numbers (got {name}={text!r})")
     arity = DISTRIBUTIONS[dist]
     if (arity is None and not args) or (arity is not None and len(args) != arity):
         need = "one or more" if arity is None else str(arity)
@@ -354,11 +464,9 @@ class SweepSpec(TrainSpec):
 
 
 # --- export -----------------------------------------------------------------------------------
-class ExportSpec(BaseModel):
+class ExportSpec(_Spec):
     """What `waldo export` and an export job do: which checkpoint, and how to write, check and
     register it. Validated here, so the CLI and the jobs API refuse a bad value up front."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
     run: str | None = Field(None, min_length=1, description="MLflow run whose best checkpoint to export")
     checkpoint: str | None = Field(None, min_length=1, description="a .ckpt file written by `waldo train`")

@@ -17,11 +17,11 @@ from typing import TYPE_CHECKING, Any
 
 import pytorch_lightning as pl
 from lightning_fabric.utilities.exceptions import MisconfigurationException
-from pytorch_lightning.callbacks import Callback, EarlyStopping, LearningRateMonitor
+from pytorch_lightning.callbacks import Callback, EarlyStopping, LambdaCallback, LearningRateMonitor
 from torchvision.utils import save_image
 
 from training import storage, viz
-from training.callbacks import BoxPictures, SamplesPerRank
+from training.callbacks import BoxPictures, SamplesPerRank, StopOnNonFinite
 from training.data import ImageDataModule, create_datamodule
 from training.errors import WaldoError
 from training.spec import TrainSpec
@@ -113,9 +113,20 @@ def build_trainer(spec: TrainSpec, *, callbacks: list[Callback], logger, root: P
 
 
 def standard_callbacks(spec: TrainSpec, run: Run, dm: ImageDataModule) -> list[Callback]:
-    """Callbacks every run gets, in-process or on Ray: early stopping, pictures, LR, samples."""
+    """Callbacks every run gets, in-process or on Ray: early stopping, pictures, LR, samples,
+    and the count of unreadable files the data module skipped (`data_skipped_images`)."""
     monitor, mode = monitor_of(spec)
-    callbacks: list[Callback] = [SamplesPerRank()]
+
+    def log_skipped(trainer: pl.Trainer, _: pl.LightningModule) -> None:
+        # The user's files that the data module found unreadable and left out (rank 0 logs).
+        if trainer.is_global_zero:
+            run.log_metrics({"data_skipped_images": len(dm.skipped_images)})
+            if dm.skipped_images:
+                run.log_text("\n".join(dm.skipped_images) + "\n", "skipped_images.txt")
+
+    # First: a nan or inf loss stops the run before a checkpoint callback saves its weights.
+    callbacks: list[Callback] = [StopOnNonFinite(advice=f"lower --lr (it was {spec.lr:g})"),
+                                 SamplesPerRank(), LambdaCallback(on_fit_start=log_skipped)]
     if spec.early_stopping_patience:
         callbacks.append(EarlyStopping(monitor=monitor, mode=mode,
                                        patience=spec.early_stopping_patience))

@@ -125,7 +125,12 @@ def sweep(spec: SweepSpec) -> SweepResult:
             ),
             run_config=tune.RunConfig(name=name, storage_path=spec.storage),
         )
-        grid = tuner.fit()
+        try:
+            grid = tuner.fit()
+        except BaseException as exc:  # the trials' processes are gone: close their runs too
+            stopped = isinstance(exc, (KeyboardInterrupt, SystemExit))
+            _end_open_children(parent, "KILLED" if stopped else "FAILED")
+            raise
         trials = _record_trials(parent, grid, spec.epochs, monitor, mode, spec.storage)
         finished = [t for t in trials if t.get(monitor) is not None]
         if not finished:
@@ -158,6 +163,18 @@ def _adopt_best_checkpoint(parent, best: dict[str, Any]) -> str | None:
             parent.client.set_tag(run_id, storage.BEST_ARTIFACT_TAG, artifact)
     storage.record_best_checkpoint(parent, location, artifact)
     return location
+
+
+def _end_open_children(parent, status: str) -> None:
+    """Close the trials' child runs still RUNNING, when the sweep itself ends early; a failure
+    here must not hide the exception that ended it."""
+    try:
+        for child in parent.client.search_runs(
+                [parent.experiment_id], f"tags.mlflow.parentRunId = '{parent.run_id}' "
+                "and attributes.status = 'RUNNING'"):
+            parent.client.set_terminated(child.info.run_id, status)
+    except Exception:  # the exception in flight is the one to report
+        pass
 
 
 def _record_trials(parent, grid, epochs: int, monitor: str, mode: str,

@@ -7,7 +7,9 @@ Runs are created with `MlflowClient` (no fluent global state), so nested runs, L
 from __future__ import annotations
 
 import os
+import signal
 import tempfile
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -95,6 +97,79 @@ class Run:
                 f"then open http://127.0.0.1:5000/{fragment}")
 
 
+# A process that SIGTERM stopped exits with this status, as one the signal had ended.
+EXIT_SIGTERM = 128 + signal.SIGTERM
+
+
+class _SigtermAsExit:
+    """A SIGTERM handler that raises `SystemExit(EXIT_SIGTERM)` in the main thread, so that
+    `finally` blocks and context managers run (the open run ends KILLED) before the process
+    exits; Python's default is to die at once, which left runs RUNNING forever.
+
+    While `held()`, a SIGTERM waits, and raises when the hold ends: a run is created and its
+    status written under a hold, so the exception never lands where the run exists but
+    cannot be closed. Only the first SIGTERM raises: the status must get written; SIGKILL
+    remains for a process that must die at once."""
+
+    def __init__(self) -> None:
+        self.holds = 0
+        self.pending = self.fired = False
+
+    def __call__(self, signum: int, frame: Any) -> None:
+        self.pending = True
+        self._raise_if_due()
+
+    def _raise_if_due(self) -> None:
+        if self.pending and not self.holds and not self.fired:
+            self.fired = True
+            raise SystemExit(EXIT_SIGTERM)
+
+    @contextmanager
+    def held(self) -> Iterator[None]:
+        self.holds += 1
+        try:
+            yield
+        finally:
+            self.holds -= 1
+        self._raise_if_due()
+
+
+class _NoHandler:
+    @contextmanager
+    def held(self) -> Iterator[None]:
+        yield
+
+
+@contextmanager
+def _sigterm_as_exit() -> Iterator[_SigtermAsExit | _NoHandler]:
+    """Install `_SigtermAsExit` while inside, or reuse the one an enclosing run installed.
+    Only in the main thread (where Python runs handlers), and only where SIGTERM still has
+    its default action: an application's own handler (uvicorn's, Ray's) stays in charge.
+    Lightning keeps it beside its own handler during `fit`."""
+    current = signal.getsignal(signal.SIGTERM)
+    if isinstance(current, _SigtermAsExit):
+        yield current
+        return
+    if threading.current_thread() is not threading.main_thread() or current is not signal.SIG_DFL:
+        yield _NoHandler()
+        return
+    handler = _SigtermAsExit()
+    signal.signal(signal.SIGTERM, handler)
+    try:
+        yield handler
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+def _end_run(client: MlflowClient, run_id: str, status: int) -> None:
+    """Close a run that an exception is leaving; a tracking server that fails now must not
+    hide the error that ended the run."""
+    try:
+        client.set_terminated(run_id, RunStatus.to_string(status))
+    except Exception:  # the exception in flight is the one to report
+        pass
+
+
 def _experiment_id(client: MlflowClient, name: str) -> str:
     experiment = client.get_experiment_by_name(name)
     if experiment is not None:
@@ -113,7 +188,9 @@ def start_run(
     run_id: str | None = None,
 ) -> Iterator[Run]:
     """Open a run (nested under `parent_run_id` if given), or reopen `run_id`, and close it
-    with the right status: FINISHED, FAILED on an exception, KILLED on Ctrl-C."""
+    with the right status: FINISHED; KILLED when the process is stopped (Ctrl-C, SIGTERM, or
+    any `SystemExit`: Lightning turns Ctrl-C during `fit` into `sys.exit(1)`, and SIGTERM
+    into its SIGTERMException); FAILED on any other exception. No run is left RUNNING."""
     uri = resolve_tracking_uri(tracking_uri)
     client = MlflowClient(tracking_uri=uri)
     try:
@@ -123,19 +200,28 @@ def start_run(
     all_tags = {k: str(v) for k, v in (tags or {}).items()}
     if parent_run_id:
         all_tags[MLFLOW_PARENT_RUN_ID] = parent_run_id
-    if run_id is not None:
-        client.update_run(run_id, status=RunStatus.to_string(RunStatus.RUNNING))
-        for key, value in all_tags.items():
-            client.set_tag(run_id, key, value)
-    else:
-        run_id = client.create_run(experiment_id, run_name=run_name, tags=all_tags).info.run_id
-    run = Run(client, run_id, experiment_id, uri)
-    try:
-        yield run
-    except KeyboardInterrupt:
-        client.set_terminated(run.run_id, RunStatus.to_string(RunStatus.KILLED))
-        raise
-    except BaseException:
-        client.set_terminated(run.run_id, RunStatus.to_string(RunStatus.FAILED))
-        raise
-    client.set_terminated(run.run_id, RunStatus.to_string(RunStatus.FINISHED))
+    with _sigterm_as_exit() as sigterm:
+        run: Run | None = None
+        try:
+            with sigterm.held():  # a SIGTERM now raises when the run exists, inside this try
+                if run_id is not None:
+                    client.update_run(run_id, status=RunStatus.to_string(RunStatus.RUNNING))
+                    for key, value in all_tags.items():
+                        client.set_tag(run_id, key, value)
+                else:
+                    run_id = client.create_run(experiment_id, run_name=run_name,
+                                               tags=all_tags).info.run_id
+                run = Run(client, run_id, experiment_id, uri)
+            yield run
+        except (KeyboardInterrupt, SystemExit):
+            if run is not None:
+                with sigterm.held():
+                    _end_run(client, run.run_id, RunStatus.KILLED)
+            raise
+        except BaseException:
+            if run is not None:
+                with sigterm.held():
+                    _end_run(client, run.run_id, RunStatus.FAILED)
+            raise
+        with sigterm.held():
+            client.set_terminated(run.run_id, RunStatus.to_string(RunStatus.FINISHED))

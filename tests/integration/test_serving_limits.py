@@ -12,7 +12,6 @@ from __future__ import annotations
 import http.client
 import io
 import json
-import os
 import socket
 import time
 from collections.abc import Iterator

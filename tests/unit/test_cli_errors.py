@@ -24,12 +24,15 @@ CASES: dict[str, tuple[list[str], list[str]]] = {
     "negative-epochs": (["train", "--epochs", "-3"], ["'epochs'", "-3"]),
     "unknown-flag": (["train", "--epochz", "3"], ["--epochz"]),
     "missing-spec-file": (["train", "--config", "missing.yaml"], ["missing.yaml"]),
+    "infinite-lr": (["train", "--lr", "inf", "--epochs", "1"], ["'lr'", "finite number"]),
+    "boolean-epochs": (["train", "--config", "bool.yaml"], ["'epochs'", "not a boolean"]),
 }
 
 
 @pytest.mark.parametrize("case", list(CASES))
 def test_user_error_is_one_line_and_exit_2(in_tmp, capsys, case):
     (in_tmp / "bad.yaml").write_text("epoch: 3\n")
+    (in_tmp / "bool.yaml").write_text("epochs: true\n")
     argv, expected = CASES[case]
     try:
         status = main(argv)

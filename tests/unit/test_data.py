@@ -15,7 +15,7 @@ from training.data.digits import DigitsDataModule
 from training.data.folder import FolderDataModule
 from training.data.torchvision_sets import FashionMNISTDataModule, MNISTDataModule
 from training.errors import WaldoError
-from training.spec import TrainSpec
+from training.spec import DataSpec
 
 
 def all_items(ds) -> tuple[torch.Tensor, torch.Tensor]:
@@ -34,7 +34,7 @@ def digits() -> DigitsDataModule:
 def test_datasets_registry():
     assert {"digits", "mnist", "fashion-mnist", "cifar10", "folder"} <= set(list_datasets())
     with pytest.raises(WaldoError, match="'nope'.*digits"):
-        create_datamodule(TrainSpec(data="nope").data_spec())
+        create_datamodule(DataSpec(name="nope"))
 
 
 def test_digits_images_are_1x28x28_uint8(digits):

@@ -298,7 +298,7 @@ def test_folder_needs_a_data_dir():
 ])
 def test_task_and_data_must_match(task, data, names):
     with pytest.raises(WaldoError) as info:
-        create_datamodule(TrainSpec(task=task, data=data).data_spec())
+        create_datamodule(DataSpec(task=task, name=data))
     for name in names:
         assert name in str(info.value)
 

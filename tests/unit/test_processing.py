@@ -129,3 +129,55 @@ def test_softmax_helper_is_numerically_safe():
 
     p = softmax(np.array([1000.0, 1000.0 + math.log(3)]))
     assert p.tolist() == pytest.approx([0.25, 0.75])
+
+
+# --- request inputs: one image at a time, JPEG at reduced scale, the pixel budget --------------
+def encoded(image: Image.Image, fmt: str, **options) -> bytes:
+    import io
+
+    out = io.BytesIO()
+    image.save(out, fmt, **options)
+    return out.getvalue()
+
+
+def test_a_large_jpeg_decodes_at_reduced_scale_and_keeps_its_size_for_boxes():
+    from serving.inputs import Inputs
+
+    rng = np.random.default_rng(0)
+    small = Image.fromarray(rng.integers(0, 255, (15, 20, 3), dtype=np.uint8))
+    photo = small.resize((2000, 1500), Image.Resampling.BILINEAR)
+    c = card(channels=3, size=28, mean=(0, 0, 0), std=(1, 1, 1))
+    inputs = Inputs(c, [("photo", encoded(photo, "JPEG", quality=95))], max_pixels=4096 * 4096,
+                    max_request_pixels=10**9)
+    assert inputs.pixels == 250 * 188  # 1/8 scale: what the decoder will produce, not 3 Mpx
+    assert inputs.sizes == [(2000, 1500)]
+    x = inputs.decode()
+    full = preprocess(c, photo)
+    assert x.shape == (1, 3, 28, 28)
+    assert np.abs(x[0] - full).mean() < 0.02  # the same picture as a full-size decode
+
+
+def test_the_pixel_budget_counts_the_whole_request_and_names_the_image_that_broke_it():
+    from serving.errors import ApiError
+    from serving.inputs import Inputs
+
+    blob = encoded(Image.new("RGB", (100, 100)), "PNG")
+    c = card(channels=3, mean=(0, 0, 0), std=(1, 1, 1))
+    assert Inputs(c, [("a", blob), ("b", blob)], max_pixels=10**6, max_request_pixels=20_000).pixels == 20_000
+    with pytest.raises(ApiError) as refused:
+        Inputs(c, [("a", blob), ("b", blob), ("c", blob)], max_pixels=10**6, max_request_pixels=20_000)
+    assert refused.value.status == 413
+    assert "decoding c brings this request to 30000 pixels" in refused.value.message
+    assert "budget is 20000 decoded pixels" in refused.value.message
+
+
+def test_16_bit_grey_is_scaled_as_training_reads_it():
+    from training.data.images import to_mode
+
+    wide = Image.fromarray(np.array([[0, 256, 32768, 65535]], dtype=np.uint16))
+    assert wide.mode.startswith("I;16")
+    c = card(channels=1, size=4, mean=(0,), std=(1,))
+    got = preprocess(c, wide.resize((4, 4)))[0]
+    expected = np.asarray(to_mode(wide.resize((4, 4)), "L"), dtype=np.float32) / 255
+    np.testing.assert_allclose(got, expected, atol=1e-6)
+    assert got.max() == 1.0 and 0 < got[0, 1] < 0.01  # 256 is nearly black, not clipped to white

@@ -50,6 +50,9 @@ class ImageDataModule(pl.LightningDataModule):
         self.labels: list[str] = []
         self.mean: tuple[float, ...] = ()
         self.std: tuple[float, ...] = ()
+        # Files of the user's data set that `load()` found unreadable and left out (paths);
+        # their count is logged on the run (`training.steps`).
+        self.skipped_images: list[str] = []
         self.train_set: Dataset | None = None
         self.val_set: Dataset | None = None
         self.test_set: Dataset | None = None
@@ -58,7 +61,8 @@ class ImageDataModule(pl.LightningDataModule):
     # --- what subclasses provide ---------------------------------------------------------
     def load(self) -> tuple[Dataset, Dataset, Dataset]:
         """Return (train, val, test) datasets of (uint8 image (C, H, W), int label) and set
-        `labels`, `mean` and `std` (per channel, on the [0, 1] scale)."""
+        `labels`, `mean` and `std` (per channel, on the [0, 1] scale), and `skipped_images`
+        when it leaves unreadable files out."""
         raise NotImplementedError
 
     # --- metadata ------------------------------------------------------------------------

@@ -2,7 +2,10 @@
 
 If `--data-dir` holds `train/` (and optionally `val/`, `test/`) sub-folders they are used as
 given; otherwise one folder of classes is split with fixed fractions. Images are read as RGB
-and resized to `--image-size` (64 by default) as they load, so batches collate.
+(`training.data.images.to_mode`: 16-bit greyscale scaled to 8 bits, alpha dropped) and resized
+to `--image-size` (64 by default) as they load, so batches collate. Every image of every split
+is decoded once before training; unreadable ones are skipped with a warning each
+(`training.data.images.skip_unreadable`) and listed in `skipped_images`.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from torchvision import datasets
 from torchvision.transforms import v2
 
 from training.data.base import SPLIT_SEED, ImageDataModule, channel_stats
+from training.data.images import load_image, skip_unreadable
 from training.errors import WaldoError
 
 # Normalization statistics come from at most this many training images.
@@ -25,22 +29,33 @@ class FolderDataModule(ImageDataModule):
     in_channels = 3
 
     def _image_folder(self, root) -> datasets.ImageFolder:
+        """The ImageFolder at `root`, with the files that cannot be read taken out."""
         to_uint8 = v2.Compose([
             v2.PILToTensor(),
             v2.Resize((self.image_size, self.image_size), antialias=True),
         ])
         try:
-            return datasets.ImageFolder(str(root), transform=to_uint8)
+            ds = datasets.ImageFolder(str(root), transform=to_uint8, loader=load_image)
         except (FileNotFoundError, RuntimeError) as exc:
             raise WaldoError(
                 f"no images found in {str(root)!r}: expected one sub-folder per class "
                 f"holding .jpg/.png files ({exc})"
             ) from None
+        paths = [path for path, _ in ds.samples]
+        groups = [f"class {ds.classes[target]!r}" for _, target in ds.samples]
+        readable, skipped = skip_unreadable(paths, groups, where=root, mode="RGB")
+        if skipped:
+            ds.samples = [s for s, ok in zip(ds.samples, readable) if ok]
+            ds.imgs = ds.samples  # ImageFolder's alias of `samples`
+            ds.targets = [target for _, target in ds.samples]
+            self.skipped_images.extend(skipped)
+        return ds
 
     def load(self):
         if self.data_dir is None:
             raise WaldoError("data set 'folder' needs --data-dir: a folder with one sub-folder per class")
         root = self.resolve_dir()
+        self.skipped_images = []
         if (root / "train").is_dir():
             train = self._image_folder(root / "train")
             val = self._image_folder(root / "val") if (root / "val").is_dir() else None
@@ -58,11 +73,13 @@ class FolderDataModule(ImageDataModule):
         self.mean, self.std = channel_stats(_sample_images(train, _STATS_SAMPLE))
         return train, val, test
 
-    @staticmethod
-    def _split(ds: Dataset, fraction: float) -> tuple[Subset, Subset]:
+    def _split(self, ds: Dataset, fraction: float) -> tuple[Subset, Subset]:
         n_out = max(1, round(len(ds) * fraction))
         if n_out >= len(ds):
-            raise WaldoError(f"too few images ({len(ds)}) to hold out {fraction:.0%} of them")
+            after = (f" left after skipping {len(self.skipped_images)} unreadable ones"
+                     if self.skipped_images else "")
+            raise WaldoError(f"too few images ({len(ds)}{after}) to hold out {fraction:.0%} of "
+                             f"them; need at least {n_out + 1}")
         kept, held = random_split(
             ds, [len(ds) - n_out, n_out], generator=torch.Generator().manual_seed(SPLIT_SEED)
         )

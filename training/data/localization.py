@@ -8,13 +8,13 @@ augmentation moves the box with the image (torchvision transforms v2 with Boundi
 from __future__ import annotations
 
 import csv
+import math
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
 from sklearn.datasets import load_digits
 from torch.utils.data import Dataset
 from torchvision import tv_tensors
@@ -22,6 +22,7 @@ from torchvision.transforms import v2
 
 from training.data.base import SPLIT_SEED, ImageDataModule, channel_stats
 from training.data.digits import split_indices
+from training.data.images import check_images, load_image, skip_unreadable
 from training.errors import WaldoError
 
 # raw item: (uint8 image (C, H, W), box (x, y, w, h) in pixels or None, class index or -1)
@@ -168,9 +169,11 @@ def _tensor_getter(images, boxes, labels) -> Callable[[int], RawItem]:
 class LocalizationFolderDataModule(ImageDataModule):
     """`localization-folder`: the user's images plus a CSV of `image,x,y,w,h,label`.
 
-    Paths in the CSV are relative to `--data-dir`; boxes are in pixels of the original image;
-    a row with an empty box means nothing is there. Images are read as RGB and resized to
-    `--image-size` (128 by default), the boxes with them. The split is fixed (70/15/15).
+    Paths in the CSV are relative to `--data-dir` and stay inside it; boxes are in pixels of
+    the original image; a row with an empty box means nothing is there. Every row is checked
+    before training (`_read_rows`): a bad one stops the run with one line that names the file,
+    the line and what is accepted. Images are read as RGB and resized to `--image-size` (128 by
+    default), the boxes with them. The split is fixed (70/15/15).
     """
 
     name = "localization-folder"
@@ -184,29 +187,38 @@ class LocalizationFolderDataModule(ImageDataModule):
         self.csv_file, self.augment, self.hflip = csv_file, augment, hflip
 
     def _read_rows(self, root: Path) -> list[tuple[Path, list[float] | None, str]]:
+        """The CSV's rows as (image, box in pixels or None, label), every one checked.
+
+        A row is refused when it has the wrong number of columns, a box that is not four
+        finite numbers with a positive width and height, a box with no label, an image path
+        that leaves `root` (absolute, `..`, or a symlink out) or names no file, or a box that
+        does not fit its image (see BOX_TOLERANCE). Rows whose image cannot be decoded are
+        skipped as in `training.data.images.skip_unreadable`; the names go to `skipped_images`.
+        """
         path = root / self.csv_file
         if not path.is_file():
             raise WaldoError(f"no {self.csv_file!r} in {str(root)!r}: expected a CSV with "
                              "columns image,x,y,w,h,label")
+        parsed, problems = _parse_csv(path, root)
+        checks = check_images([image for _, image, _, _ in parsed], mode="RGB")
         rows = []
-        with path.open(newline="") as f:
-            reader = csv.DictReader(f)
-            missing = {"image", "x", "y", "w", "h", "label"} - set(reader.fieldnames or [])
-            if missing:
-                raise WaldoError(f"{path}: missing column(s) {', '.join(sorted(missing))}; "
-                                 "expected image,x,y,w,h,label")
-            for n, row in enumerate(reader, start=2):
-                fields = [row[k].strip() for k in "xywh"]
-                try:
-                    box = None if not any(fields) else [float(v) for v in fields]
-                except ValueError:
-                    raise WaldoError(f"{path} line {n}: box {fields} is not four numbers") from None
-                image = root / row["image"].strip()
-                if not image.is_file():
-                    raise WaldoError(f"{path} line {n}: image {str(image)!r} does not exist")
-                rows.append((image, box, row["label"].strip() if box else ""))
+        for n, image, box, label in parsed:
+            size = checks[str(image)].size
+            if box is not None and size is not None:
+                box, problem = _fit_box(box, size, image.relative_to(root))
+                if problem:
+                    problems.append((n, problem))
+            rows.append((image, box, label))
+        if problems:
+            raise _bad_rows(path, problems)
+        groups = [f"class {label!r}" if box else "the rows without a box" for _, box, label in rows]
+        readable, self.skipped_images = skip_unreadable(
+            [image for image, _, _ in rows], groups, where=path, checks=checks)
+        rows = [row for row, ok in zip(rows, readable) if ok]
         if len(rows) < 3:
-            raise WaldoError(f"{path}: need at least 3 rows to split (got {len(rows)})")
+            after = (f" left after skipping {len(self.skipped_images)} unreadable images"
+                     if self.skipped_images else "")
+            raise WaldoError(f"{path}: need at least 3 rows to split (got {len(rows)}{after})")
         return rows
 
     def load(self):
@@ -222,7 +234,7 @@ class LocalizationFolderDataModule(ImageDataModule):
 
         def get(i: int) -> RawItem:
             path, box, label = rows[i]
-            image = tv_tensors.Image(v2.functional.pil_to_tensor(Image.open(path).convert("RGB")))
+            image = tv_tensors.Image(v2.functional.pil_to_tensor(load_image(path, "RGB")))
             if box is None:
                 return resize(image).as_subclass(torch.Tensor), None, -1
             boxes = tv_tensors.BoundingBoxes([box], format="XYWH", canvas_size=image.shape[-2:])
@@ -242,3 +254,111 @@ class LocalizationFolderDataModule(ImageDataModule):
         sample = torch.stack([get(j)[0] for j in parts["train"][:256]])
         self.mean, self.std = channel_stats(sample)
         return out["train"], out["val"], out["test"]
+
+
+# A box may overhang its image by up to this many pixels, and is then clipped to it: tools
+# disagree on whether the right and bottom edges are inclusive, and some round half pixels.
+# Anything further out is a wrong box (another image's, or another unit), so it is refused.
+BOX_TOLERANCE = 1.0
+_COLUMNS = ("image", "x", "y", "w", "h", "label")
+_SHOWN_PROBLEMS = 5  # bad rows named in the error; the rest are counted
+_NO_BOX = "or x,y,w,h and label all empty when nothing is in the image"
+
+
+def _parse_csv(path: Path, root: Path) -> tuple[list[tuple[int, Path, list[float] | None, str]],
+                                                list[tuple[int, str]]]:
+    """([(line, image, box or None, label)], [(line, problem)]) for a labels CSV; lines are
+    1-based lines of the file (the header is line 1)."""
+    parsed, problems = [], []
+    try:
+        with path.open(newline="", encoding="utf-8-sig") as f:
+            reader = csv.reader(f)
+            header = [c.strip() for c in next(reader, [])]
+            missing = [c for c in _COLUMNS if c not in header]
+            if missing:
+                raise WaldoError(f"{path}: missing column(s) {', '.join(sorted(missing))}; "
+                                 "expected image,x,y,w,h,label")
+            col = {c: header.index(c) for c in _COLUMNS}
+            for row in reader:
+                n = reader.line_num
+                if not any(cell.strip() for cell in row):
+                    continue  # a blank line
+                if len(row) != len(header):
+                    problems.append((n, f"{len(row)} columns, expected {len(header)} "
+                                        f"({','.join(header)})"))
+                    continue
+                cells = {c: row[col[c]].strip() for c in _COLUMNS}
+                image, problem = _image_path(root, cells["image"])
+                box, box_problem = _parse_box([cells[k] for k in "xywh"])
+                if box is not None and not cells["label"]:
+                    box_problem = box_problem or ("a box with an empty label; accepted: a class "
+                                                  f"name, {_NO_BOX}")
+                for p in (problem, box_problem):
+                    if p:
+                        problems.append((n, p))
+                if image is not None and not box_problem:
+                    parsed.append((n, image, box, cells["label"] if box else ""))
+    except csv.Error as exc:
+        raise WaldoError(f"{path} line {reader.line_num}: not a valid CSV row ({exc})") from None
+    except UnicodeDecodeError as exc:
+        raise WaldoError(f"{path} is not UTF-8 text ({exc.reason} at byte {exc.start}); "
+                         "expected a CSV with columns image,x,y,w,h,label") from None
+    return parsed, problems
+
+
+def _image_path(root: Path, name: str) -> tuple[Path | None, str | None]:
+    """(the image file, None) for a CSV image cell, or (None, what is wrong with it)."""
+    accepted = f"accepted: a path relative to --data-dir {str(root)!r} that stays inside it"
+    if not name:
+        return None, f"the image column is empty; {accepted}"
+    given = Path(name)
+    if given.is_absolute() or given.drive:
+        return None, f"image {name!r} is an absolute path; {accepted}"
+    image = root / given
+    if not image.resolve().is_relative_to(root.resolve()):  # `..` or a symlink out
+        return None, f"image {name!r} leads outside --data-dir; {accepted}"
+    if not image.is_file():
+        return None, f"image {str(image)!r} does not exist"
+    return image, None
+
+
+def _parse_box(fields: list[str]) -> tuple[list[float] | None, str | None]:
+    """(box or None for an empty one, None) for the x,y,w,h cells, or (None, what is wrong)."""
+    if not any(fields):
+        return None, None
+    try:
+        box = [float(v) for v in fields]
+    except ValueError:
+        return None, (f"box {fields} is not four numbers; accepted: x,y,w,h in pixels, {_NO_BOX}")
+    odd = [f"{k}={v}" for k, v in zip("xywh", fields) if not math.isfinite(float(v))]
+    if odd:
+        return None, f"box has {', '.join(odd)}; accepted: finite numbers (pixels)"
+    if box[2] <= 0 or box[3] <= 0:
+        return None, (f"box has w={fields[2]}, h={fields[3]}; accepted: a width and a height "
+                      "above 0 (pixels)")
+    return box, None
+
+
+def _fit_box(box: list[float], size: tuple[int, int], name: Path) -> tuple[list[float], str | None]:
+    """The box clipped to its image (width, height), or a problem when it lies further out than
+    BOX_TOLERANCE or has nothing left inside."""
+    x, y, w, h = box
+    width, height = size
+    x0, y0, x1, y1 = max(x, 0.0), max(y, 0.0), min(x + w, width), min(y + h, height)
+    tol = BOX_TOLERANCE
+    if x < -tol or y < -tol or x + w > width + tol or y + h > height + tol or x1 <= x0 or y1 <= y0:
+        return box, (f"box x={x:g}, y={y:g}, w={w:g}, h={h:g} does not fit the {width}x{height} "
+                     f"image {str(name)!r}; accepted: x >= 0, y >= 0, x + w <= {width}, "
+                     f"y + h <= {height} (pixels, {tol:g} pixel of slack)")
+    return [x0, y0, x1 - x0, y1 - y0], None
+
+
+def _bad_rows(path: Path, problems: list[tuple[int, str]]) -> WaldoError:
+    """One line for all the bad rows of a CSV: each named, up to _SHOWN_PROBLEMS, then a count."""
+    problems = sorted(problems)
+    if len(problems) == 1:
+        return WaldoError(f"{path} line {problems[0][0]}: {problems[0][1]}")
+    shown = "; ".join(f"line {n}: {text}" for n, text in problems[:_SHOWN_PROBLEMS])
+    more = len(problems) - _SHOWN_PROBLEMS
+    return WaldoError(f"{path}: {len(problems)} bad rows: {shown}"
+                      + (f"; and {more} more" if more > 0 else ""))
