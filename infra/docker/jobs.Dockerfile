@@ -33,4 +33,6 @@ WORKDIR /home/waldo
 EXPOSE 8001
 HEALTHCHECK --interval=15s --timeout=5s --start-period=20s --retries=3 \
     CMD ["python", "-c", "import urllib.request as u; u.urlopen('http://127.0.0.1:8001/healthz', timeout=4)"]
-CMD ["uvicorn", "services.jobs.app:create_app", "--factory", "--host", "0.0.0.0", "--port", "8001"]
+# Settings come from WALDO_JOBS_* (README: Jobs API); without a valid token it exits with one
+# line, `waldo-jobs: error: WALDO_JOBS_TOKEN: ...`, and status 2.
+CMD ["python", "-m", "services.jobs", "--host", "0.0.0.0", "--port", "8001"]

@@ -1,22 +1,36 @@
-"""The jobs API: `uvicorn services.jobs.app:create_app --factory --port 8001`.
+"""The jobs API: `python -m services.jobs --port 8001` (services/jobs/__main__.py).
 
-It validates specs with training.spec (the CLI's schema) and hands them to Ray Job Submission.
-Every /v1 route needs the bearer token `WALDO_JOBS_TOKEN`; without one the app does not start.
-Errors and the token check are the inference service's (serving.errors, serving.auth).
+It admits specs (admission.py: training.spec's schema, then the operator's roots and bounds)
+and hands them to Ray Job Submission. Every /v1 request needs the bearer token
+`WALDO_JOBS_TOKEN`, checked before its body is read (middleware.py), and a body of at most
+`WALDO_JOBS_MAX_BODY_BYTES`; without a token the app does not start. Errors and the token check
+are the inference service's (serving.errors, serving.auth).
 """
 
 from __future__ import annotations
 
+import sys
+
 from fastapi import FastAPI
+from pydantic import ValidationError
 
 from services.jobs import errors
+from services.jobs.middleware import ReadBody, RequireToken
 from services.jobs.ray_jobs import RayJobs
 from services.jobs.routes import health, jobs
-from services.jobs.settings import JobsSettings, get_settings
+from services.jobs.settings import JobsSettings, error_line, get_settings
+from serving.middleware import BodyLimit
 
 
 def create_app(settings: JobsSettings | None = None) -> FastAPI:
-    settings = settings or get_settings()
+    """The app for `settings`, or for the environment's settings: when those do not validate
+    (e.g. under `uvicorn --factory`), one line on stderr and exit status 2, not a traceback."""
+    if settings is None:
+        try:
+            settings = get_settings()
+        except ValidationError as exc:
+            print(error_line(exc), file=sys.stderr)
+            raise SystemExit(2) from None
     app = FastAPI(title="Waldo jobs", version="0.1.0",
                   description="Submit train, sweep and export jobs to the Ray cluster.")
     app.state.settings = settings
@@ -24,4 +38,9 @@ def create_app(settings: JobsSettings | None = None) -> FastAPI:
     errors.install(app)
     for router in (health.router, jobs.router):
         app.include_router(router)
+    # The last added runs first: the token is checked before BodyLimit counts a byte, and
+    # ReadBody reads what BodyLimit lets through before FastAPI does.
+    app.add_middleware(ReadBody)
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(RequireToken, token=settings.token)
     return app

@@ -25,7 +25,9 @@ JobsDep = Annotated[RayJobs, Depends(_jobs)]
 
 
 async def require_token(settings: SettingsDep, credentials: Credentials) -> None:
-    """Every /v1 route: the token is required (JobsSettings refuses to start without one)."""
+    """Every /v1 route: the token is required (JobsSettings refuses to start without one).
+    middleware.RequireToken has checked it before the body was read; checking again here keeps
+    the routes safe on their own and puts the bearer scheme into the OpenAPI document."""
     check_bearer(settings.token, credentials)
 
 

@@ -2,7 +2,10 @@
 says it is Waldo's, with its kind and validated spec; nothing else is stored here.
 
 The entrypoint is fixed (training.spec.JOB_ENTRYPOINT) and the spec travels as data in the
-job's environment, so no user text ever reaches a shell.
+job's environment, so no user text ever reaches a shell. MLflow is only ever the server's
+(`WALDO_JOBS_TRACKING_URI`): a job's environment gets it, and runs are looked up there, never in
+a store that a job's spec names (listing jobs must not open, or create, a database at a path
+someone wrote into a spec).
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from services.jobs.settings import JobsSettings
-from training.spec import JOB_ENTRYPOINT, JOB_ENV, JOB_RESULT_PREFIX
+from training.spec import JOB_ENTRYPOINT, JOB_ENV, JOB_RESULT_PREFIX, check_run_name
 
 META_KIND, META_SPEC = "waldo_kind", "waldo_spec"
 TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
@@ -43,6 +46,16 @@ def parse_result(logs: str) -> dict[str, Any] | None:
     return None
 
 
+def _spec_of(metadata: dict[str, str]) -> dict[str, Any]:
+    """The spec a job was submitted with; {} when its metadata holds none we can read (a job
+    submitted to Ray by other means)."""
+    try:
+        spec = json.loads(metadata.get(META_SPEC, "{}"))
+    except ValueError:
+        return {}
+    return spec if isinstance(spec, dict) else {}
+
+
 def ray_client(address: str):
     """Ray's job-submission client for the dashboard at `address` (imported here: Ray is slow
     to import, and the app must start without touching it)."""
@@ -51,16 +64,26 @@ def ray_client(address: str):
     return JobSubmissionClient(address)
 
 
+def mlflow_client(tracking_uri: str):
+    """MLflow's client for the server's tracking URI (imported here, for the same reason)."""
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(tracking_uri)
+
+
 class RayJobs:
     """Blocking calls (Ray's client uses requests): the routes run them in a thread pool.
 
     `connect(address)` returns the job-submission client (tests pass one that returns an
-    in-process fake); it is called again after a connection error.
+    in-process fake); it is called again after a connection error. `tracking(uri)` returns an
+    MLflow client; it is only ever given the settings' tracking URI.
     """
 
-    def __init__(self, settings: JobsSettings, connect: Callable[[str], Any] = ray_client):
+    def __init__(self, settings: JobsSettings, connect: Callable[[str], Any] = ray_client,
+                 tracking: Callable[[str], Any] = mlflow_client):
         self.settings = settings
         self._connect = connect
+        self._tracking = tracking
         self._client = None
         self._results: dict[str, dict[str, Any] | None] = {}  # finished jobs' WALDO_RESULT
         self._run_urls: dict[str, str | None] = {}  # run id -> MLflow UI link; runs never move
@@ -95,8 +118,8 @@ class RayJobs:
     def submit(self, kind: str, spec: dict[str, Any]) -> str:
         job_id = f"waldo-{kind}-{secrets.token_hex(5)}"
         env = {JOB_ENV: json.dumps({"kind": kind, "spec": spec})}
-        if spec.get("tracking_uri"):
-            env["MLFLOW_TRACKING_URI"] = spec["tracking_uri"]
+        if self.settings.tracking_uri:
+            env["MLFLOW_TRACKING_URI"] = self.settings.tracking_uri
         deadline = time.monotonic() + 30
         while True:
             try:
@@ -119,7 +142,7 @@ class RayJobs:
 
     def describe(self, info) -> dict[str, Any]:
         status = str(getattr(info.status, "value", info.status))
-        spec = json.loads(info.metadata.get(META_SPEC, "{}"))
+        spec = _spec_of(info.metadata)
         job = {
             "id": info.submission_id, "submission_id": info.submission_id, "ray_job_id": info.job_id,
             "kind": info.metadata[META_KIND], "status": status, "message": info.message,
@@ -137,7 +160,7 @@ class RayJobs:
                 job["model"] = {k: result.get(k) for k in keys}
         if run_id:
             job["mlflow_run_id"] = run_id
-            job["mlflow_run_url"] = self._run_url(run_id, spec)
+            job["mlflow_run_url"] = self._run_url(run_id)
         return job
 
     def _result(self, job_id: str, status: str) -> dict[str, Any] | None:
@@ -147,20 +170,20 @@ class RayJobs:
             self._results[job_id] = parse_result(self._call(self.client.get_job_logs, job_id))
         return self._results[job_id]
 
-    def _tracking(self, spec: dict[str, Any]) -> str | None:
-        return spec.get("tracking_uri") or self.settings.tracking_uri
-
     def _find_run(self, spec: dict[str, Any]) -> str | None:
-        """A running train or sweep job's MLflow run, found by the run name the API gave it."""
+        """A running train or sweep job's MLflow run, found by the run name the API gave it, in
+        the server's MLflow (whatever the spec says)."""
         if spec.get("run"):
             return spec["run"]
-        uri, name = self._tracking(spec), spec.get("run_name")
-        if not uri or not name:
+        uri, name = self.settings.tracking_uri, spec.get("run_name")
+        if not uri or not isinstance(name, str):
             return None
         try:
-            from mlflow.tracking import MlflowClient
-
-            client = MlflowClient(uri)
+            check_run_name(name)  # it goes into a filter string below
+        except ValueError:
+            return None
+        try:
+            client = self._tracking(uri)
             experiment = client.get_experiment_by_name(spec.get("experiment", "waldo"))
             if experiment is None:
                 return None
@@ -171,22 +194,23 @@ class RayJobs:
         except Exception:  # MLflow down or not there yet: the link comes later
             return None
 
-    def _run_url(self, run_id: str, spec: dict[str, Any]) -> str | None:
+    def _run_url(self, run_id: str) -> str | None:
         if run_id in self._run_urls:  # one MLflow call per run, not one per listing
             return self._run_urls[run_id]
-        url = self._link(run_id, spec)
+        url = self._link(run_id)
         if url is None or "/experiments/" in url:  # not the fallback of an MLflow that was down
             self._run_urls[run_id] = url
         return url
 
-    def _link(self, run_id: str, spec: dict[str, Any]) -> str | None:
-        base = self.settings.mlflow_ui_url or self._tracking(spec)
+    def _link(self, run_id: str) -> str | None:
+        uri = self.settings.tracking_uri
+        base = self.settings.mlflow_ui_url or uri
         if not base or not base.startswith("http"):
             return None
+        if not uri:
+            return f"{base.rstrip('/')}/#/runs/{run_id}"
         try:
-            from mlflow.tracking import MlflowClient
-
-            experiment_id = MlflowClient(self._tracking(spec)).get_run(run_id).info.experiment_id
+            experiment_id = self._tracking(uri).get_run(run_id).info.experiment_id
         except Exception:
             return f"{base.rstrip('/')}/#/runs/{run_id}"
         return f"{base.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"

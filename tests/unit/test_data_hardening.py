@@ -289,3 +289,9 @@ def test_a_csv_that_is_not_text_is_one_line(tmp_path):
     with pytest.raises(WaldoError, match="not UTF-8 text"):
         localization(tmp_path).setup("fit")
 
+
+
+@pytest.mark.parametrize("csv_file", ["../labels.csv", "/etc/passwd", "sub/labels.csv", ".."])
+def test_the_labels_file_is_a_name_inside_the_data_dir(tmp_path: Path, csv_file: str) -> None:
+    with pytest.raises(WaldoError, match="must be a file name inside --data-dir"):
+        LocalizationFolderDataModule(csv_file=csv_file, data_dir=str(tmp_path))

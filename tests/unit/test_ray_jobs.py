@@ -57,8 +57,10 @@ def test_a_job_runs_the_fixed_entrypoint_and_carries_its_spec_only_as_data(jobs,
     assert fake.submitted[job_id]["entrypoint_num_cpus"] == 0.5
 
 
-def test_a_job_that_names_a_tracking_server_gets_it_in_its_environment(jobs, fake):
-    job_id = jobs.submit("export", {"run": "abc", "tracking_uri": "http://mlflow:5000"})
+def test_a_job_tracks_to_the_servers_mlflow_whatever_its_spec_says(fake):
+    settings = JobsSettings(token="t" * 16, ray_address=ADDRESS, tracking_uri="http://mlflow:5000")
+    jobs = RayJobs(settings, connect=lambda address: fake)
+    job_id = jobs.submit("export", {"run": "abc", "tracking_uri": "sqlite:////elsewhere.db"})
     env = fake.jobs[job_id].runtime_env["env_vars"]
     assert env["MLFLOW_TRACKING_URI"] == "http://mlflow:5000"
     assert fake.jobs[job_id].entrypoint == JOB_ENTRYPOINT

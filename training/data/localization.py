@@ -184,6 +184,9 @@ class LocalizationFolderDataModule(ImageDataModule):
     def __init__(self, *, csv_file: str = "labels.csv", augment: bool = True, hflip: bool = True,
                  **kwargs):
         super().__init__(**kwargs)
+        if Path(csv_file).name != csv_file or csv_file in ("", ".", ".."):
+            raise WaldoError(f"csv_file {csv_file!r} must be a file name inside --data-dir, "
+                             "e.g. labels.csv (no folders)")
         self.csv_file, self.augment, self.hflip = csv_file, augment, hflip
 
     def _read_rows(self, root: Path) -> list[tuple[Path, list[float] | None, str]]:

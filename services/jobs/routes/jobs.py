@@ -8,13 +8,12 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query
 from fastapi.responses import PlainTextResponse
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
+from services.jobs.admission import admit
 from services.jobs.deps import Authorized, JobsDep, SettingsDep
 from services.jobs.ray_jobs import RayJobs
-from serving.errors import ApiError
-from training.spec import JOB_SPECS, format_validation_error
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"], dependencies=[Authorized],
                    responses={401: {"description": "no bearer token"},
@@ -29,21 +28,12 @@ class JobRequest(BaseModel):
 
 
 @router.post("", status_code=201, summary="Validate a spec and submit it to the Ray cluster",
-             responses={422: {"description": "the spec names a bad field"}})
+             responses={413: {"description": "the body is over WALDO_JOBS_MAX_BODY_BYTES"},
+                        422: {"description": "the spec names a bad field, a server-owned field "
+                                             "(tracking_uri, ray_address), a path outside the "
+                                             "allowed roots, or asks for more than the limits"}})
 async def submit(body: JobRequest, jobs: JobsDep, settings: SettingsDep) -> dict:
-    spec_cls = JOB_SPECS[body.kind]
-    data = dict(body.spec)
-    if body.kind != "export":
-        data.setdefault("progress_bar", False)  # logs, not a terminal
-    if settings.tracking_uri and not data.get("tracking_uri"):
-        data["tracking_uri"] = settings.tracking_uri
-    if settings.storage and body.kind != "export" and not data.get("storage"):
-        data["storage"] = settings.storage
-    try:
-        spec = spec_cls.model_validate(data)
-    except ValidationError as exc:
-        raise ApiError(422, "invalid_spec", format_validation_error(exc, spec_cls)) from None
-    spec_data = spec.model_dump(mode="json", exclude_unset=True)
+    spec_data = await run_in_threadpool(admit, body.kind, body.spec, settings)
     job_id = await run_in_threadpool(_submit, jobs, body.kind, spec_data)
     return await run_in_threadpool(jobs.get, job_id)
 
