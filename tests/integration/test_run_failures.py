@@ -193,15 +193,20 @@ def test_sigterm_in_a_run_raises_in_the_main_thread_and_kills_the_run(tracking):
     """The handler start_run installs (a real SIGTERM is sent in the CLI test above)."""
     from training.tracking import EXIT_SIGTERM, start_run
 
-    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
-    with pytest.raises(SystemExit) as info:
-        with start_run("waldo", tracking_uri=tracking) as run:
-            handler = signal.getsignal(signal.SIGTERM)
-            assert callable(handler), "start_run leaves SIGTERM's default: the process dies RUNNING"
-            handler(signal.SIGTERM, sys._getframe())
-    assert info.value.code == EXIT_SIGTERM == 143
-    assert MlflowClient(tracking).get_run(run.run_id).info.status == "KILLED"
-    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # restored
+    # As in a fresh `waldo train`; an in-process Ray driver earlier in this session installed
+    # its own handler, which start_run rightly leaves alone.
+    previous = signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    try:
+        with pytest.raises(SystemExit) as info:
+            with start_run("waldo", tracking_uri=tracking) as run:
+                handler = signal.getsignal(signal.SIGTERM)
+                assert callable(handler), "start_run leaves SIGTERM's default: the process dies RUNNING"
+                handler(signal.SIGTERM, sys._getframe())
+        assert info.value.code == EXIT_SIGTERM == 143
+        assert MlflowClient(tracking).get_run(run.run_id).info.status == "KILLED"
+        assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # restored
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def test_a_sigterm_while_the_run_is_created_waits_until_it_can_be_closed(tracking):

@@ -6,39 +6,16 @@ command, where logging has to reach stderr on its own."""
 
 from __future__ import annotations
 
-import io
 import re
 from pathlib import Path
 
-import numpy as np
 import pytest
-from PIL import Image
+from support.images import classes, solid, truncated_jpeg
 
 pytestmark = pytest.mark.slow
 
 TRAIN = ["train", "--model", "cnn", "--epochs", "1", "--image-size", "28", "--batch-size", "8",
          "--no-progress-bar"]
-
-
-def solid(path: Path, color, size=(16, 16)) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.new("RGB", size, color).save(path)
-    return path
-
-
-def truncated_jpeg(path: Path) -> Path:
-    pixels = np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)
-    buffer = io.BytesIO()
-    Image.fromarray(pixels).save(buffer, "JPEG", quality=90)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(buffer.getvalue()[: len(buffer.getvalue()) // 2])
-    return path
-
-
-def classes(root: Path, n: int) -> None:
-    for i in range(n):
-        solid(root / "cat" / f"{i}.png", (220, 30, 30))
-        solid(root / "dog" / f"{i}.png", (30, 30, 220))
 
 
 def broken_folder(root: Path) -> list[Path]:

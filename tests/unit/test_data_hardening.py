@@ -4,7 +4,6 @@ row of a localization labels.csv is checked, with one line naming what is wrong.
 
 from __future__ import annotations
 
-import io
 import logging
 import os
 import warnings
@@ -14,48 +13,11 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from support.images import BLUE, RED, classes, solid, text_named_jpg, truncated_jpeg, zero_bytes
 
 from training.data.folder import FolderDataModule
 from training.data.localization import LocalizationFolderDataModule
 from training.errors import WaldoError
-
-RED, BLUE = (220, 30, 30), (30, 30, 220)
-
-
-# --- writing files ----------------------------------------------------------------------------
-def solid(path: Path, color=RED, size=(16, 16)) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.new("RGB", size, color).save(path)
-    return path
-
-
-def truncated_jpeg(path: Path) -> Path:
-    """A 64x64 JPEG of noise cut after half its bytes: Pillow opens it, decoding it fails."""
-    pixels = np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)
-    buffer = io.BytesIO()
-    Image.fromarray(pixels).save(buffer, "JPEG", quality=90)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(buffer.getvalue()[: len(buffer.getvalue()) // 2])
-    return path
-
-
-def zero_bytes(path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(b"")
-    return path
-
-
-def text_named_jpg(path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("this is not a picture\n")
-    return path
-
-
-def classes(root: Path, n: int, start: int = 0) -> None:
-    """`n` red cats and `n` blue dogs, 16x16 PNGs."""
-    for i in range(start, start + n):
-        solid(root / "cat" / f"{i:02d}.png", RED)
-        solid(root / "dog" / f"{i:02d}.png", BLUE)
 
 
 def every_item(dm) -> list:
