@@ -34,8 +34,7 @@ def stack(tmp_path_factory, mlflow_server):
         # The jobs API and the service get the nodes' environment: their Ray token, and this
         # interpreter first on PATH, so that `python` in a job's entrypoint is this one.
         jobs = start_server(
-            lambda port: [sys.executable, "-m", "uvicorn", "services.jobs.app:create_app", "--factory",
-                          "--host", "127.0.0.1", "--port", str(port)],
+            lambda port: [sys.executable, "-m", "services.jobs", "--host", "127.0.0.1", "--port", str(port)],
             workdir=root / "jobs", timeout=180,
             env={**ray.env, "WALDO_JOBS_TOKEN": jobs_token, "WALDO_JOBS_RAY_ADDRESS": ray.dashboard,
                  "WALDO_JOBS_TRACKING_URI": mlflow_server})
