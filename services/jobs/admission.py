@@ -3,8 +3,9 @@ token holder may ask only for what the operator allows.
 
 `admit(kind, spec, settings)` returns the spec to submit, or raises a 422 ApiError naming the
 field, in this order:
-1. Its values: nothing nested deeper than MAX_DEPTH (pydantic cannot serialize past ~250
-   levels), no non-finite number anywhere (JSON's `1e999` parses to inf, `NaN` to nan).
+1. Its shape: nothing nested deeper than MAX_DEPTH, checked without recursion before pydantic
+   sees it (pydantic fails with a RecursionError past ~250 levels). Non-finite numbers (JSON's
+   `1e999` parses to inf, `NaN` to nan) are the spec class's to refuse, as for the CLI.
 2. Server fields: `tracking_uri` and `ray_address` belong to the server (`server_field`).
 3. Paths: `data_dir`, `storage`, an export's `checkpoint` and `output` lie under the
    configured roots (paths.py; `path_not_allowed`); the job gets their normalized spelling.
@@ -16,7 +17,6 @@ field, in this order:
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
@@ -49,21 +49,16 @@ def _refuse(code: str, message: str) -> ApiError:
     return ApiError(422, code, message)
 
 
-def check_values(spec: dict[str, Any]) -> None:
-    """No field nests deeper than MAX_DEPTH; no number anywhere is inf or nan. Iterative, so a
-    deep body cannot exhaust the stack here."""
-    stack: list[tuple[str, str, Any, int]] = [(key, key, value, 0) for key, value in spec.items()]
+def check_depth(spec: dict[str, Any]) -> None:
+    """No field nests deeper than MAX_DEPTH. Iterative, so a deep body cannot exhaust the stack."""
+    stack: list[tuple[str, Any, int]] = [(key, value, 0) for key, value in spec.items()]
     while stack:
-        field, where, value, depth = stack.pop()
-        if isinstance(value, float) and not math.isfinite(value):
-            raise _refuse("invalid_spec", f"field {where!r}: {value} is not a finite number")
+        field, value, depth = stack.pop()
         if isinstance(value, dict | list):
             if depth >= MAX_DEPTH:
                 raise _refuse("invalid_spec", f"field {field!r} nests deeper than {MAX_DEPTH} levels")
-            items = value.items() if isinstance(value, dict) else enumerate(value)
-            for key, item in items:
-                child = f"{where}.{key}" if isinstance(value, dict) else f"{where}[{key}]"
-                stack.append((field, child, item, depth + 1))
+            stack.extend((field, item, depth + 1)
+                         for item in (value.values() if isinstance(value, dict) else value))
 
 
 def _check_server_fields(spec: dict[str, Any]) -> None:
@@ -126,10 +121,7 @@ def _check_search(spec: SweepSpec, settings: JobsSettings) -> None:
     base = {k: v for k, v in spec.model_dump().items() if k in TrainSpec.model_fields}
     for name, text in spec.search.items():
         dist, args = parse_distribution(name, text)
-        for arg in args:
-            if isinstance(arg, float) and not math.isfinite(arg):
-                raise _refuse("invalid_spec", f"field 'search.{name}': {text!r} holds {arg}, not a "
-                                              "finite number")
+        for arg in args:  # (non-finite ones: SweepSpec refused them)
             if dist != "choice" and not _is_number(arg):  # Tune would fail on it, later
                 raise _refuse("invalid_spec", f"field 'search.{name}': {text!r}: {dist}() takes "
                                               f"numbers, not {arg!r}")
@@ -149,7 +141,7 @@ def _check_search(spec: SweepSpec, settings: JobsSettings) -> None:
 
 def admit(kind: str, spec: dict[str, Any], settings: JobsSettings) -> dict[str, Any]:
     """The spec to submit, as JSON data; a 422 ApiError names what is refused and why."""
-    check_values(spec)
+    check_depth(spec)
     _check_server_fields(spec)
     data = _with_defaults(kind, _check_paths(kind, spec, settings), settings)
     spec_cls: type[BaseModel] = JOB_SPECS[kind]
