@@ -12,14 +12,11 @@ import difflib
 import math
 import re
 import reprlib
-import types
-import typing
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
 import yaml
 from pydantic import (
-    AfterValidator,
     AliasChoices,
     BaseModel,
     ConfigDict,
@@ -36,6 +33,25 @@ from pydantic import (
 
 from training.catalog import DATASETS, MODEL_NAMES, Task, datasets_for
 from training.errors import WaldoError, unknown_choice
+from training.specfields import (  # noqa: F401  (names importers take from training.spec)
+    DEFAULT_OPSET,
+    MAX_IMAGE_SIZE,
+    MAX_OPSET,
+    MAX_SEED,
+    MIN_OPSET,
+    AliasName,
+    ImageSize,
+    KeywordArgs,
+    ModelName,
+    Opset,
+    RunName,
+    Seed,
+    check_alias,
+    check_model_name,
+    check_opset,
+    check_run_name,
+    number_kind,
+)
 from training.specfile import load_yaml
 
 Precision = Literal["32", "bf16-mixed", "16-mixed"]
@@ -45,120 +61,8 @@ EXPORT_PRECISIONS = ("fp32", "fp16", "int8")
 ExportPrecision = Literal["fp32", "fp16", "int8"]
 EXPORTERS = ("auto", "torchscript", "dynamo")
 Exporter = Literal["auto", "torchscript", "dynamo"]
-MIN_OPSET = DEFAULT_OPSET = 18  # the dynamo exporter writes 18 and up natively
-MAX_OPSET = 23  # the newest opset torch 2.14's exporters write
 DEFAULT_ATOL = 1e-4
 DEFAULT_MAX_DROP = 0.01  # validation accuracy (as a fraction) that fp16/int8 may lose
-_MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
-_ALIAS = re.compile(r"^[\w-]{1,255}$")
-_VERSION_LIKE = re.compile(r"^[vV]\d+$")
-
-
-def check_model_name(name: str) -> str:
-    """A name that is safe as a repository folder and an MLflow registered model."""
-    if not _MODEL_NAME.fullmatch(name):
-        raise ValueError(f"invalid model name {name!r}: use letters, digits, '_', '-' and '.', "
-                         "starting with a letter or digit (at most 100 characters)")
-    return name
-
-
-def check_alias(alias: str) -> str:
-    """MLflow's rules for alias names, checked before anything is exported or registered."""
-    if not _ALIAS.fullmatch(alias):
-        raise ValueError(f"invalid alias {alias!r}: use letters, digits, '_' and '-', "
-                         "e.g. production or staging")
-    if alias.lower() == "latest" or _VERSION_LIKE.fullmatch(alias):
-        raise ValueError(f"invalid alias {alias!r}: 'latest' and version-like names (v1, V2) "
-                         "are reserved by MLflow; use e.g. production or staging")
-    return alias
-
-
-def check_opset(opset: int) -> int:
-    if not MIN_OPSET <= opset <= MAX_OPSET:
-        raise ValueError(f"opset {opset} is not supported: use {MIN_OPSET} to {MAX_OPSET}")
-    return opset
-
-
-def check_run_name(name: str) -> str:
-    """A Ray job's folder in storage is named after its run: no '/', no '..'."""
-    if not _MODEL_NAME.fullmatch(name):
-        raise ValueError(f"invalid run name {name!r}: use letters, digits, '_', '-' and '.', "
-                         "starting with a letter or digit (at most 100 characters)")
-    return name
-
-
-# --- bounds on what the code can handle -------------------------------------------------------
-# 9x the 224 px the ImageNet classics were designed for. At 2048 px VGG's first activation is
-# 1 GB per image, so only small batches on a large GPU still train; larger sizes (the issue's
-# 100000) end in an allocation error minutes in. Operators may allow less (the jobs API).
-MAX_IMAGE_SIZE = 2048
-MAX_SEED = 2**32 - 1  # numpy's and Lightning's seeds are unsigned 32-bit
-# `model_args` / `data_args` are keyword arguments: a few flat values. The bounds keep a
-# pasted document (or a JSON body) out of MLflow params and out of the Ray job's environment.
-MAX_ARGS_DEPTH = 4  # levels of mappings and lists, the args mapping itself counted
-MAX_ARGS_ENTRIES = 64  # keys and list items, counted through every level
-MAX_ARGS_TEXT = 1024  # characters in one string
-
-
-def _check_args_value(value: Any, path: str, depth: int, budget: list[int]) -> None:
-    if isinstance(value, (dict, list, tuple)):
-        if depth > MAX_ARGS_DEPTH:
-            raise ValueError(f"nests more than {MAX_ARGS_DEPTH} levels of mappings and lists; "
-                             f"at most {MAX_ARGS_DEPTH} are accepted")
-        for key, item in value.items() if isinstance(value, dict) else enumerate(value):
-            budget[0] -= 1
-            if budget[0] < 0:
-                raise ValueError(f"holds more than {MAX_ARGS_ENTRIES} entries (keys and list "
-                                 f"items through every level); at most {MAX_ARGS_ENTRIES} are "
-                                 "accepted")
-            if isinstance(value, dict) and not isinstance(key, str):
-                raise ValueError(f"key {key!r} at {path or 'the top'!r} is not text; "
-                                 "mapping keys are strings")
-            _check_args_value(key, path, depth, budget)  # a key's length, a list index
-            where = f"{path}.{key}" if isinstance(value, dict) else f"{path}[{key}]"
-            _check_args_value(item, where.removeprefix("."), depth + 1, budget)
-    elif isinstance(value, float):
-        if not math.isfinite(value):
-            raise ValueError(f"{path!r} is {value}; give a finite number")
-    elif isinstance(value, int) and not isinstance(value, bool):
-        if not -2**63 <= value < 2**63:
-            raise ValueError(f"{path!r} is an integer beyond 64 bits")
-    elif isinstance(value, str):
-        if len(value) > MAX_ARGS_TEXT:
-            raise ValueError(f"{path!r} holds {len(value):,} characters; at most "
-                             f"{MAX_ARGS_TEXT} are accepted")
-    elif value is not None and not isinstance(value, bool):
-        raise ValueError(f"{path!r} is a {type(value).__name__}; give a number, string, "
-                         "boolean, null, list or mapping")
-
-
-def check_args(args: dict[str, Any]) -> dict[str, Any]:
-    """Builder or data-set keyword arguments: finite numbers, plain JSON-like values, small."""
-    _check_args_value(args, "", 1, [MAX_ARGS_ENTRIES])
-    return args
-
-
-# Field types that carry their checks, for every spec that has such a field.
-ModelName = Annotated[str, AfterValidator(check_model_name)]
-AliasName = Annotated[str, AfterValidator(check_alias)]
-RunName = Annotated[str, AfterValidator(check_run_name)]
-Opset = Annotated[int, AfterValidator(check_opset)]
-ImageSize = Annotated[int, Field(gt=0, le=MAX_IMAGE_SIZE)]
-Seed = Annotated[int, Field(ge=0, le=MAX_SEED)]
-KeywordArgs = Annotated[dict[str, Any], AfterValidator(check_args)]
-
-
-def _number_kind(annotation: Any) -> str | None:
-    """'an integer' or 'a number' for an int or float field (Optional and Annotated too)."""
-    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
-    if origin is Annotated:
-        return _number_kind(args[0])
-    if origin in (typing.Union, types.UnionType):
-        kinds = {_number_kind(arg) for arg in args} - {None}
-        return kinds.pop() if len(kinds) == 1 else None
-    return {int: "an integer", float: "a number"}.get(annotation)
-
-
 class _Spec(BaseModel):
     """What every spec refuses: unknown fields, nan and inf in a float field, and a boolean
     where a number is meant. Pydantic would read `epochs: true` as 1 and `lr: .inf` as a
@@ -171,7 +75,7 @@ class _Spec(BaseModel):
     @classmethod
     def _no_booleans_as_numbers(cls, value: Any, info: ValidationInfo) -> Any:
         if isinstance(value, bool) and info.field_name in cls.model_fields:
-            kind = _number_kind(cls.model_fields[info.field_name].annotation)
+            kind = number_kind(cls.model_fields[info.field_name].annotation)
             if kind is not None:
                 raise ValueError(f"expects {kind}, not a boolean")
         return value
@@ -216,6 +120,21 @@ class TrainSpec(_Spec):
     model_args: KeywordArgs = Field(
         default_factory=dict, description="extra builder arguments, e.g. aux_logits=true"
     )
+
+    # Where the network starts (default: random weights).
+    weights: str | None = Field(
+        None, min_length=1, description="pretrained weights: a torchvision weights name of the network "
+        "(DEFAULT, IMAGENET1K_V1, ...; from the torch hub cache under TORCH_HOME when offline) or the "
+        "path of a state dict; the classifier is re-created for the data's classes")
+    init_from: str | None = Field(
+        None, min_length=1, description="start from an earlier Waldo network: an MLflow run id, a .ckpt "
+        "path, or models:/NAME@ALIAS (or models:/NAME/VERSION); the head is re-created when the "
+        "task or the classes differ")
+    freeze: Literal["none", "backbone"] = Field(
+        "none", description="backbone: train only the head (BatchNorm statistics stay as loaded)")
+    unfreeze_at_epoch: PositiveInt | None = Field(
+        None, description="with --freeze backbone: train the backbone too from this epoch on, at a "
+        "tenth of the learning rate")
 
     # Data.
     data: str = Field("digits", validate_default=True,  # it must fit `task`, default or not
@@ -319,6 +238,20 @@ class TrainSpec(_Spec):
                              f"data sets for {task!r}: {', '.join(datasets_for(task))}")
         return name
 
+    @model_validator(mode="after")
+    def _one_start(self) -> TrainSpec:
+        if self.weights is not None and self.init_from is not None:
+            raise ValueError("give at most one of weights (pretrained weights) and init_from "
+                             "(an earlier Waldo run or model)")
+        if self.unfreeze_at_epoch is not None:
+            if self.freeze != "backbone":
+                raise ValueError("unfreeze_at_epoch needs freeze=backbone (nothing is frozen)")
+            if self.unfreeze_at_epoch >= self.epochs:
+                raise ValueError(f"unfreeze_at_epoch {self.unfreeze_at_epoch} is beyond the last "
+                                 f"epoch ({self.epochs - 1}, as epochs count from 0): give a value "
+                                 f"below epochs={self.epochs}")
+        return self
+
     def data_spec(self) -> DataSpec:
         """The data part of this spec, for the data module."""
         return DataSpec(task=self.task, name=self.data, args=self.data_args, dir=self.data_dir,
@@ -396,7 +329,7 @@ _CALL = re.compile(r"^\s*([A-Za-z_]\w*)\s*\((.*)\)\s*$", re.S)
 # Sweep fields and Ray/tracking settings are not hyperparameters.
 _NOT_SEARCHABLE = {"experiment", "run_name", "tracking_uri", "storage", "ray_address",
                    "progress_bar", "max_failures", "task", "data", "data_dir",
-                   "export", "publish", "alias"}
+                   "export", "publish", "alias", "weights", "init_from"}
 
 
 def _scalar(text: str) -> Any:

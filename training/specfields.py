@@ -1,0 +1,126 @@
+"""Spec field types that carry their checks, and the bounds of what the code can handle.
+
+Every spec (training.spec) builds its fields from these; the jobs API checks run names with
+`check_run_name`. Torch-free, like training.spec.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import types
+import typing
+from typing import Annotated, Any
+
+from pydantic import AfterValidator, Field
+
+MIN_OPSET = DEFAULT_OPSET = 18  # the dynamo exporter writes 18 and up natively
+MAX_OPSET = 23  # the newest opset torch 2.14's exporters write
+_MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
+_ALIAS = re.compile(r"^[\w-]{1,255}$")
+_VERSION_LIKE = re.compile(r"^[vV]\d+$")
+
+
+def check_model_name(name: str) -> str:
+    """A name that is safe as a repository folder and an MLflow registered model."""
+    if not _MODEL_NAME.fullmatch(name):
+        raise ValueError(f"invalid model name {name!r}: use letters, digits, '_', '-' and '.', "
+                         "starting with a letter or digit (at most 100 characters)")
+    return name
+
+
+def check_alias(alias: str) -> str:
+    """MLflow's rules for alias names, checked before anything is exported or registered."""
+    if not _ALIAS.fullmatch(alias):
+        raise ValueError(f"invalid alias {alias!r}: use letters, digits, '_' and '-', "
+                         "e.g. production or staging")
+    if alias.lower() == "latest" or _VERSION_LIKE.fullmatch(alias):
+        raise ValueError(f"invalid alias {alias!r}: 'latest' and version-like names (v1, V2) "
+                         "are reserved by MLflow; use e.g. production or staging")
+    return alias
+
+
+def check_opset(opset: int) -> int:
+    if not MIN_OPSET <= opset <= MAX_OPSET:
+        raise ValueError(f"opset {opset} is not supported: use {MIN_OPSET} to {MAX_OPSET}")
+    return opset
+
+
+def check_run_name(name: str) -> str:
+    """A Ray job's folder in storage is named after its run: no '/', no '..'."""
+    if not _MODEL_NAME.fullmatch(name):
+        raise ValueError(f"invalid run name {name!r}: use letters, digits, '_', '-' and '.', "
+                         "starting with a letter or digit (at most 100 characters)")
+    return name
+
+
+# --- bounds on what the code can handle -------------------------------------------------------
+# 9x the 224 px the ImageNet classics were designed for. At 2048 px VGG's first activation is
+# 1 GB per image, so only small batches on a large GPU still train; larger sizes (the issue's
+# 100000) end in an allocation error minutes in. Operators may allow less (the jobs API).
+MAX_IMAGE_SIZE = 2048
+MAX_SEED = 2**32 - 1  # numpy's and Lightning's seeds are unsigned 32-bit
+# `model_args` / `data_args` are keyword arguments: a few flat values. The bounds keep a
+# pasted document (or a JSON body) out of MLflow params and out of the Ray job's environment.
+MAX_ARGS_DEPTH = 4  # levels of mappings and lists, the args mapping itself counted
+MAX_ARGS_ENTRIES = 64  # keys and list items, counted through every level
+MAX_ARGS_TEXT = 1024  # characters in one string
+
+
+def _check_args_value(value: Any, path: str, depth: int, budget: list[int]) -> None:
+    if isinstance(value, (dict, list, tuple)):
+        if depth > MAX_ARGS_DEPTH:
+            raise ValueError(f"nests more than {MAX_ARGS_DEPTH} levels of mappings and lists; "
+                             f"at most {MAX_ARGS_DEPTH} are accepted")
+        for key, item in value.items() if isinstance(value, dict) else enumerate(value):
+            budget[0] -= 1
+            if budget[0] < 0:
+                raise ValueError(f"holds more than {MAX_ARGS_ENTRIES} entries (keys and list "
+                                 f"items through every level); at most {MAX_ARGS_ENTRIES} are "
+                                 "accepted")
+            if isinstance(value, dict) and not isinstance(key, str):
+                raise ValueError(f"key {key!r} at {path or 'the top'!r} is not text; "
+                                 "mapping keys are strings")
+            _check_args_value(key, path, depth, budget)  # a key's length, a list index
+            where = f"{path}.{key}" if isinstance(value, dict) else f"{path}[{key}]"
+            _check_args_value(item, where.removeprefix("."), depth + 1, budget)
+    elif isinstance(value, float):
+        if not math.isfinite(value):
+            raise ValueError(f"{path!r} is {value}; give a finite number")
+    elif isinstance(value, int) and not isinstance(value, bool):
+        if not -2**63 <= value < 2**63:
+            raise ValueError(f"{path!r} is an integer beyond 64 bits")
+    elif isinstance(value, str):
+        if len(value) > MAX_ARGS_TEXT:
+            raise ValueError(f"{path!r} holds {len(value):,} characters; at most "
+                             f"{MAX_ARGS_TEXT} are accepted")
+    elif value is not None and not isinstance(value, bool):
+        raise ValueError(f"{path!r} is a {type(value).__name__}; give a number, string, "
+                         "boolean, null, list or mapping")
+
+
+def check_args(args: dict[str, Any]) -> dict[str, Any]:
+    """Builder or data-set keyword arguments: finite numbers, plain JSON-like values, small."""
+    _check_args_value(args, "", 1, [MAX_ARGS_ENTRIES])
+    return args
+
+
+# Field types that carry their checks, for every spec that has such a field.
+ModelName = Annotated[str, AfterValidator(check_model_name)]
+AliasName = Annotated[str, AfterValidator(check_alias)]
+RunName = Annotated[str, AfterValidator(check_run_name)]
+Opset = Annotated[int, AfterValidator(check_opset)]
+ImageSize = Annotated[int, Field(gt=0, le=MAX_IMAGE_SIZE)]
+Seed = Annotated[int, Field(ge=0, le=MAX_SEED)]
+KeywordArgs = Annotated[dict[str, Any], AfterValidator(check_args)]
+
+
+def number_kind(annotation: Any) -> str | None:
+    """'an integer' or 'a number' for an int or float field (Optional and Annotated too)."""
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin is Annotated:
+        return number_kind(args[0])
+    if origin in (typing.Union, types.UnionType):
+        kinds = {number_kind(arg) for arg in args} - {None}
+        return kinds.pop() if len(kinds) == 1 else None
+    return {int: "an integer", float: "a number"}.get(annotation)
