@@ -17,6 +17,7 @@ field, in this order:
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
@@ -33,11 +34,16 @@ SERVER_FIELDS = {"tracking_uri": ("jobs track to the server's MLflow", "tracking
                  "ray_address": ("jobs run on the server's Ray cluster", "ray_address")}
 
 # Path fields per kind -> the settings field holding their roots.
+STARTS = {"weights": "data_roots", "init_from": "storage_roots"}  # a file to start from
 PATH_FIELDS = {
-    "train": {"data_dir": "data_roots", "storage": "storage_roots"},
-    "sweep": {"data_dir": "data_roots", "storage": "storage_roots"},
+    "train": {"data_dir": "data_roots", "storage": "storage_roots", **STARTS},
+    "sweep": {"data_dir": "data_roots", "storage": "storage_roots", **STARTS},
     "export": {"checkpoint": "storage_roots", "output": "model_roots"},
 }
+# Values of those fields that name no file: a torchvision weights name (DEFAULT, IMAGENET1K_V1),
+# an MLflow run id or a registry URI (resolved through the server's own MLflow).
+NOT_A_PATH = {"weights": re.compile(r"[A-Z][A-Z0-9_]*"),
+              "init_from": re.compile(r"[0-9a-f]{32}|models:/[^/].*")}
 
 # Spec field -> the settings field bounding it from above.
 BOUNDS = {"workers": "max_workers", "gpus_per_worker": "max_gpus_per_worker",
@@ -72,6 +78,8 @@ def _check_paths(kind: str, spec: dict[str, Any], settings: JobsSettings) -> dic
     spec = dict(spec)
     for field, roots in PATH_FIELDS[kind].items():
         value = spec.get(field)
+        if field in NOT_A_PATH and isinstance(value, str) and NOT_A_PATH[field].fullmatch(value):
+            continue
         if isinstance(value, str):  # other types: the spec class names the error
             try:
                 spec[field] = check(field, value, getattr(settings, roots), env_name(roots))

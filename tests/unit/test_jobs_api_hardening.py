@@ -250,6 +250,10 @@ OUTSIDE = [
     ("export", "output", "/"),
     ("export", "output", "{runs}"),
     ("export", "output", "models"),
+    ("train", "weights", "/etc/passwd"),  # a state dict to start from: under the data roots
+    ("train", "weights", "{runs}/w.pth"),
+    ("train", "init_from", "/etc/x.ckpt"),  # a checkpoint to start from: under the storage roots
+    ("sweep", "init_from", "{data}/best.ckpt"),
 ]
 
 
@@ -263,7 +267,7 @@ def test_a_path_outside_the_roots_is_refused_naming_field_value_and_roots(rooted
     message = refused(rooted.post("/v1/jobs", json={"kind": kind, "spec": spec}), "path_not_allowed",
                       f"field {field!r}", repr(value), "allowed roots")
     allowed = {"data_dir": roots["data"], "storage": roots["runs"], "checkpoint": roots["runs"],
-               "output": roots["models"]}[field]
+               "output": roots["models"], "weights": roots["data"], "init_from": roots["runs"]}[field]
     assert allowed in message
     assert not fake.jobs
 
@@ -280,6 +284,11 @@ INSIDE = [
     ("export", "checkpoint", "s3://waldo/ray/job-1/best.ckpt", "s3://waldo/ray/job-1/best.ckpt"),
     ("export", "checkpoint", "{runs}/job-1/../job-2/best.ckpt", "{runs}/job-2/best.ckpt"),
     ("export", "output", "{models}/", "{models}"),
+    ("train", "weights", "{data}/w/resnet18.pth", "{data}/w/resnet18.pth"),
+    ("train", "weights", "IMAGENET1K_V1", "IMAGENET1K_V1"),  # a name, not a path
+    ("train", "init_from", "{runs}/job-1/best.ckpt", "{runs}/job-1/best.ckpt"),
+    ("train", "init_from", "0123456789abcdef0123456789abcdef", "0123456789abcdef0123456789abcdef"),
+    ("sweep", "init_from", "models:/cnn@production", "models:/cnn@production"),
 ]
 
 
