@@ -2,8 +2,9 @@
 
     python scripts/ask_service.py [--url http://127.0.0.1:8000] [--model cnn] [--count 5]
 
-The digits come from the test split of the embedded `digits` data (never seen in training),
-sent as base64 PNGs in one JSON request. Standard library only, apart from Waldo's data module.
+The digits come from the test split of the embedded `mnist-5k` data (real MNIST digits that
+training never sees), sent as base64 PNGs in one JSON request. Standard library only, apart
+from Waldo's data module.
 """
 
 from __future__ import annotations
@@ -42,9 +43,9 @@ def main() -> int:
 
     from PIL import Image
 
-    from training.data.digits import DigitsDataModule
+    from training.data.mnist5k import MNIST5kDataModule
 
-    dm = DigitsDataModule()
+    dm = MNIST5kDataModule()
     dm.setup("test")
     instances, truth = [], []
     for i in range(args.count):

@@ -8,9 +8,9 @@ PORT="${WALDO_PORT:-8000}"
 .venv/bin/python -m pip install -q --upgrade pip
 .venv/bin/python -m pip install -q -e '.[all]'
 
-# The main job: train the two-conv CNN on the embedded digits, tracked in ./mlflow.db, and
-# export the best checkpoint to ONNX in ./models/cnn/<version>/.
-.venv/bin/waldo train --model cnn --data digits --export
+# The main job: train the two-conv CNN on the embedded real MNIST digits (mnist-5k, offline),
+# tracked in ./mlflow.db, and export the best checkpoint to ONNX in ./models/cnn/<version>/.
+.venv/bin/waldo train --model cnn --data mnist-5k --export
 
 # Serve ./models and ask the service about digits it has never seen.
 .venv/bin/waldo serve --models ./models --port "$PORT" --log-level warning &

@@ -65,6 +65,10 @@ class ModelCard(BaseModel):
     metrics: dict[str, float] = Field(
         default_factory=dict, description="the run's test metrics and the export's own checks"
     )
+    weights: dict[str, str] | None = Field(
+        None, description="where training started: pretrained weights (weights.name, weights.url "
+        "or weights.path, weights.sha256) or an earlier run (init_from.run_id, "
+        "init_from.model_uri); absent for random initialization")
     opset: int | None = None
     precision: Literal["fp32", "fp16", "int8"] = Field(
         "fp32", description="weights and arithmetic in the file; inputs and outputs stay float32"

@@ -69,7 +69,7 @@ def tracked_cnn(trained_run, mlflow_server) -> TrainedRun:
 
 # The session's two served models: a digits classifier (97%+ test accuracy) and a localizer of
 # one digit on a 32x32 canvas.
-SERVED_CLASSIFIER = dict(model="cnn", epochs=8, experiment="serving-fixture")
+SERVED_CLASSIFIER = dict(model="cnn", data="digits", epochs=8, experiment="serving-fixture")
 SERVED_LOCALIZER = dict(task="localize", model="cnn", data="localization-digits", epochs=3,
                         data_args={"canvas_size": 32, "train_size": 1500, "eval_size": 200},
                         experiment="serving-fixture")

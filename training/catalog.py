@@ -27,6 +27,7 @@ DATASETS: dict[str, Task] = {
     "localization-digits": "localize",
     "localization-folder": "localize",
     "mnist": "classify",
+    "mnist-5k": "classify",
 }
 
 

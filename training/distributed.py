@@ -158,7 +158,14 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     from pytorch_lightning.loggers import MLFlowLogger
     from ray.train.lightning import RayLightningEnvironment, RayTrainReportCallback, prepare_trainer
 
-    from training.steps import build_trainer, log_pictures, prepare, standard_callbacks
+    from training.finetune import finetune_callbacks
+    from training.steps import (
+        build_trainer,
+        log_pictures,
+        prepare,
+        provenance_params,
+        standard_callbacks,
+    )
 
     spec = TrainSpec.model_validate(config["spec"])
     # Temporary files of this job (Lightning's, and the report callback's checkpoint folders)
@@ -169,12 +176,16 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     run = Run(MlflowClient(config["tracking_uri"]), config["run_id"], config["experiment_id"],
               config["tracking_uri"])
     dm, task = prepare(spec)
+    # The driver opened the run before any worker built the network: rank 0 logs where the
+    # network started (logging the same values again on a restarted worker is allowed).
+    if ray.train.get_context().get_world_rank() == 0 and provenance_params(task):
+        run.log_params(provenance_params(task))
     logger = MLFlowLogger(experiment_name=spec.experiment, tracking_uri=run.tracking_uri,
                           run_id=run.run_id)
     # The standard callbacks come first: their stop on a nan or inf loss must see an epoch
     # before the report callback checkpoints it.
     callbacks = [*standard_callbacks(spec, run, dm), _report_callback(),
-                 *config.get("callbacks", [])]
+                 *finetune_callbacks(spec), *config.get("callbacks", [])]
     with tempfile.TemporaryDirectory(prefix="waldo-") as root:
         trainer = build_trainer(
             spec, callbacks=callbacks, logger=logger, root=root,

@@ -23,3 +23,9 @@ def unknown_choice(kind: str, value: object, choices: Iterable[str]) -> WaldoErr
     return WaldoError(
         f"unknown {kind} {value!r}{did_you_mean}; valid {kind}s: {', '.join(choices)}"
     )
+
+
+def one_line(exc: BaseException, limit: int = 300) -> str:
+    """An exception's message on one line, cut at `limit` characters, for a WaldoError."""
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if len(text) <= limit else text[:limit] + "..."

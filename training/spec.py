@@ -137,8 +137,8 @@ class TrainSpec(_Spec):
         "tenth of the learning rate")
 
     # Data.
-    data: str = Field("digits", validate_default=True,  # it must fit `task`, default or not
-                      description="data set name")
+    data: str = Field("mnist-5k", validate_default=True,  # it must fit `task`, default or not
+                      description="data set name (default: 5,000 real MNIST digits, offline)")
     data_args: KeywordArgs = Field(
         default_factory=dict, description="data set options, e.g. empty_fraction=0.3"
     )

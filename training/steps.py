@@ -22,8 +22,9 @@ from torchvision.utils import save_image
 
 from training import storage, viz
 from training.callbacks import BoxPictures, SamplesPerRank, StopOnNonFinite
-from training.data import ImageDataModule, create_datamodule
+from training.data import ImageDataModule, create_datamodule, describe_data
 from training.errors import WaldoError
+from training.init_from import Start, starting_point
 from training.spec import TrainSpec
 from training.tasks import TASKS, BaseTask, ClassificationTask
 from training.tracking import Run, absolute_tracking_uri, start_run
@@ -70,11 +71,16 @@ def resolve_locations(spec: Any) -> Any:
     return spec.model_copy(update=update)
 
 
-def build_task(spec: TrainSpec, dm: ImageDataModule) -> BaseTask:
-    """The spec's task around the spec's network, shaped by the data (channels, classes, size)."""
+def build_task(spec: TrainSpec, dm: ImageDataModule, start: Start | None = None) -> BaseTask:
+    """The spec's task around the spec's network, shaped by the data (channels, classes, size),
+    starting from `start`'s weights when given (its provenance goes into the hyperparameters,
+    so the checkpoint and the exported ModelCard carry it)."""
     extra = {"loss_variant": spec.loss_variant, "box_loss": spec.box_loss} if spec.task == "localize" else {}
-    return TASKS[spec.task](
-        model_name=spec.model, model_args=dict(spec.model_args), num_classes=dm.num_classes,
+    if start is not None:
+        extra["provenance"] = dict(start.provenance)
+    task = TASKS[spec.task](
+        model_name=spec.model, model_args={**spec.model_args, **(start.model_args if start else {})},
+        num_classes=dm.num_classes,
         in_channels=dm.in_channels, image_size=dm.image_size, labels=dm.labels,
         mean=list(dm.mean), std=list(dm.std),
         optimizer=spec.optimizer, lr=spec.lr, weight_decay=spec.weight_decay,
@@ -82,6 +88,11 @@ def build_task(spec: TrainSpec, dm: ImageDataModule) -> BaseTask:
         lr_step_size=spec.lr_step_size, lr_gamma=spec.lr_gamma, channels_last=spec.channels_last,
         **extra,
     )
+    if start is not None:
+        start.load_into(task.net, task=spec.task, labels=dm.labels,
+                        source=f"--weights {spec.weights}" if spec.weights else
+                        f"--init-from {spec.init_from}")
+    return task
 
 
 def monitor_of(spec: TrainSpec) -> tuple[str, str]:
@@ -124,9 +135,16 @@ def standard_callbacks(spec: TrainSpec, run: Run, dm: ImageDataModule) -> list[C
             if dm.skipped_images:
                 run.log_text("\n".join(dm.skipped_images) + "\n", "skipped_images.txt")
 
+    def log_data(trainer: pl.Trainer, module: pl.LightningModule) -> None:
+        # What went in, as the run's MLflow dataset input: source, digest, split sizes.
+        log_skipped(trainer, module)
+        if trainer.is_global_zero:
+            facts = describe_data(dm)
+            run.log_dataset(facts.name, source=facts.source, digest=facts.digest, sizes=facts.sizes)
+
     # First: a nan or inf loss stops the run before a checkpoint callback saves its weights.
     callbacks: list[Callback] = [StopOnNonFinite(advice=f"lower --lr (it was {spec.lr:g})"),
-                                 SamplesPerRank(), LambdaCallback(on_fit_start=log_skipped)]
+                                 SamplesPerRank(), LambdaCallback(on_fit_start=log_data)]
     if spec.early_stopping_patience:
         callbacks.append(EarlyStopping(monitor=monitor, mode=mode,
                                        patience=spec.early_stopping_patience))
@@ -142,7 +160,14 @@ def prepare(spec: TrainSpec) -> tuple[ImageDataModule, BaseTask]:
     pl.seed_everything(spec.seed, workers=True, verbose=False)
     dm = create_datamodule(spec.data_spec())
     dm.setup("fit")  # the network's shape depends on the data: channels, classes, size
-    return dm, build_task(spec, dm)
+    start = starting_point(spec, in_channels=dm.in_channels)
+    if start is not None and start.mean is not None:
+        # The one place the data's normalization is overridden: the start's (the weights'
+        # ImageNet statistics, or the source run's) feeds the batch transform, and through
+        # `build_task` the hyperparameters, from which export writes the ModelCard.
+        dm.mean, dm.std = start.mean, start.std
+        dm._batch_transform = None  # rebuilt from the new statistics on the next batch
+    return dm, build_task(spec, dm, start)
 
 
 def default_run_name(spec: TrainSpec) -> str:
@@ -152,17 +177,25 @@ def default_run_name(spec: TrainSpec) -> str:
 
 @contextmanager
 def open_run(spec: TrainSpec, name: str, *, parent_run_id: str | None = None,
-             run_id: str | None = None, tags: dict[str, Any] | None = None) -> Iterator[Run]:
-    """The job's MLflow run, tagged with what it trains; a new run logs the spec as params and
-    `spec.yaml`, a reopened one (`run_id`, a resumed job) keeps what it has."""
+             run_id: str | None = None, tags: dict[str, Any] | None = None,
+             params: dict[str, str] | None = None) -> Iterator[Run]:
+    """The job's MLflow run, tagged with what it trains; a new run logs the spec and `params`
+    (e.g. `provenance_params(task)`) as params and `spec.yaml`, a reopened one (`run_id`, a
+    resumed job) keeps what it has."""
     all_tags = {"waldo.task": spec.task, "waldo.model": spec.model, "waldo.data": spec.data,
                 **(tags or {})}
     with start_run(spec.experiment, run_name=name, tracking_uri=spec.tracking_uri,
                    parent_run_id=parent_run_id, tags=all_tags, run_id=run_id) as run:
         if run_id is None:
-            run.log_params(spec.to_params())
+            run.log_params({**spec.to_params(), **(params or {})})
             run.log_text(spec.to_yaml(), "spec.yaml")
         yield run
+
+
+def provenance_params(task: BaseTask) -> dict[str, str]:
+    """Where the task's network started, as run params: weights.name/url/path/sha256 or
+    init_from.run_id/model_uri/checkpoint; empty for random weights."""
+    return dict(task.hparams.get("provenance") or {})
 
 
 def log_pictures(run: Run, task: BaseTask, dm: ImageDataModule) -> None:
@@ -182,5 +215,5 @@ def log_pictures(run: Run, task: BaseTask, dm: ImageDataModule) -> None:
 
 
 __all__ = ["BoxPictures", "SamplesPerRank", "TrainResult", "build_task", "build_trainer",
-           "default_run_name", "log_pictures", "monitor_of", "open_run", "prepare",
+           "default_run_name", "log_pictures", "monitor_of", "open_run", "prepare", "provenance_params",
            "resolve_locations", "standard_callbacks"]

@@ -14,6 +14,7 @@ Export reads that record; it never re-derives paths or guesses among artifact na
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -94,6 +95,28 @@ def best_checkpoint_record(tags: dict[str, str]) -> tuple[str | None, str | None
     return tags.get(BEST_CHECKPOINT_TAG), tags.get(BEST_ARTIFACT_TAG)
 
 
+def fetch_best_checkpoint(tags: dict[str, str], into: str | Path,
+                          download_artifact: Callable[[str], str]) -> Path:
+    """A local copy of a run's best checkpoint (from its tags): the recorded storage location,
+    else the recorded artifact (`download_artifact(artifact_path)` -> local path). LookupError
+    when the run records neither (an empty message) or neither can be read (what was tried)."""
+    location, artifact = best_checkpoint_record(tags)
+    problems = []
+    if location is not None:
+        try:
+            return fetch(location, into)
+        except FileNotFoundError:
+            problems.append(f"{location} does not exist")
+        except Exception as exc:  # unreachable bucket, no credentials, unknown scheme
+            problems.append(f"{location}: {' '.join(str(exc).split())[:300]}")
+    if artifact is not None:
+        try:
+            return Path(download_artifact(artifact))
+        except Exception as exc:
+            problems.append(f"artifact {artifact!r}: {' '.join(str(exc).split())[:300]}")
+    raise LookupError("; ".join(problems))
+
+
 __all__ = ["BEST_ARTIFACT_TAG", "BEST_CHECKPOINT_TAG", "DEFAULT_STORAGE", "best_checkpoint_record",
-           "fetch", "filesystem", "is_remote", "join", "record_best_checkpoint", "storage_root",
-           "with_scheme"]
+           "fetch", "fetch_best_checkpoint", "filesystem", "is_remote", "join",
+           "record_best_checkpoint", "storage_root", "with_scheme"]

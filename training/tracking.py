@@ -6,6 +6,8 @@ Runs are created with `MlflowClient` (no fluent global state), so nested runs, L
 
 from __future__ import annotations
 
+import json
+import logging
 import os
 import signal
 import tempfile
@@ -82,6 +84,20 @@ class Run:
             write(path)
             self.log_artifact(path, artifact_path)
 
+    def log_dataset(self, name: str, *, source: str, digest: str, sizes: dict[str, int],
+                    context: str = "training") -> None:
+        """Record the data set this run trained on as an MLflow dataset input (the run page's
+        "Datasets used"): where it came from, a digest of its contents and the size of each
+        split (the dataset's profile, and tags `data.<split>_size` for searching runs)."""
+        from mlflow.entities import Dataset, DatasetInput, InputTag
+
+        dataset = Dataset(name=name, digest=digest, source_type=source_type(source),
+                          source=json.dumps({"uri": source}),
+                          profile=json.dumps({f"{k}_size": v for k, v in sizes.items()}))
+        tags = [InputTag(key="mlflow.data.context", value=context)]
+        self.client.log_inputs(self.run_id, datasets=[DatasetInput(dataset, tags=tags)])
+        self.set_tags({f"data.{k}_size": v for k, v in sizes.items()})
+
     def metric_history(self, key: str) -> list[float]:
         """Values of `key` in the order they were logged (one per epoch for epoch metrics)."""
         history = self.client.get_metric_history(self.run_id, key)
@@ -95,6 +111,64 @@ class Run:
             return f"{self.tracking_uri.rstrip('/')}/{fragment}"
         return (f"mlflow ui --backend-store-uri {self.tracking_uri}  "
                 f"then open http://127.0.0.1:5000/{fragment}")
+
+
+def source_type(source: str) -> str:
+    """MLflow's name for the kind of a dataset source: a folder or file, a URL, or code (a
+    data set that ships inside a Python package)."""
+    if "://" in source:
+        return source.split("://", 1)[0]
+    return "local" if source.startswith("/") else "code"
+
+
+# System metrics (`system/cpu_utilization_percentage`, memory, disk, network, GPU where there
+# is one) are sampled every this many seconds while a run is open; MLflow's
+# MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL overrides it, and
+# MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING=false turns them off.
+SYSTEM_METRICS_INTERVAL_S = 10.0
+_MONITOR_STOP_TIMEOUT_S = 10.0  # a stuck tracking server must not hold the run open for ever
+
+
+class _SystemMetrics:
+    """MLflow's SystemMetricsMonitor for one run, made harmless: it never raises, stopping it
+    waits at most _MONITOR_STOP_TIMEOUT_S, and a run shorter than one interval still gets one
+    sample (MLflow's monitor logs only after a full interval, so a 5 s run would have none)."""
+
+    def __init__(self, run_id: str, tracking_uri: str):
+        self.monitor = None
+        if os.environ.get("MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING", "").lower() in ("false", "0"):
+            return
+        try:  # needs psutil; without it the run goes on without system metrics
+            from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+            # its "Started/Stopping monitoring" lines on every run are noise in the CLI
+            logging.getLogger("mlflow.system_metrics").setLevel(logging.WARNING)
+            self.monitor = SystemMetricsMonitor(
+                run_id, sampling_interval=SYSTEM_METRICS_INTERVAL_S, tracking_uri=tracking_uri)
+            self.monitor.start()
+        except Exception as exc:
+            logging.getLogger(__name__).warning("no system metrics for run %s: %s", run_id, exc)
+            self.monitor = None
+
+    def stop(self) -> None:
+        monitor = self.monitor
+        if monitor is None:
+            return
+        self.monitor = None
+
+        def finish() -> None:
+            try:
+                monitor.finish()
+                if monitor._logging_step == 0:  # not one full interval: log one sample now
+                    monitor.collect_metrics()
+                    monitor.publish_metrics(monitor.aggregate_metrics())
+                    monitor.mlflow_logger.flush()
+            except Exception as exc:
+                logging.getLogger(__name__).warning("system metrics not logged: %s", exc)
+
+        thread = threading.Thread(target=finish, name="waldo-system-metrics-stop", daemon=True)
+        thread.start()
+        thread.join(_MONITOR_STOP_TIMEOUT_S)
 
 
 # A process that SIGTERM stopped exits with this status, as one the signal had ended.
@@ -186,11 +260,13 @@ def start_run(
     parent_run_id: str | None = None,
     tags: dict[str, Any] | None = None,
     run_id: str | None = None,
+    system_metrics: bool = True,
 ) -> Iterator[Run]:
     """Open a run (nested under `parent_run_id` if given), or reopen `run_id`, and close it
     with the right status: FINISHED; KILLED when the process is stopped (Ctrl-C, SIGTERM, or
     any `SystemExit`: Lightning turns Ctrl-C during `fit` into `sys.exit(1)`, and SIGTERM
-    into its SIGTERMException); FAILED on any other exception. No run is left RUNNING."""
+    into its SIGTERMException); FAILED on any other exception. No run is left RUNNING.
+    While it is open, `system_metrics` samples CPU, memory and GPU use (`_SystemMetrics`)."""
     uri = resolve_tracking_uri(tracking_uri)
     client = MlflowClient(tracking_uri=uri)
     try:
@@ -202,6 +278,7 @@ def start_run(
         all_tags[MLFLOW_PARENT_RUN_ID] = parent_run_id
     with _sigterm_as_exit() as sigterm:
         run: Run | None = None
+        monitor: _SystemMetrics | None = None
         try:
             with sigterm.held():  # a SIGTERM now raises when the run exists, inside this try
                 if run_id is not None:
@@ -212,16 +289,25 @@ def start_run(
                     run_id = client.create_run(experiment_id, run_name=run_name,
                                                tags=all_tags).info.run_id
                 run = Run(client, run_id, experiment_id, uri)
+                monitor = _SystemMetrics(run_id, uri) if system_metrics else None
             yield run
         except (KeyboardInterrupt, SystemExit):
             if run is not None:
                 with sigterm.held():
+                    _stop(monitor)
                     _end_run(client, run.run_id, RunStatus.KILLED)
             raise
         except BaseException:
             if run is not None:
                 with sigterm.held():
+                    _stop(monitor)
                     _end_run(client, run.run_id, RunStatus.FAILED)
             raise
         with sigterm.held():
+            _stop(monitor)
             client.set_terminated(run.run_id, RunStatus.to_string(RunStatus.FINISHED))
+
+
+def _stop(monitor: _SystemMetrics | None) -> None:
+    if monitor is not None:
+        monitor.stop()

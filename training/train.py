@@ -15,6 +15,7 @@ from pytorch_lightning.loggers import MLFlowLogger
 
 from training import storage
 from training.errors import WaldoError
+from training.finetune import finetune_callbacks
 from training.models import get_model_info
 from training.spec import TrainSpec
 from training.steps import (
@@ -25,6 +26,7 @@ from training.steps import (
     monitor_of,
     open_run,
     prepare,
+    provenance_params,
     resolve_locations,
     standard_callbacks,
 )
@@ -53,7 +55,8 @@ def train(
     monitor, mode = monitor_of(spec)
     root = spec.storage
     dm, task = prepare(spec)
-    with open_run(spec, name, parent_run_id=parent_run_id) as run:
+    with open_run(spec, name, parent_run_id=parent_run_id,
+                  params=provenance_params(task)) as run:
         run_dir = storage.join(root, run.run_id)
         run.set_tags({"waldo.storage_path": run_dir})
         # Lightning writes through fsspec, so a dirpath in a bucket works like a folder.
@@ -62,7 +65,8 @@ def train(
         logger = MLFlowLogger(experiment_name=spec.experiment, tracking_uri=run.tracking_uri,
                               run_id=run.run_id)
         trainer = build_trainer(spec, callbacks=[checkpoint, *callbacks,
-                                                 *standard_callbacks(spec, run, dm)],
+                                                 *standard_callbacks(spec, run, dm),
+                                                 *finetune_callbacks(spec)],
                                 logger=logger, root=run_dir)
         trainer.fit(task, datamodule=dm)
         trainer.test(task, datamodule=dm, ckpt_path="best", verbose=False)

@@ -39,7 +39,7 @@ warnings.filterwarnings("ignore", ".*does not have many workers.*")
 
 # The two networks of this file: trained on digits for 10 epochs, so that int8 is judged on
 # networks that learned (val_acc > 0.9).
-DIGITS = {m: dict(model=m, epochs=10) for m in ("cnn", "lenet5")}
+DIGITS = {m: dict(model=m, data="digits", epochs=10) for m in ("cnn", "lenet5")}
 
 
 @pytest.fixture

@@ -13,7 +13,7 @@ from support import REPO_ROOT, clean_env
 
 from training.spec import JOB_ENV, JOB_RESULT_PREFIX
 
-JOB = {"kind": "train", "spec": {"model": "cnn", "epochs": 1, "progress_bar": False,
+JOB = {"kind": "train", "spec": {"model": "cnn", "data": "digits", "epochs": 1, "progress_bar": False,
                                  "export": True, "publish": True, "alias": "production"}}
 
 

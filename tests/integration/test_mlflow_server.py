@@ -97,7 +97,7 @@ def test_spec_artifact_parses_into_the_same_spec(mlflow_server, tracked_cnn, tmp
 
 def test_compare_nests_runs_under_a_parent(mlflow_server, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    spec = TrainSpec(epochs=2, batch_size=256, tracking_uri=mlflow_server,
+    spec = TrainSpec(data="digits", epochs=2, batch_size=256, tracking_uri=mlflow_server,
                      experiment="it-compare", progress_bar=False)
     parent_id, results = compare(["mlp", "cnn"], spec)
     assert set(results) == {"mlp", "cnn"}

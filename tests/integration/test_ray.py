@@ -194,7 +194,7 @@ def test_sweep_with_default_paths_keeps_its_trials(local_ray, in_tmp):
     not in Ray's per-trial working folders."""
     from training.sweep import sweep
 
-    spec = SweepSpec(model="cnn", epochs=1, trials=2, scheduler="none",
+    spec = SweepSpec(model="cnn", data="digits", epochs=1, trials=2, scheduler="none",
                      search={"lr": "loguniform(1e-3,1e-1)"}, progress_bar=False)
     result = sweep(spec)
     client = MlflowClient(f"sqlite:///{in_tmp / 'mlflow.db'}")

@@ -21,7 +21,7 @@ def two_node_cluster(tmp_path):
 
 
 def test_two_nodes_get_one_worker_each(two_node_cluster, tmp_path, mlflow_server, waldo):
-    out = waldo.run("train", "--model", "cnn", "--epochs", "2", "--workers", "2",
+    out = waldo.run("train", "--model", "cnn", "--data", "digits", "--epochs", "2", "--workers", "2",
                     "--ray-address", two_node_cluster.address, "--tracking-uri", mlflow_server,
                     "--experiment", "two-nodes", "--run-name", "two-nodes", "--no-progress-bar",
                     cwd=tmp_path, env=two_node_cluster.env, timeout=600)

@@ -68,7 +68,7 @@ print(json.dumps({
 def trained(trained_run, mlflow_server) -> TrainedRun:
     """`waldo train --model cnn --epochs 3 --publish --alias production`: train, then export
     the run's best checkpoint and register it."""
-    return trained_run(model="cnn", epochs=3, tracking_uri=mlflow_server,
+    return trained_run(model="cnn", data="digits", epochs=3, tracking_uri=mlflow_server,
                        experiment="it-registry", publish=True, alias=ALIAS)
 
 

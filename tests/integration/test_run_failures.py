@@ -48,7 +48,7 @@ def finite_checkpoints(folder: Path) -> bool:
 def test_a_diverging_run_stops_at_once_fails_and_keeps_no_broken_weights(tmp_path, waldo):
     uri, client = store(tmp_path)
     # Adam moves every weight by about lr on the first step: 1e30 overflows float32 at step 1.
-    proc = waldo.run("train", "--lr", "1e30", "--epochs", "3", "--no-progress-bar",
+    proc = waldo.run("train", "--data", "digits", "--lr", "1e30", "--epochs", "3", "--no-progress-bar",
                      "--tracking-uri", uri, cwd=tmp_path)
     assert "Traceback" not in proc.stderr, proc.stderr
     errors = [line for line in proc.stderr.splitlines() if "error" in line]
@@ -94,7 +94,7 @@ def test_sigterm_and_ctrl_c_end_the_run_killed(tmp_path, waldo):
             folder = tmp_path / name
             folder.mkdir()
             uri, clients[name] = store(folder)
-            procs[name] = waldo.start("train", "--epochs", "200", "--no-progress-bar",
+            procs[name] = waldo.start("train", "--data", "digits", "--epochs", "200", "--no-progress-bar",
                                       "--tracking-uri", uri, cwd=folder)
         for name, proc in procs.items():
             runs_folder = tmp_path / name / "waldo_runs"

@@ -53,7 +53,7 @@ def test_in_process_run_checkpoints_into_the_bucket_and_exports_from_it(s3, in_t
     from training.pipeline import run
     from training.spec import TrainSpec
 
-    result = run(TrainSpec(model="cnn", epochs=2, progress_bar=False, storage=f"s3://{BUCKET}/runs",
+    result = run(TrainSpec(model="cnn", data="digits", epochs=2, progress_bar=False, storage=f"s3://{BUCKET}/runs",
                            experiment="s3-storage", export=True))
     keys = {o["Key"] for o in s3.list_objects_v2(Bucket=BUCKET).get("Contents", [])}
     prefix = f"runs/{result.run_id}/checkpoints"

@@ -24,7 +24,7 @@ def write_yaml(tmp_path, data: dict | str, name: str = "spec.yaml"):
 
 def test_defaults():
     spec = TrainSpec()
-    assert (spec.task, spec.model, spec.data) == ("classify", "cnn", "digits")
+    assert (spec.task, spec.model, spec.data) == ("classify", "cnn", "mnist-5k")
     assert (spec.epochs, spec.lr, spec.batch_size, spec.optimizer) == (30, 3e-3, 32, "adam")
     assert (spec.lr_schedule, spec.precision, spec.accelerator) == ("cosine", "32", "auto")
     assert spec.model_args == {} and spec.image_size is None and spec.data_dir is None

@@ -200,7 +200,7 @@ def test_unknown_data_names_the_valid_ones():
 
 
 @pytest.mark.parametrize("fields,named", [
-    ({"task": "localize"}, ["'digits'", "'classify'", "localization-digits"]),  # the default data
+    ({"task": "localize"}, ["'mnist-5k'", "'classify'", "localization-digits"]),  # the default data
     ({"task": "classify", "data": "localization-digits"}, ["'localize'", "cifar10"]),
 ])
 def test_data_must_fit_the_task(fields, named):

@@ -5,6 +5,8 @@ from __future__ import annotations
 import inspect
 
 from training.data.base import ImageDataModule
+from training.data.provenance import DataFacts
+from training.data.provenance import describe as describe_data
 from training.errors import WaldoError, unknown_choice
 from training.spec import DataSpec
 
@@ -16,14 +18,16 @@ def _registry() -> dict[str, type[ImageDataModule]]:
         LocalizationDigitsDataModule,
         LocalizationFolderDataModule,
     )
+    from training.data.mnist5k import MNIST5kDataModule
     from training.data.torchvision_sets import (
         CIFAR10DataModule,
         FashionMNISTDataModule,
         MNISTDataModule,
     )
 
-    modules = [DigitsDataModule, MNISTDataModule, FashionMNISTDataModule, CIFAR10DataModule,
-               FolderDataModule, LocalizationDigitsDataModule, LocalizationFolderDataModule]
+    modules = [MNIST5kDataModule, DigitsDataModule, MNISTDataModule, FashionMNISTDataModule,
+               CIFAR10DataModule, FolderDataModule, LocalizationDigitsDataModule,
+               LocalizationFolderDataModule]
     return {m.name: m for m in modules}
 
 
@@ -58,4 +62,4 @@ def create_datamodule(data: DataSpec) -> ImageDataModule:
     )
 
 
-__all__ = ["ImageDataModule", "create_datamodule", "list_datasets"]
+__all__ = ["DataFacts", "ImageDataModule", "create_datamodule", "describe_data", "list_datasets"]

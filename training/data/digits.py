@@ -34,10 +34,12 @@ def digits_as_mnist() -> tuple[torch.Tensor, torch.Tensor]:
     return images, torch.from_numpy(bunch.target).long()
 
 
-def split_indices(targets: torch.Tensor, val_fraction: float):
-    """Fixed stratified (train, val, test) index split: 20% test, then `val_fraction` of the rest."""
+def split_indices(targets: torch.Tensor, val_fraction: float, test_size: float | int = 0.2):
+    """Fixed stratified (train, val, test) index split: `test_size` for test (a share, or a
+    count), then `val_fraction` of the rest. The test part does not depend on `val_fraction`."""
     index = torch.arange(len(targets))
-    rest, test = train_test_split(index, test_size=0.2, stratify=targets, random_state=SPLIT_SEED)
+    rest, test = train_test_split(index, test_size=test_size, stratify=targets,
+                                  random_state=SPLIT_SEED)
     train, val = train_test_split(
         rest, test_size=val_fraction, stratify=targets[rest], random_state=SPLIT_SEED
     )
@@ -46,6 +48,7 @@ def split_indices(targets: torch.Tensor, val_fraction: float):
 
 class DigitsDataModule(ImageDataModule):
     name = "digits"
+    source = "sklearn.datasets.load_digits"  # where the data came from, for the MLflow run
     native_size = 28
     in_channels = 1
 

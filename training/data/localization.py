@@ -15,14 +15,14 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from sklearn.datasets import load_digits
 from torch.utils.data import Dataset
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 
 from training.data.base import SPLIT_SEED, ImageDataModule, channel_stats
-from training.data.digits import split_indices
 from training.data.images import check_images, load_image, skip_unreadable
+from training.data.mnist5k import SOURCE as MNIST5K_SOURCE
+from training.data.mnist5k import mnist5k, mnist5k_split
 from training.errors import WaldoError
 
 # raw item: (uint8 image (C, H, W), box (x, y, w, h) in pixels or None, class index or -1)
@@ -78,11 +78,13 @@ def render_canvases(
     strokes (NaN when empty) and labels (N,) (-1 when empty).
     """
     canvases = np.zeros((count, size, size), dtype=np.float32)
+    a = digits.shape[-1] // 4  # clutter comes from near the middle of a digit, where strokes are
+    b = a + max(3, 3 * digits.shape[-1] // 8)
     boxes = np.full((count, 4), np.nan, dtype=np.float32)
     out_labels = np.full(count, -1, dtype=np.int64)
     for i in range(count):
         for _ in range(clutter):  # small fragments of other digits, never a whole one
-            frag = digits[rng.integers(len(digits))][2:5, 2:5]
+            frag = digits[rng.integers(len(digits))][a:b, a:b]
             side = int(rng.integers(3, max(4, size // 10)))
             patch = _resize(frag, side) * rng.uniform(0.3, 0.8)
             y0, x0 = rng.integers(0, size - side + 1, size=2)
@@ -110,16 +112,18 @@ def _resize(image: np.ndarray, side: int) -> np.ndarray:
 
 
 class LocalizationDigitsDataModule(ImageDataModule):
-    """`localization-digits`: one real digit (or nothing) per canvas, from scikit-learn's digits.
+    """`localization-digits`: one real MNIST digit (or nothing) per canvas, from `mnist-5k`.
 
-    Train, val and test canvases are drawn from disjoint digits (the `digits` split), so no
-    digit is seen in training and then tested. Positions and scales are already random, so
-    the box-moving augmentation is off by default here (`augment=true` turns it on; it costs
-    about 4 ms an image on CPU, more than the small networks' own step).
+    Train, val and test canvases are drawn from disjoint digits (`mnist-5k`'s fixed split: test
+    canvases only from its 1,000 test digits), so no digit is seen in training and then tested.
+    Positions and scales are already random, so the box-moving augmentation is off by default
+    here (`augment=true` turns it on; it costs about 4 ms an image on CPU, more than the small
+    networks' own step).
     """
 
     name = "localization-digits"
     task = "localize"
+    source = MNIST5K_SOURCE  # where the digits came from, for the MLflow run
     in_channels = 1
 
     def __init__(self, *, canvas_size: int = 64, empty_fraction: float = 0.2, noise: float = 0.0,
@@ -140,16 +144,16 @@ class LocalizationDigitsDataModule(ImageDataModule):
         self.seed, self.augment = seed, augment
 
     def load(self):
-        bunch = load_digits()
-        digits = bunch.images.astype(np.float32) / 16.0  # (1797, 8, 8) in [0, 1]
-        targets = torch.from_numpy(bunch.target).long()
-        splits = dict(zip(["train", "val", "test"], split_indices(targets, self.val_fraction)))
+        images, targets = mnist5k()
+        digits = images[:, 0].numpy().astype(np.float32) / 255.0  # (5000, 28, 28) in [0, 1]
+        classes = targets.numpy()
+        splits = dict(zip(["train", "val", "test"], mnist5k_split(self.val_fraction)))
         self.labels = [str(d) for d in range(10)]
         out = {}
         for offset, (split, index) in enumerate(splits.items()):
             rng = np.random.default_rng([self.seed, offset])
             images, boxes, labels = render_canvases(
-                digits[index.numpy()], bunch.target[index.numpy()], self.sizes[split],
+                digits[index.numpy()], classes[index.numpy()], self.sizes[split],
                 self.native_size, rng=rng, **self.options)
             if split == "train":
                 self.mean, self.std = channel_stats(images)

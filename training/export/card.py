@@ -57,6 +57,7 @@ def build_card(record: CheckpointRecord, *, name: str | None = None, version: in
                opset: int | None = None, precision: str = "fp32") -> ModelCard:
     """The card of version `version` of the checkpoint described by `record`.
 
+    `weights` is the provenance the task saved (where its network started).
     Labels, mean and std come from the task's hyperparameters, else from the data module's
     saved state, else are the identity (class indices, mean 0, std 1).
     """
@@ -76,6 +77,7 @@ def build_card(record: CheckpointRecord, *, name: str | None = None, version: in
         ),
         outputs=card_outputs(record.task),
         source_run=source_run,
+        weights=dict(h.get("provenance") or {}) or None,
         metrics=dict(metrics or {}),
         opset=opset,
         precision=precision,

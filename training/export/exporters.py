@@ -22,7 +22,7 @@ import onnx
 import torch
 from torch import nn
 
-from training.errors import WaldoError
+from training.errors import WaldoError, one_line
 from training.spec import DEFAULT_OPSET
 
 TORCHSCRIPT_MAX_OPSET = 20
@@ -115,9 +115,3 @@ def quiet_loggers(*loggers: str) -> Iterator[None]:
     finally:
         for logger, level in saved:
             logger.setLevel(level)
-
-
-def one_line(exc: BaseException, limit: int = 300) -> str:
-    """An exception's message on one line, cut at `limit` characters, for a WaldoError."""
-    text = " ".join(str(exc).split()) or type(exc).__name__
-    return text if len(text) <= limit else text[:limit] + "..."

@@ -14,8 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from training import storage
-from training.errors import WaldoError
-from training.export.exporters import one_line
+from training.errors import WaldoError, one_line
 from training.spec import ExportSpec, TrainSpec, build_spec
 from training.tasks import BaseTask, load_task_file
 
@@ -114,27 +113,17 @@ class RunSource:
     def checkpoint(self, downloads: Path) -> Path:
         """A local path to the run's best checkpoint: the recorded storage location, else the
         recorded artifact."""
-        location, artifact = storage.best_checkpoint_record(self.run.data.tags)
-        if location is None and artifact is None:
-            raise WaldoError(
-                f"run {self.run_id} has no checkpoint to export: it records no best checkpoint "
-                f"(neither tag {storage.BEST_CHECKPOINT_TAG} nor "
-                f"{storage.BEST_ARTIFACT_TAG}; runs record them when training finishes)")
-        problems = []
-        if location is not None:
-            try:
-                return storage.fetch(location, downloads)
-            except FileNotFoundError:
-                problems.append(f"{location} does not exist")
-            except Exception as exc:  # unreachable bucket, no credentials, unknown scheme
-                problems.append(f"{location}: {one_line(exc)}")
-        if artifact is not None:
-            try:
-                return Path(self.client.download_artifacts(self.run_id, artifact, str(downloads)))
-            except Exception as exc:
-                problems.append(f"artifact {artifact!r}: {one_line(exc)}")
-        raise WaldoError(f"cannot read the best checkpoint of run {self.run_id}: "
-                         + "; ".join(problems))
+        try:
+            return storage.fetch_best_checkpoint(
+                self.run.data.tags, downloads,
+                lambda artifact: self.client.download_artifacts(self.run_id, artifact, str(downloads)))
+        except LookupError as exc:
+            if not str(exc):
+                raise WaldoError(
+                    f"run {self.run_id} has no checkpoint to export: it records no best checkpoint "
+                    f"(neither tag {storage.BEST_CHECKPOINT_TAG} nor "
+                    f"{storage.BEST_ARTIFACT_TAG}; runs record them when training finishes)") from None
+            raise WaldoError(f"cannot read the best checkpoint of run {self.run_id}: {exc}") from None
 
     def train_spec(self, downloads: Path) -> TrainSpec | None:
         """The run's spec.yaml as a TrainSpec; None when it has none or an unreadable one."""

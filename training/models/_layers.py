@@ -41,6 +41,22 @@ def global_pool(x: torch.Tensor) -> torch.Tensor:
     return torch.flatten(F.adaptive_avg_pool2d(x, 1), 1) if x.ndim == 4 else x
 
 
+def head_modules(net: nn.Module) -> list[nn.Module]:
+    """The network's head: the modules its `head_names()` names (the class-mapping layers of
+    a classifier, the localization head of a Localizer); everything else is the backbone."""
+    return [net.get_submodule(name) for name in net.head_names()]
+
+
+def backbone_modules(net: nn.Module) -> list[nn.Module]:
+    """The backbone's layers that hold weights or statistics (convs, BatchNorms, dense
+    layers): every such module outside the head, for freezing and for loading weights."""
+    in_head = {id(m) for head in head_modules(net) for m in head.modules()}
+    return [m for m in net.modules()
+            if id(m) not in in_head
+            and (next(m.parameters(recurse=False), None) is not None
+                 or isinstance(m, nn.modules.batchnorm._BatchNorm))]
+
+
 def materialize(module: nn.Module) -> nn.Module:
     """Allocate a meta-device module on the current default device with PyTorch's default init.
 
@@ -98,3 +114,7 @@ class DenseClassifierHead:
             self.init_last(last)
             self.classifier[-1] = placed_like(last, self)
         self.num_classes = num_classes
+
+    def head_names(self) -> list[str]:
+        """The layer that maps features to classes (re-created by `reset_classifier`)."""
+        return [] if self.classifier is None else [f"classifier.{len(self.classifier) - 1}"]

@@ -53,6 +53,10 @@ class Localizer(nn.Module):
         raw = self.head(self.pool(self.backbone.forward_features(x)))  # (B, 5 + K)
         return torch.cat([raw[:, :5].sigmoid(), raw[:, 5:].softmax(dim=1)], dim=1)
 
+    def head_names(self) -> list[str]:
+        """Everything after the backbone's features is the head."""
+        return ["head"]
+
     def _drop_old_classifier(self, module, state_dict, prefix, *args) -> None:
         """Checkpoints written before heads moved here hold the backbone's unused 1-way
         classifier; it was never used, so its weights are skipped rather than refused."""

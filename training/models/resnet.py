@@ -45,6 +45,9 @@ class ResNet(_TVResNet):
         self.fc = placed_like(nn.Linear(self.num_features, num_classes), self) if num_classes else None
         self.num_classes = num_classes
 
+    def head_names(self) -> list[str]:
+        return [] if self.fc is None else ["fc"]
+
 
 @register_model("resnet18")
 def resnet18(*, num_classes: int = 1000, in_channels: int = 3) -> ResNet:

@@ -58,6 +58,12 @@ class SequentialClassifier(nn.Module):
             self.head = placed_like(nn.Linear(self.head.in_features, num_classes), self)
         self.num_classes = num_classes
 
+    def head_names(self) -> list[str]:
+        """The last Linear (the hidden dense layers of lenet5 belong to the backbone)."""
+        if self.head is None:
+            return []
+        return [f"head.{len(self.head) - 1}"] if isinstance(self.head, nn.Sequential) else ["head"]
+
 
 def _dense(in_features: int, num_classes: int) -> nn.Sequential:
     return nn.Sequential(nn.Flatten(), nn.Linear(in_features, num_classes))

@@ -43,8 +43,11 @@ class BaseTask(pl.LightningModule):
         lr_step_size: int = 10,
         lr_gamma: float = 0.1,
         channels_last: bool = False,
+        provenance: dict[str, str] | None = None,
     ):
         super().__init__()
+        # `provenance`: where the network's first weights came from (pretrained weights or an
+        # earlier run, see `training.init_from`); export copies it into the ModelCard.
         # Collects the subclass's arguments too. The spec is logged as the run's params, so
         # these are only for rebuilding from a checkpoint, not for the logger.
         self.save_hyperparameters(ignore=["net"], logger=False)
@@ -59,8 +62,10 @@ class BaseTask(pl.LightningModule):
 
     def configure_optimizers(self):
         h = self.hparams
+        # Frozen parameters (`training.finetune`) stay out; unfreezing adds them as a group.
         return build_optimizers(
-            self.parameters(), optimizer=h.optimizer, lr=h.lr, weight_decay=h.weight_decay,
+            [p for p in self.parameters() if p.requires_grad], optimizer=h.optimizer, lr=h.lr,
+            weight_decay=h.weight_decay,
             momentum=h.momentum, lr_schedule=h.lr_schedule, epochs=h.epochs,
             lr_step_size=h.lr_step_size, lr_gamma=h.lr_gamma,
         )
