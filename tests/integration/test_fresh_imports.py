@@ -12,7 +12,7 @@ from support import REPO_ROOT
 pytestmark = pytest.mark.slow  # starts processes
 
 HEAVY = {"torch", "torchvision", "pytorch_lightning", "lightning", "mlflow", "ray"}
-NOT_FAMILIES = {"heads"}  # training.models modules that hold no model family
+NOT_FAMILIES = {"heads", "pretrained"}  # training.models modules that hold no model family
 
 # --- light modules, in a fresh interpreter ----------------------------------------------------
 # (what the probe runs, what it must have imported, what it must not have)
