@@ -26,6 +26,11 @@ def main() -> None:
     parser.add_argument("--source-epochs", type=int, default=10, help="epochs of the classifier")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--loss-variant", default="mse", choices=["mse", "ce"],
+                        help="localization loss of both arms")
+    parser.add_argument("--freeze-epochs", type=int, default=0,
+                        help="init-from runs train only the head for this many epochs first "
+                             "(--freeze backbone --unfreeze-at-epoch N)")
     args = parser.parse_args()
 
     from training.pipeline import run
@@ -42,9 +47,11 @@ def main() -> None:
 
     results: dict[str, list[tuple[float, float]]] = {"scratch": [], "init-from": []}
     for seed in args.seeds:
-        for label, start in (("scratch", {}), ("init-from", {"init_from": source.run_id})):
+        warm = ({"freeze": "backbone", "unfreeze_at_epoch": args.freeze_epochs}
+                if args.freeze_epochs else {})
+        for label, start in (("scratch", {}), ("init-from", {"init_from": source.run_id, **warm})):
             spec = TrainSpec(**common, task="localize", data="localization-digits", epochs=args.epochs,
-                             seed=seed, **start)
+                             seed=seed, loss_variant=args.loss_variant, **start)
             t0 = time.perf_counter()
             metrics = run(spec).metrics
             cls_acc, iou = metrics["test_cls_acc"], metrics["test_iou"]
