@@ -20,6 +20,7 @@ from training import storage
 from training.errors import WaldoError, one_line
 from training.models.pretrained import Pretrained, load_matching, load_weights, per_channel
 from training.spec import TrainSpec
+from training.tracking import read_run
 
 _MODEL_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[^/]+)|/(?P<version>\d+))$")
 
@@ -128,20 +129,13 @@ def _registered_run(match: re.Match, uri: str, tracking_uri: str | None) -> str:
 
 def _run_checkpoint(run_id: str, tracking_uri: str | None, downloads: Path) -> Path:
     """A local copy of the run's best checkpoint: its storage location, else its artifact."""
-    from mlflow.exceptions import MlflowException
-
     client = _client(tracking_uri)
-    try:
-        run = client.get_run(run_id)
-    except MlflowException as exc:
-        if exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
-            raise WaldoError(f"--init-from {run_id!r}: no such run, nor checkpoint file, in the "
-                             f"MLflow store at {tracking_uri} (see --tracking-uri)") from None
-        raise WaldoError(f"--init-from {run_id!r}: cannot read the run from MLflow at "
-                         f"{tracking_uri}: {one_line(exc)}") from None
-    except Exception as exc:  # unreachable server, bad URI
-        raise WaldoError(f"cannot reach MLflow tracking at {tracking_uri!r}: "
-                         f"{one_line(exc)}") from None
+    run = read_run(
+        client, run_id, tracking_uri,
+        unknown=f"--init-from {run_id!r}: no such run, nor checkpoint file, in the MLflow store at "
+                f"{tracking_uri} (see --tracking-uri)",
+        unreadable=f"--init-from {run_id!r}: cannot read the run from MLflow at {tracking_uri}",
+        missing_codes=("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"))
     try:
         return storage.fetch_best_checkpoint(
             run.data.tags, downloads,

@@ -22,12 +22,29 @@ from mlflow.entities import RunStatus
 from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
-from training.errors import WaldoError
+from training.errors import WaldoError, one_line
 
 
 def resolve_tracking_uri(uri: str | None = None) -> str:
     """The URI asked for, else $MLFLOW_TRACKING_URI, else a SQLite store in the working folder."""
     return uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path.cwd() / 'mlflow.db'}"
+
+
+def read_run(client: MlflowClient, run_id: str, tracking_uri: str | None, *, unknown: str,
+             unreadable: str, missing_codes: tuple[str, ...] = ("RESOURCE_DOES_NOT_EXIST",)):
+    """The MLflow run `run_id`, or a one-line WaldoError: `unknown` when the store has no such
+    run (an error code in `missing_codes`), `unreadable` plus the reason when MLflow refuses,
+    and a line naming the store when it cannot be reached."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return client.get_run(run_id)
+    except MlflowException as exc:
+        if exc.error_code in missing_codes:
+            raise WaldoError(unknown) from None
+        raise WaldoError(f"{unreadable}: {one_line(exc)}") from None
+    except Exception as exc:  # unreachable server, bad URI
+        raise WaldoError(f"cannot reach MLflow tracking at {tracking_uri!r}: {one_line(exc)}") from None
 
 
 def absolute_tracking_uri(uri: str | None = None) -> str:

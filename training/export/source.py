@@ -14,9 +14,10 @@ from pathlib import Path
 from typing import Any
 
 from training import storage
-from training.errors import WaldoError, one_line
+from training.errors import WaldoError
 from training.spec import ExportSpec, TrainSpec, build_spec
 from training.tasks import BaseTask, load_task_file
+from training.tracking import read_run
 
 
 @dataclass(frozen=True)
@@ -93,22 +94,15 @@ class RunSource:
     """An MLflow run to export: its best-checkpoint record, spec and test metrics."""
 
     def __init__(self, run_id: str, tracking_uri: str):
-        from mlflow.exceptions import MlflowException
         from mlflow.tracking import MlflowClient
 
         self.run_id, self.uri = run_id, tracking_uri
         self.client = MlflowClient(tracking_uri)
-        try:
-            self.run = self.client.get_run(run_id)
-        except MlflowException as exc:
-            if exc.error_code == "RESOURCE_DOES_NOT_EXIST":
-                raise WaldoError(f"unknown run {run_id!r}: no such run in the MLflow store at "
-                                 f"{tracking_uri} (see --tracking-uri)") from None
-            raise WaldoError(f"cannot read run {run_id!r} from MLflow at {tracking_uri}: "
-                             f"{one_line(exc)}") from None
-        except Exception as exc:  # unreachable server, bad URI
-            raise WaldoError(f"cannot reach MLflow tracking at {tracking_uri!r}: "
-                             f"{one_line(exc)}") from None
+        self.run = read_run(
+            self.client, run_id, tracking_uri,
+            unknown=f"unknown run {run_id!r}: no such run in the MLflow store at {tracking_uri} "
+                    "(see --tracking-uri)",
+            unreadable=f"cannot read run {run_id!r} from MLflow at {tracking_uri}")
 
     def checkpoint(self, downloads: Path) -> Path:
         """A local path to the run's best checkpoint: the recorded storage location, else the
