@@ -165,8 +165,7 @@ def prepare(spec: TrainSpec) -> tuple[ImageDataModule, BaseTask]:
         # The one place the data's normalization is overridden: the start's (the weights'
         # ImageNet statistics, or the source run's) feeds the batch transform, and through
         # `build_task` the hyperparameters, from which export writes the ModelCard.
-        dm.mean, dm.std = start.mean, start.std
-        dm._batch_transform = None  # rebuilt from the new statistics on the next batch
+        dm.normalize_with(start.mean, start.std)
     return dm, build_task(spec, dm, start)
 
 

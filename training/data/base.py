@@ -125,6 +125,12 @@ class ImageDataModule(pl.LightningDataModule):
     def test_dataloader(self) -> DataLoader:
         return self._loader(self.test_set, shuffle=False)
 
+    def normalize_with(self, mean, std) -> None:
+        """Normalize with these statistics instead of the data's own (pretrained weights, or
+        the run a network starts from, expect theirs)."""
+        self.mean, self.std = tuple(mean), tuple(std)
+        self._batch_transform = None  # rebuilt from the new statistics on the next batch
+
     def batch_transform(self) -> v2.Transform:
         """uint8 (B, C, H, W) -> normalized float32 (B, C, S, S) with S = image_size."""
         if self._batch_transform is None:
