@@ -247,12 +247,28 @@ class RateLimitFilter(logging.Filter):
         return False
 
 
+class OneLineAcceptErrors(logging.Filter):
+    """asyncio logs an `accept()` that ran out of file descriptors (EMFILE, in a burst of
+    connections before the cap has closed idle ones) with a traceback; it retries by itself a
+    second later. One line says the same."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if str(record.msg).startswith("socket.accept() out of system resource") and record.exc_info:
+            exc = record.exc_info[1]
+            record.msg, record.args = "accept() failed (%s); retrying in 1 s", (exc,)
+            record.exc_info = record.exc_text = None
+        return True
+
+
 # Logger filters see only their own logger's records, not its children's: every name is listed.
 RATE_LIMITED_LOGGERS = ("uvicorn.error", "asyncio", "waldo.http", "waldo.serving", "waldo.jobs")
 
 
 def install_log_rate_limit(filter_: logging.Filter | None = None) -> logging.Filter:
     filter_ = filter_ or RateLimitFilter()
+    asyncio_log = logging.getLogger("asyncio")
+    if not any(isinstance(f, OneLineAcceptErrors) for f in asyncio_log.filters):
+        asyncio_log.addFilter(OneLineAcceptErrors())  # before the rate limit, which keys on the text
     for name in RATE_LIMITED_LOGGERS:
         logger = logging.getLogger(name)
         if filter_ not in logger.filters:
