@@ -1,12 +1,15 @@
 """Callbacks every run gets, in-process or on Ray: a stop on a nan or inf loss, samples per
-rank, and box pictures."""
+rank, box pictures, and the recipe's weight average."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any
 
+import pytorch_lightning as pl
 import torch
-from pytorch_lightning.callbacks import Callback
+from pytorch_lightning.callbacks import Callback, EMAWeightAveraging
+from pytorch_lightning.trainer.states import TrainerFn
 from torchvision.utils import save_image
 
 from training import viz
@@ -132,3 +135,16 @@ class BoxPictures(Callback):
         name = f"epoch_{trainer.current_epoch:03d}.png"
         self.run.log_image_file(lambda path: save_image(grid, path), name, artifact_path="boxes")
         self._batch = None
+
+
+class WeightEMA(EMAWeightAveraging):
+    """Lightning's EMA of the weights (`--ema-decay`), whose checkpoints hold the average as
+    `state_dict` and the raw weights beside it. Lightning restores the raw weights whenever it
+    loads such a checkpoint while the callback is attached, also for `trainer.test(ckpt_path=
+    "best")`; here only resuming a fit does, so testing (and export, which reads `state_dict`)
+    use the average."""
+
+    def on_load_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
+                           checkpoint: dict[str, Any]) -> None:
+        if trainer.state.fn == TrainerFn.FITTING:
+            super().on_load_checkpoint(trainer, pl_module, checkpoint)

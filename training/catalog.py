@@ -31,9 +31,25 @@ DATASETS: dict[str, Task] = {
 }
 
 
+# data set name -> what its pictures are, which decides what `--augment basic` does and the
+# recipe's defaults (`training.specrecipe`): centred digits (a small random affine, no flips)
+# or photos (a random resized crop and a horizontal flip).
+DataKind = Literal["digits", "photos"]
+DATA_KINDS: dict[str, DataKind] = {
+    "cifar10": "photos",
+    "digits": "digits",
+    "fashion-mnist": "digits",
+    "folder": "photos",
+    "localization-digits": "digits",
+    "localization-folder": "photos",
+    "mnist": "digits",
+    "mnist-5k": "digits",
+}
+
+
 def datasets_for(task: str) -> list[str]:
     """The data sets whose targets suit `task`, sorted."""
     return sorted(name for name, kind in DATASETS.items() if kind == task)
 
 
-__all__ = ["DATASETS", "MODEL_NAMES", "Task", "datasets_for"]
+__all__ = ["DATASETS", "DATA_KINDS", "MODEL_NAMES", "DataKind", "Task", "datasets_for"]

@@ -23,6 +23,7 @@ from serving import cli as serving_cli
 from training.errors import WaldoError
 from training.spec import ExportSpec, SweepSpec, TrainSpec, build_spec
 from training.specfile import load_yaml, parse_yaml
+from training.specrecipe import RECIPE_DEFAULTS, RecipeSpec
 
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 128 + signal.SIGINT
@@ -51,10 +52,15 @@ def _add_spec_flags(parser: argparse.ArgumentParser, exclude: set[str] = frozens
     a flag and the same key in a YAML file behave identically.
     """
     parser.add_argument("--config", metavar="SPEC.yaml", help="spec file; flags override it")
-    group = parser.add_argument_group("spec fields")
+    spec_group = parser.add_argument_group("spec fields")
+    recipe_group = parser.add_argument_group(
+        "recipe (augmentation, regularization, warmup, averaging, speed)")
+    recipe = set(RecipeSpec.model_fields) if issubclass(spec_cls, RecipeSpec) else set()
+    per_data = {name for defaults in RECIPE_DEFAULTS.values() for name in defaults}
     for name, field in spec_cls.model_fields.items():
         if name in exclude:
             continue
+        group = recipe_group if name in recipe else spec_group
         if name == "search":  # repeated --search NAME=DIST(ARGS), kept as text for the spec
             group.add_argument("--search", dest="search", action="append", default=argparse.SUPPRESS,
                                metavar="NAME=DIST(ARGS)", help=field.description)
@@ -63,6 +69,8 @@ def _add_spec_flags(parser: argparse.ArgumentParser, exclude: set[str] = frozens
         flags = list(extra.get("flags") or ["--" + name.replace("_", "-")])
         help_text = field.description or ""
         default = "" if field.default is None else f" (default: {field.default})"
+        if name in recipe and name in per_data:
+            default = " (default: chosen per task and data, see the README)"
         if name.endswith("_args"):  # model_args -> repeated --model-arg KEY=VALUE
             group.add_argument("--" + name.removesuffix("s").replace("_", "-"), dest=name,
                                action="append", metavar="KEY=VALUE", default=argparse.SUPPRESS,

@@ -16,12 +16,13 @@ from torch.optim import Optimizer
 
 from training.models._layers import backbone_modules
 from training.spec import TrainSpec
+from training.tasks.optim import add_to_schedules
 
 
 class FreezeBackbone(BaseFinetuning):
     """Freeze the backbone (no gradients, BatchNorm in eval mode so its statistics stay as
     loaded); from epoch `unfreeze_at_epoch` on, train it too at a tenth of the head's current
-    learning rate (a new param group, `initial_denom_lr=10`)."""
+    learning rate (a new param group, `initial_denom_lr=10`, which the schedule then drives)."""
 
     def __init__(self, unfreeze_at_epoch: int | None = None):
         super().__init__()
@@ -50,6 +51,9 @@ class FreezeBackbone(BaseFinetuning):
         else:
             self.unfreeze_and_add_param_group(modules, optimizer, initial_denom_lr=10,
                                               train_bn=True)
+            trainer = pl_module.trainer
+            add_to_schedules(optimizer.param_groups[-1],
+                             [config.scheduler for config in trainer.lr_scheduler_configs])
         for module in modules:
             module.train()
 

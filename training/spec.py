@@ -46,6 +46,7 @@ from training.specfields import (  # noqa: F401  (names importers take from trai
     Opset,
     RunName,
     Seed,
+    SpecBase,
     check_alias,
     check_model_name,
     check_opset,
@@ -53,6 +54,7 @@ from training.specfields import (  # noqa: F401  (names importers take from trai
     number_kind,
 )
 from training.specfile import load_yaml
+from training.specrecipe import Augment, RecipeSpec, check_recipe
 
 Precision = Literal["32", "bf16-mixed", "16-mixed"]
 
@@ -63,24 +65,6 @@ EXPORTERS = ("auto", "torchscript", "dynamo")
 Exporter = Literal["auto", "torchscript", "dynamo"]
 DEFAULT_ATOL = 1e-4
 DEFAULT_MAX_DROP = 0.01  # validation accuracy (as a fraction) that fp16/int8 may lose
-class _Spec(BaseModel):
-    """What every spec refuses: unknown fields, nan and inf in a float field, and a boolean
-    where a number is meant. Pydantic would read `epochs: true` as 1 and `lr: .inf` as a
-    learning rate. Flags arrive as text ("3", "1e-3"), which stays accepted: only a real
-    boolean (YAML `true`, JSON `true`) is refused, so strict types would be too strict."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
-
-    @field_validator("*", mode="before")
-    @classmethod
-    def _no_booleans_as_numbers(cls, value: Any, info: ValidationInfo) -> Any:
-        if isinstance(value, bool) and info.field_name in cls.model_fields:
-            kind = number_kind(cls.model_fields[info.field_name].annotation)
-            if kind is not None:
-                raise ValueError(f"expects {kind}, not a boolean")
-        return value
-
-
 # `publish` is the field; `register` (its name before) is still accepted in files, bodies and
 # as the `--register` flag. A field named `register` shadowed ABCMeta.register.
 _PUBLISH_HELP = "register the export as a new MLflow model version"
@@ -92,7 +76,7 @@ def _publish_field(description: str) -> Any:
                  json_schema_extra={"flags": ["--publish", "--register"]})
 
 
-class DataSpec(_Spec):
+class DataSpec(SpecBase):
     """The data part of a job spec: what a data module is built from (`create_datamodule`).
     Its name is checked there, against the live registry."""
 
@@ -105,10 +89,13 @@ class DataSpec(_Spec):
     val_fraction: float = Field(0.15, gt=0, lt=1)
     loader_workers: NonNegativeInt = 0
     batch_size: PositiveInt = 32
+    augment: Augment = "none"
+    random_erasing: float = Field(0.0, ge=0, le=1)
 
 
-class TrainSpec(_Spec):
-    """Everything that defines one training run. Field names double as CLI flags."""
+class TrainSpec(RecipeSpec):
+    """Everything that defines one training run. Field names double as CLI flags; the recipe's
+    fields (augmentation, regularization, warmup, EMA, ...) come from `RecipeSpec`."""
 
     model_config = ConfigDict(protected_namespaces=())
 
@@ -158,7 +145,9 @@ class TrainSpec(_Spec):
     lr: PositiveFloat = Field(3e-3, description="learning rate")
     momentum: float = Field(0.9, ge=0, lt=1, description="SGD momentum")
     weight_decay: NonNegativeFloat = Field(0.0, description="weight decay")
-    lr_schedule: Literal["none", "cosine", "step"] = Field("cosine", description="LR schedule")
+    lr_schedule: Literal["none", "cosine", "step", "onecycle"] = Field(
+        "cosine", description="LR schedule, stepped every optimizer step (onecycle: Smith's "
+        "one-cycle policy, its warmup --warmup-epochs, else 0.3 of the run)")
     lr_step_size: PositiveInt = Field(10, description="epochs between steps (step schedule)")
     lr_gamma: float = Field(0.1, gt=0, le=1, description="LR factor per step (step schedule)")
     loss_variant: Literal["mse", "ce"] = Field(
@@ -239,7 +228,8 @@ class TrainSpec(_Spec):
         return name
 
     @model_validator(mode="after")
-    def _one_start(self) -> TrainSpec:
+    def _consistent(self) -> TrainSpec:
+        check_recipe(self)
         if self.weights is not None and self.init_from is not None:
             raise ValueError("give at most one of weights (pretrained weights) and init_from "
                              "(an earlier Waldo run or model)")
@@ -257,7 +247,8 @@ class TrainSpec(_Spec):
         return DataSpec(task=self.task, name=self.data, args=self.data_args, dir=self.data_dir,
                         image_size=self.image_size, download=self.download,
                         val_fraction=self.val_fraction, loader_workers=self.loader_workers,
-                        batch_size=self.batch_size)
+                        batch_size=self.batch_size, augment=self.augment,
+                        random_erasing=self.random_erasing)
 
     @property
     def exports(self) -> bool:
@@ -397,7 +388,7 @@ class SweepSpec(TrainSpec):
 
 
 # --- export -----------------------------------------------------------------------------------
-class ExportSpec(_Spec):
+class ExportSpec(SpecBase):
     """What `waldo export` and an export job do: which checkpoint, and how to write, check and
     register it. Validated here, so the CLI and the jobs API refuse a bad value up front."""
 

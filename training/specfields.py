@@ -12,7 +12,7 @@ import types
 import typing
 from typing import Annotated, Any
 
-from pydantic import AfterValidator, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 MIN_OPSET = DEFAULT_OPSET = 18  # the dynamo exporter writes 18 and up natively
 MAX_OPSET = 23  # the newest opset torch 2.14's exporters write
@@ -124,3 +124,21 @@ def number_kind(annotation: Any) -> str | None:
         kinds = {number_kind(arg) for arg in args} - {None}
         return kinds.pop() if len(kinds) == 1 else None
     return {int: "an integer", float: "a number"}.get(annotation)
+
+
+class SpecBase(BaseModel):
+    """What every spec refuses: unknown fields, nan and inf in a float field, and a boolean
+    where a number is meant. Pydantic would read `epochs: true` as 1 and `lr: .inf` as a
+    learning rate. Flags arrive as text ("3", "1e-3"), which stays accepted: only a real
+    boolean (YAML `true`, JSON `true`) is refused, so strict types would be too strict."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_booleans_as_numbers(cls, value: Any, info: ValidationInfo) -> Any:
+        if isinstance(value, bool) and info.field_name in cls.model_fields:
+            kind = number_kind(cls.model_fields[info.field_name].annotation)
+            if kind is not None:
+                raise ValueError(f"expects {kind}, not a boolean")
+        return value

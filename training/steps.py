@@ -21,7 +21,7 @@ from pytorch_lightning.callbacks import Callback, EarlyStopping, LambdaCallback,
 from torchvision.utils import save_image
 
 from training import storage, viz
-from training.callbacks import BoxPictures, SamplesPerRank, StopOnNonFinite
+from training.callbacks import BoxPictures, SamplesPerRank, StopOnNonFinite, WeightEMA
 from training.data import ImageDataModule, create_datamodule, describe_data
 from training.errors import WaldoError
 from training.init_from import Start, starting_point
@@ -75,7 +75,11 @@ def build_task(spec: TrainSpec, dm: ImageDataModule, start: Start | None = None)
     """The spec's task around the spec's network, shaped by the data (channels, classes, size),
     starting from `start`'s weights when given (its provenance goes into the hyperparameters,
     so the checkpoint and the exported ModelCard carry it)."""
-    extra = {"loss_variant": spec.loss_variant, "box_loss": spec.box_loss} if spec.task == "localize" else {}
+    if spec.task == "localize":
+        extra: dict[str, Any] = {"loss_variant": spec.loss_variant, "box_loss": spec.box_loss}
+    else:
+        extra = {"label_smoothing": spec.label_smoothing, "mixup_alpha": spec.mixup_alpha,
+                 "cutmix_alpha": spec.cutmix_alpha}
     if start is not None:
         extra["provenance"] = dict(start.provenance)
     task = TASKS[spec.task](
@@ -86,7 +90,7 @@ def build_task(spec: TrainSpec, dm: ImageDataModule, start: Start | None = None)
         optimizer=spec.optimizer, lr=spec.lr, weight_decay=spec.weight_decay,
         momentum=spec.momentum, lr_schedule=spec.lr_schedule, epochs=spec.epochs,
         lr_step_size=spec.lr_step_size, lr_gamma=spec.lr_gamma, channels_last=spec.channels_last,
-        **extra,
+        warmup_epochs=spec.warmup_epochs, compile=spec.compile, **extra,
     )
     if start is not None:
         start.load_into(task.net, task=spec.task, labels=dm.labels,
@@ -115,6 +119,7 @@ def build_trainer(spec: TrainSpec, *, callbacks: list[Callback], logger, root: P
         precision=spec.precision, logger=logger, callbacks=callbacks,
         enable_progress_bar=spec.progress_bar, enable_model_summary=False,
         log_every_n_steps=1, default_root_dir=root,
+        gradient_clip_val=spec.grad_clip, accumulate_grad_batches=spec.accumulate_grad_batches,
     )
     try:
         return pl.Trainer(**{**kwargs, **overrides})
@@ -150,8 +155,11 @@ def standard_callbacks(spec: TrainSpec, run: Run, dm: ImageDataModule) -> list[C
                                        patience=spec.early_stopping_patience))
     if spec.task == "localize":
         callbacks.append(BoxPictures(run, dm))
-    if spec.lr_schedule != "none":
+    if spec.lr_schedule != "none" or spec.warmup_epochs:
         callbacks.append(LearningRateMonitor(logging_interval="epoch"))
+    if spec.ema_decay is not None:
+        # Validation, the best checkpoint, testing and so export all see the averaged weights.
+        callbacks.append(WeightEMA(decay=spec.ema_decay))
     return callbacks
 
 

@@ -26,6 +26,14 @@ CASES: dict[str, tuple[list[str], list[str]]] = {
     "missing-spec-file": (["train", "--config", "missing.yaml"], ["missing.yaml"]),
     "infinite-lr": (["train", "--lr", "inf", "--epochs", "1"], ["'lr'", "finite number"]),
     "boolean-epochs": (["train", "--config", "bool.yaml"], ["'epochs'", "not a boolean"]),
+    "unknown-augment": (["train", "--augment", "heavy"], ["'augment'", "'heavy'", "trivialaugment"]),
+    "policy-for-boxes": (["train", "--task", "localize", "--data", "localization-digits",
+                          "--augment", "randaugment"], ["randaugment", "none or basic"]),
+    "mixup-for-boxes": (["train", "--task", "localize", "--data", "localization-digits",
+                         "--mixup-alpha", "0.2"], ["mixup_alpha=0.2", "classification"]),
+    "warmup-too-long": (["train", "--epochs", "2", "--warmup-epochs", "2"],
+                        ["warmup_epochs 2", "epochs=2"]),
+    "ema-decay-of-1": (["train", "--ema-decay", "1"], ["'ema_decay'", "less than 1"]),
 }
 
 

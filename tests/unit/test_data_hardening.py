@@ -166,7 +166,7 @@ def write_csv(root: Path, rows: list[str], images: int = 6) -> Path:
 
 
 def localization(root: Path) -> LocalizationFolderDataModule:
-    return LocalizationFolderDataModule(data_dir=root, image_size=16, augment=False)
+    return LocalizationFolderDataModule(data_dir=root, image_size=16, augment="none")
 
 
 BAD_ROWS = {  # case -> (row, written on line 6, what the message must say)

@@ -202,13 +202,13 @@ def write_folder(root: Path, rows=FOLDER_ROWS, header: str = "image,x,y,w,h,labe
     return root
 
 
-def folder_spec(root: Path, **data_args) -> DataSpec:
+def folder_spec(root: Path, augment: str | None = None, **data_args) -> DataSpec:
     return TrainSpec(task="localize", data="localization-folder", data_dir=str(root),
-                     image_size=32, data_args=data_args).data_spec()
+                     image_size=32, augment=augment, data_args=data_args).data_spec()
 
 
 def test_folder_labels_images_and_boxes(tmp_path):
-    dm = create_datamodule(folder_spec(write_folder(tmp_path), augment=False))
+    dm = create_datamodule(folder_spec(write_folder(tmp_path), augment="none"))
     assert isinstance(dm, LocalizationFolderDataModule)
     dm.setup("fit")
     assert dm.labels == ["cat", "dog"]
@@ -238,7 +238,7 @@ def test_folder_labels_images_and_boxes(tmp_path):
 
 
 def test_folder_training_augmentation_keeps_boxes_on_the_rectangles(tmp_path):
-    dm = create_datamodule(folder_spec(write_folder(tmp_path)))  # augment and hflip default on
+    dm = create_datamodule(folder_spec(write_folder(tmp_path)))  # basic and hflip by default
     dm.setup("fit")
     for seed in range(5):
         torch.manual_seed(seed)

@@ -211,10 +211,11 @@ def test_data_must_fit_the_task(fields, named):
 
 def test_catalog_equals_the_registries():
     """The torch-free lists and the registries that build from them can never drift apart."""
-    from training.catalog import DATASETS, MODEL_NAMES
+    from training.catalog import DATA_KINDS, DATASETS, MODEL_NAMES
     from training.data import _registry, list_datasets
     from training.models import list_models
 
     assert list(MODEL_NAMES) == list_models()
     assert sorted(DATASETS) == list_datasets()
     assert DATASETS == {name: module.task for name, module in _registry().items()}
+    assert DATA_KINDS == {name: module.kind for name, module in _registry().items()}

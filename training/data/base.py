@@ -4,6 +4,7 @@ Datasets yield uint8 tensors (C, H, W) of one size, so collation is cheap. Conve
 resizing to `image_size` and normalizing happen once per batch in `on_after_batch_transfer`,
 on the device the batch lives on (the GPU when there is one). Serving repeats exactly these
 steps from the ModelCard: scale to [0, 1], bilinear resize, subtract mean, divide by std.
+Training batches may be augmented on the way (`training.data.augment`).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2
 
+from training.data.augment import Augmented, batched_affine, per_image_transform, random_affine
 from training.errors import WaldoError
 
 # The train/val/test split does not follow --seed: runs with different seeds see the same data.
@@ -29,6 +31,7 @@ class ImageDataModule(pl.LightningDataModule):
     task: str = "classify"  # the task whose targets this data module yields
     native_size: int = 28  # side of the images as the data set stores them
     in_channels: int = 1
+    kind: str = "digits"  # what the pictures are: digits or photos (`training.catalog.DATA_KINDS`)
 
     def __init__(
         self,
@@ -39,8 +42,11 @@ class ImageDataModule(pl.LightningDataModule):
         download: bool = True,
         val_fraction: float = 0.15,
         num_workers: int = 0,
+        augment: str = "none",
+        random_erasing: float = 0.0,
     ):
         super().__init__()
+        self.augment, self.random_erasing = augment, random_erasing
         self.batch_size = batch_size
         self.data_dir = Path(data_dir) if data_dir else None
         self.download = download
@@ -56,7 +62,7 @@ class ImageDataModule(pl.LightningDataModule):
         self.train_set: Dataset | None = None
         self.val_set: Dataset | None = None
         self.test_set: Dataset | None = None
-        self._batch_transform: v2.Transform | None = None
+        self._batch_transforms: dict[bool, v2.Transform] = {}
 
     # --- what subclasses provide ---------------------------------------------------------
     def load(self) -> tuple[Dataset, Dataset, Dataset]:
@@ -104,6 +110,16 @@ class ImageDataModule(pl.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self.train_set is None:
             self.train_set, self.val_set, self.test_set = self.load()
+            if self.task == "classify":
+                self.train_set = self.augmented(self.train_set)
+
+    def augmented(self, train: Dataset) -> Dataset:
+        """The training set with the recipe's per-image augmentation (classification)."""
+        if len(train) == 0:  # type: ignore[arg-type]
+            return train
+        side = int(train[0][0].shape[-1])  # as stored: folders resize while they load
+        transform = per_image_transform(self.augment, self.kind, side, self.random_erasing)
+        return train if transform is None else Augmented(train, transform)
 
     def _loader(self, dataset: Dataset | None, shuffle: bool) -> DataLoader:
         if dataset is None:
@@ -129,21 +145,25 @@ class ImageDataModule(pl.LightningDataModule):
         """Normalize with these statistics instead of the data's own (pretrained weights, or
         the run a network starts from, expect theirs)."""
         self.mean, self.std = tuple(mean), tuple(std)
-        self._batch_transform = None  # rebuilt from the new statistics on the next batch
+        self._batch_transforms.clear()  # rebuilt from the new statistics on the next batch
 
-    def batch_transform(self) -> v2.Transform:
-        """uint8 (B, C, H, W) -> normalized float32 (B, C, S, S) with S = image_size."""
-        if self._batch_transform is None:
-            self._batch_transform = v2.Compose([
-                v2.ToDtype(torch.float32, scale=True),
-                v2.Resize((self.image_size, self.image_size), antialias=True),
-                v2.Normalize(mean=list(self.mean), std=list(self.std)),
-            ])
-        return self._batch_transform
+    def batch_transform(self, training: bool = False) -> v2.Transform:
+        """uint8 (B, C, H, W) -> normalized float32 (B, C, S, S) with S = image_size; for a
+        training batch, with the batched part of the augmentation (`random_affine`)."""
+        augment = training and self.task == "classify" and batched_affine(self.augment, self.kind)
+        if augment not in self._batch_transforms:
+            steps = [v2.ToDtype(torch.float32, scale=True)]
+            if augment:
+                steps.append(v2.Lambda(random_affine))
+            steps.append(v2.Resize((self.image_size, self.image_size), antialias=True))
+            steps.append(v2.Normalize(mean=list(self.mean), std=list(self.std)))
+            self._batch_transforms[augment] = v2.Compose(steps)
+        return self._batch_transforms[augment]
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         images, *rest = batch
-        return (self.batch_transform()(images), *rest)
+        training = self.trainer is not None and self.trainer.training
+        return (self.batch_transform(training)(images), *rest)
 
 
 def channel_stats(images: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:

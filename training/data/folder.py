@@ -25,6 +25,7 @@ _STATS_SAMPLE = 512
 
 class FolderDataModule(ImageDataModule):
     name = "folder"
+    kind = "photos"
     native_size = 64
     in_channels = 3
 

@@ -61,11 +61,22 @@ class BoxDataset(Dataset):
 
 
 def box_augmentation(hflip: bool) -> v2.Transform:
+    """`--augment basic` for a localizer: a random shift and scale (and horizontal flip, for
+    photos) applied to the image and its box together."""
     steps = [v2.RandomAffine(degrees=0, translate=(0.1, 0.1), scale=(0.9, 1.1)),
              v2.ClampBoundingBoxes()]
     if hflip:
         steps.insert(0, v2.RandomHorizontalFlip())
     return v2.Compose(steps)
+
+
+class BoxDataModule(ImageDataModule):
+    """A localization data module: its training split moves boxes with the images."""
+
+    task = "localize"
+
+    def box_augmentation(self, hflip: bool) -> v2.Transform | None:
+        return box_augmentation(hflip) if self.augment == "basic" else None
 
 
 def render_canvases(
@@ -111,14 +122,14 @@ def _resize(image: np.ndarray, side: int) -> np.ndarray:
     return F.interpolate(t, size=(side, side), mode="bilinear", align_corners=False)[0, 0].numpy()
 
 
-class LocalizationDigitsDataModule(ImageDataModule):
+class LocalizationDigitsDataModule(BoxDataModule):
     """`localization-digits`: one real MNIST digit (or nothing) per canvas, from `mnist-5k`.
 
     Train, val and test canvases are drawn from disjoint digits (`mnist-5k`'s fixed split: test
     canvases only from its 1,000 test digits), so no digit is seen in training and then tested.
-    Positions and scales are already random, so the box-moving augmentation is off by default
-    here (`augment=true` turns it on; it costs about 4 ms an image on CPU, more than the small
-    networks' own step).
+    Positions and scales are already random, so the recipe's default here is `--augment none`
+    (`basic` moves the box with the image; it costs about 4 ms an image on CPU, more than the
+    small networks' own step).
     """
 
     name = "localization-digits"
@@ -129,7 +140,7 @@ class LocalizationDigitsDataModule(ImageDataModule):
     def __init__(self, *, canvas_size: int = 64, empty_fraction: float = 0.2, noise: float = 0.0,
                  clutter: int = 0, min_scale: float = 0.3, max_scale: float = 0.7,
                  train_size: int = 6000, eval_size: int = 1000, seed: int = SPLIT_SEED,
-                 augment: bool = False, **kwargs):
+                 **kwargs):
         super().__init__(**kwargs)
         if not 0 <= empty_fraction < 1:
             raise WaldoError(f"empty_fraction must be in [0, 1) (got {empty_fraction})")
@@ -141,7 +152,7 @@ class LocalizationDigitsDataModule(ImageDataModule):
         self.options = dict(empty_fraction=empty_fraction, noise=noise, clutter=clutter,
                             scale=(min_scale, max_scale))
         self.sizes = {"train": train_size, "val": eval_size, "test": eval_size}
-        self.seed, self.augment = seed, augment
+        self.seed = seed
 
     def load(self):
         images, targets = mnist5k()
@@ -157,7 +168,7 @@ class LocalizationDigitsDataModule(ImageDataModule):
                 self.native_size, rng=rng, **self.options)
             if split == "train":
                 self.mean, self.std = channel_stats(images)
-            transform = box_augmentation(hflip=False) if split == "train" and self.augment else None
+            transform = self.box_augmentation(hflip=False) if split == "train" else None
             out[split] = BoxDataset(_tensor_getter(images, boxes, labels), len(images), 10, transform)
         return out["train"], out["val"], out["test"]
 
@@ -170,7 +181,7 @@ def _tensor_getter(images, boxes, labels) -> Callable[[int], RawItem]:
     return get
 
 
-class LocalizationFolderDataModule(ImageDataModule):
+class LocalizationFolderDataModule(BoxDataModule):
     """`localization-folder`: the user's images plus a CSV of `image,x,y,w,h,label`.
 
     Paths in the CSV are relative to `--data-dir` and stay inside it; boxes are in pixels of
@@ -182,16 +193,16 @@ class LocalizationFolderDataModule(ImageDataModule):
 
     name = "localization-folder"
     task = "localize"
+    kind = "photos"
     native_size = 128
     in_channels = 3
 
-    def __init__(self, *, csv_file: str = "labels.csv", augment: bool = True, hflip: bool = True,
-                 **kwargs):
+    def __init__(self, *, csv_file: str = "labels.csv", hflip: bool = True, **kwargs):
         super().__init__(**kwargs)
         if Path(csv_file).name != csv_file or csv_file in ("", ".", ".."):
             raise WaldoError(f"csv_file {csv_file!r} must be a file name inside --data-dir, "
                              "e.g. labels.csv (no folders)")
-        self.csv_file, self.augment, self.hflip = csv_file, augment, hflip
+        self.csv_file, self.hflip = csv_file, hflip
 
     def _read_rows(self, root: Path) -> list[tuple[Path, list[float] | None, str]]:
         """The CSV's rows as (image, box in pixels or None, label), every one checked.
@@ -256,7 +267,7 @@ class LocalizationFolderDataModule(ImageDataModule):
         out = {}
         for split, idx in parts.items():
             idx = [int(j) for j in idx]
-            transform = box_augmentation(self.hflip) if split == "train" and self.augment else None
+            transform = self.box_augmentation(self.hflip) if split == "train" else None
             out[split] = BoxDataset(lambda i, idx=idx: get(idx[i]), len(idx), k, transform)
         sample = torch.stack([get(j)[0] for j in parts["train"][:256]])
         self.mean, self.std = channel_stats(sample)

@@ -75,6 +75,7 @@ class FashionMNISTDataModule(TorchvisionDataModule):
 
 
 class CIFAR10DataModule(TorchvisionDataModule):
+    kind = "photos"
     name = "cifar10"
     native_size = 32
     in_channels = 3

@@ -43,6 +43,8 @@ class BaseTask(pl.LightningModule):
         lr_step_size: int = 10,
         lr_gamma: float = 0.1,
         channels_last: bool = False,
+        warmup_epochs: int = 0,
+        compile: bool = False,
         provenance: dict[str, str] | None = None,
     ):
         super().__init__()
@@ -53,21 +55,29 @@ class BaseTask(pl.LightningModule):
         self.save_hyperparameters(ignore=["net"], logger=False)
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.example_input_array = torch.zeros(1, in_channels, image_size, image_size)
+        # `--compile`: torch.compile's wrapper of `net`, kept out of the module tree so that
+        # checkpoints, EMA and export see the plain network's parameter names.
+        self._compiled: nn.Module | None = None
 
     def forward(self, x: torch.Tensor):
-        return self.net(x.contiguous(memory_format=self.memory_format))
+        net = self._compiled if self._compiled is not None else self.net
+        return net(x.contiguous(memory_format=self.memory_format))
 
     def setup(self, stage: str) -> None:
         self.net.to(memory_format=self.memory_format)
+        if self.hparams.get("compile") and self._compiled is None:
+            object.__setattr__(self, "_compiled", torch.compile(self.net))
 
     def configure_optimizers(self):
         h = self.hparams
+        steps = self.trainer.estimated_stepping_batches if self._trainer is not None else h.epochs
         # Frozen parameters (`training.finetune`) stay out; unfreezing adds them as a group.
         return build_optimizers(
             [p for p in self.parameters() if p.requires_grad], optimizer=h.optimizer, lr=h.lr,
             weight_decay=h.weight_decay,
             momentum=h.momentum, lr_schedule=h.lr_schedule, epochs=h.epochs,
             lr_step_size=h.lr_step_size, lr_gamma=h.lr_gamma,
+            warmup_epochs=h.get("warmup_epochs", 0), steps_per_epoch=int(steps) // h.epochs,
         )
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:

@@ -1,4 +1,6 @@
-"""Image classification: any registered network, cross-entropy, accuracy."""
+"""Image classification: any registered network, cross-entropy, accuracy; the recipe's
+label smoothing, and mixup or cutmix on each training batch (torchvision's v2.MixUp and
+v2.CutMix, on the batch's device)."""
 
 from __future__ import annotations
 
@@ -9,6 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
+from torchvision.transforms import v2
 
 from training.models import create_model
 from training.tasks.base import BaseTask
@@ -23,7 +26,8 @@ class ClassificationTask(BaseTask):
     task = "classify"
     default_monitor = ("val_loss", "min")
 
-    def __init__(self, *, net: nn.Module | None = None, **kwargs: Any):
+    def __init__(self, *, label_smoothing: float = 0.0, mixup_alpha: float = 0.0,
+                 cutmix_alpha: float = 0.0, net: nn.Module | None = None, **kwargs: Any):
         super().__init__(**kwargs)
         h = self.hparams
         self.net = net if net is not None else create_model(
@@ -37,18 +41,27 @@ class ClassificationTask(BaseTask):
         self.test_acc = MulticlassAccuracy(k, average="micro")
         self.test_confmat = MulticlassConfusionMatrix(k)
         self.test_confusion: torch.Tensor | None = None  # (K, K) counts after `trainer.test`
+        mixers = [cls(alpha=alpha, num_classes=k) for cls, alpha in
+                  ((v2.MixUp, mixup_alpha), (v2.CutMix, cutmix_alpha)) if alpha > 0]
+        # With both, each batch gets one of the two (as in torchvision's reference recipe).
+        self.mix = v2.RandomChoice(mixers) if len(mixers) > 1 else (mixers[0] if mixers else None)
 
     def _loss(self, out, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Training loss against class indices or, after mixing, class probabilities (B, K)."""
+        smoothing = self.hparams.get("label_smoothing", 0.0)
         if isinstance(out, tuple):  # GoogLeNet with aux classifiers: (logits, aux2, aux1)
             logits, *aux = out
-            loss = F.cross_entropy(logits, y)
-            loss = loss + AUX_LOSS_WEIGHT * sum(F.cross_entropy(a, y) for a in aux)
+            loss = F.cross_entropy(logits, y, label_smoothing=smoothing)
+            loss = loss + AUX_LOSS_WEIGHT * sum(F.cross_entropy(a, y, label_smoothing=smoothing)
+                                                for a in aux)
             return loss, logits
-        return F.cross_entropy(out, y), out
+        return F.cross_entropy(out, y, label_smoothing=smoothing), out
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         x, y = batch
-        loss, logits = self._loss(self(x), y)
+        # Accuracy is counted against each image's own class, also when it was mixed.
+        x, target = self.mix(x, y) if self.mix is not None else (x, y)
+        loss, logits = self._loss(self(x), target)
         # Only update here and log once per epoch: on CPU, a `self.log` per step costs about
         # as much as a forward pass of the small networks.
         self.train_loss.update(loss.detach(), weight=len(y))

@@ -1,10 +1,20 @@
-"""Optimizer and LR schedule from the spec's names, shared by every task."""
+"""Optimizer and learning-rate schedule from the spec's names, shared by every task.
+
+Schedules step once per optimizer step, so warmup and annealing are smooth however few the
+epochs: `cosine`, `step` (every `lr_step_size` epochs) and `none` may start with a linear
+warmup of `warmup_epochs` from a hundredth of the learning rate; `onecycle` is torch's
+OneCycleLR, whose rise takes `warmup_epochs` (or 30% of the run when that is 0).
+"""
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 
 import torch
+from torch.optim import lr_scheduler
+
+WARMUP_START = 0.01  # the warmup's first learning rate, as a fraction of the full one
+SCHEDULES = ("none", "cosine", "step", "onecycle")
 
 
 def build_optimizers(
@@ -18,8 +28,10 @@ def build_optimizers(
     epochs: int,
     lr_step_size: int,
     lr_gamma: float,
+    warmup_epochs: int = 0,
+    steps_per_epoch: int = 1,
 ) -> dict:
-    """Return the `configure_optimizers` dict for Lightning."""
+    """Return the `configure_optimizers` dict for Lightning (`steps_per_epoch`: optimizer steps)."""
     if optimizer == "adam":
         opt = torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
     elif optimizer == "adamw":
@@ -28,12 +40,38 @@ def build_optimizers(
         opt = torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
     else:
         raise ValueError(f"unknown optimizer {optimizer!r}; valid: adam, adamw, sgd")
-    if lr_schedule == "none":
+    steps_per_epoch = max(1, steps_per_epoch)
+    total, warmup = epochs * steps_per_epoch, warmup_epochs * steps_per_epoch
+    if lr_schedule not in SCHEDULES:
+        raise ValueError(f"unknown lr_schedule {lr_schedule!r}; valid: {', '.join(SCHEDULES)}")
+    if lr_schedule == "none" and not warmup:
         return {"optimizer": opt}
-    if lr_schedule == "cosine":
-        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs)
-    elif lr_schedule == "step":
-        sched = torch.optim.lr_scheduler.StepLR(opt, step_size=lr_step_size, gamma=lr_gamma)
+    if lr_schedule == "onecycle":
+        sched: lr_scheduler.LRScheduler = lr_scheduler.OneCycleLR(
+            opt, max_lr=lr, total_steps=total, pct_start=warmup / total if warmup else 0.3)
     else:
-        raise ValueError(f"unknown lr_schedule {lr_schedule!r}; valid: none, cosine, step")
-    return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "epoch"}}
+        main = {"none": lambda: lr_scheduler.ConstantLR(opt, factor=1.0, total_iters=0),
+                "cosine": lambda: lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, total - warmup)),
+                "step": lambda: lr_scheduler.StepLR(opt, step_size=lr_step_size * steps_per_epoch,
+                                                    gamma=lr_gamma)}[lr_schedule]()
+        sched = main
+        if warmup:
+            rise = lr_scheduler.LinearLR(opt, start_factor=WARMUP_START, total_iters=warmup)
+            sched = lr_scheduler.SequentialLR(opt, [rise, main], milestones=[warmup])
+    return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+
+def add_to_schedules(group: dict, schedulers: Iterable[lr_scheduler.LRScheduler]) -> None:
+    """Let the schedules drive a param group added during training (a backbone unfrozen by
+    `training.finetune`): the keys and base learning rates they keep per group, scaled from the
+    group's own starting learning rate."""
+    group.setdefault("initial_lr", group["lr"])
+    for sched in schedulers:
+        for s in [sched, *getattr(sched, "_schedulers", [])]:
+            first = s.optimizer.param_groups[0]
+            scale = group["initial_lr"] / first["initial_lr"] if first.get("initial_lr") else 1.0
+            for key in ("max_lr", "min_lr"):  # OneCycleLR's per-group keys
+                if key in first:
+                    group.setdefault(key, first[key] * scale)
+            if len(s.base_lrs) < len(s.optimizer.param_groups):
+                s.base_lrs.append(group["initial_lr"])
