@@ -63,15 +63,16 @@ def build_optimizers(
 
 def add_to_schedules(group: dict, schedulers: Iterable[lr_scheduler.LRScheduler]) -> None:
     """Let the schedules drive a param group added during training (a backbone unfrozen by
-    `training.finetune`): the keys and base learning rates they keep per group, scaled from the
-    group's own starting learning rate."""
-    group.setdefault("initial_lr", group["lr"])
+    `training.finetune`): the per-group keys they keep (initial, peak and final learning rates,
+    OneCycleLR's momenta) and their base learning rates, copied from the first group and
+    scaled by the ratio of the two groups' current learning rates."""
     for sched in schedulers:
         for s in [sched, *getattr(sched, "_schedulers", [])]:
             first = s.optimizer.param_groups[0]
-            scale = group["initial_lr"] / first["initial_lr"] if first.get("initial_lr") else 1.0
-            for key in ("max_lr", "min_lr"):  # OneCycleLR's per-group keys
-                if key in first:
-                    group.setdefault(key, first[key] * scale)
+            scale = group["lr"] / first["lr"] if first["lr"] else 1.0
+            for key, value in first.items():
+                if key not in group:
+                    group[key] = value * scale if key in ("initial_lr", "max_lr", "min_lr") else value
+            group.setdefault("initial_lr", group["lr"])
             if len(s.base_lrs) < len(s.optimizer.param_groups):
                 s.base_lrs.append(group["initial_lr"])
