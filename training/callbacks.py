@@ -3,7 +3,8 @@ rank, box pictures, and the recipe's weight average."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import math
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import pytorch_lightning as pl
@@ -53,6 +54,13 @@ class StopOnNonFinite(Callback):
         if not isinstance(loss, torch.Tensor):
             return
         loss = loss.detach().float().sum()
+        if loss.device.type == "cpu" and (self.every or 1) == 1:
+            # On the CPU reading costs nothing: check the value itself, no device-side record.
+            value = loss.item()
+            if not math.isfinite(value):
+                raise self._fail(f"training loss became {value} at epoch {trainer.current_epoch}, "
+                                 f"step {self._step}")
+            return
         if self._first_bad is None:
             none = torch.full((), -1, dtype=torch.long, device=loss.device)
             self._first_bad = (none, none.clone(), torch.zeros((), device=loss.device))
@@ -94,10 +102,17 @@ class StopOnNonFinite(Callback):
 
 class SamplesPerRank(Callback):
     """Log how many training images each rank saw per epoch (`train_samples_rank{r}`), so a
-    distributed run shows that every worker really trained."""
+    distributed run shows that every worker really trained; and run `at_fit_start(trainer,
+    module)` once (the run's data facts, `training.steps`). One callback rather than two:
+    Lightning calls every hook of every callback on every step."""
 
-    def __init__(self):
+    def __init__(self, at_fit_start: Callable[[pl.Trainer, pl.LightningModule], None] | None = None):
         self.count = 0
+        self.at_fit_start = at_fit_start
+
+    def on_fit_start(self, trainer, pl_module) -> None:
+        if self.at_fit_start is not None:
+            self.at_fit_start(trainer, pl_module)
 
     def on_train_epoch_start(self, trainer, pl_module) -> None:
         self.count = 0

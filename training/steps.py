@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytorch_lightning as pl
 from lightning_fabric.utilities.exceptions import MisconfigurationException
-from pytorch_lightning.callbacks import Callback, EarlyStopping, LambdaCallback, LearningRateMonitor
+from pytorch_lightning.callbacks import Callback, EarlyStopping, LearningRateMonitor
 from torchvision.utils import save_image
 
 from training import storage, viz
@@ -118,8 +118,9 @@ def build_trainer(spec: TrainSpec, *, callbacks: list[Callback], logger, root: P
         max_epochs=spec.epochs, accelerator=spec.accelerator, devices=1,
         precision=spec.precision, logger=logger, callbacks=callbacks,
         enable_progress_bar=spec.progress_bar, enable_model_summary=False,
-        log_every_n_steps=1, default_root_dir=root,
+        log_every_n_steps=50, default_root_dir=root,  # nothing is logged per step: epochs only
         gradient_clip_val=spec.grad_clip, accumulate_grad_batches=spec.accumulate_grad_batches,
+        benchmark=True,  # cuDNN picks the fastest convolution algorithms for the fixed shapes
     )
     try:
         return pl.Trainer(**{**kwargs, **overrides})
@@ -149,7 +150,7 @@ def standard_callbacks(spec: TrainSpec, run: Run, dm: ImageDataModule) -> list[C
 
     # First: a nan or inf loss stops the run before a checkpoint callback saves its weights.
     callbacks: list[Callback] = [StopOnNonFinite(advice=f"lower --lr (it was {spec.lr:g})"),
-                                 SamplesPerRank(), LambdaCallback(on_fit_start=log_data)]
+                                 SamplesPerRank(at_fit_start=log_data)]
     if spec.early_stopping_patience:
         callbacks.append(EarlyStopping(monitor=monitor, mode=mode,
                                        patience=spec.early_stopping_patience))

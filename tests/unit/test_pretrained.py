@@ -76,7 +76,7 @@ def test_weights_default_comes_from_the_hub_cache(tmp_path, monkeypatch):
     mean, std = [round(sum(IMAGENET_MEAN) / 3, 6)], [round(sum(IMAGENET_STD) / 3, 6)]
     assert list(dm.mean) == mean and list(dm.std) == std
     assert task.hparams.mean == mean and task.hparams.std == std
-    normalize = dm.batch_transform().transforms[-1]
+    normalize = dm.batch_transform()
     assert list(normalize.mean) == mean and list(normalize.std) == std
     provenance = task.hparams.provenance
     assert provenance["weights.name"] == "ResNet18_Weights.IMAGENET1K_V1"

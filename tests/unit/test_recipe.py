@@ -89,9 +89,11 @@ def test_the_data_module_augments_training_batches_only():
 
 
 def test_policies_wrap_the_training_set_per_image():
-    from training.data.digits import DigitsDataModule
+    from training.data import create_datamodule
 
-    dm = DigitsDataModule(batch_size=8, augment="trivialaugment", random_erasing=0.5)
+    spec = TrainSpec(data="digits", augment="trivialaugment", random_erasing=0.5, batch_size=8)
+    dm = create_datamodule(spec.data_spec())  # the spec's recipe reaches the data module
+    assert (dm.augment, dm.random_erasing) == ("trivialaugment", 0.5)
     dm.setup("fit")
     assert isinstance(dm.train_set, Augmented)
     assert not isinstance(dm.val_set, Augmented) and not isinstance(dm.test_set, Augmented)

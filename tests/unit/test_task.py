@@ -32,7 +32,7 @@ def test_optimizer_and_schedule_build(digits, optimizer, schedule):
     if schedule == "none":
         assert "lr_scheduler" not in config
         return
-    assert config["lr_scheduler"]["interval"] == "step"  # here 1 step per epoch: no Trainer
+    assert config["lr_scheduler"]["interval"] == "epoch"  # no warmup: once per epoch
     sched = config["lr_scheduler"]["scheduler"]
     lrs = []
     for _ in range(6):

@@ -59,6 +59,8 @@ def create_datamodule(data: DataSpec) -> ImageDataModule:
         download=data.download,
         val_fraction=data.val_fraction,
         num_workers=data.loader_workers,
+        augment=data.augment,
+        random_erasing=data.random_erasing,
     )
 
 

@@ -54,11 +54,15 @@ def batched_affine(augment: str, kind: str) -> bool:
     return augment == "basic" and kind == "digits"
 
 
-def random_affine(x: torch.Tensor, *, degrees: float = AFFINE_DEGREES,
-                  translate: float = AFFINE_TRANSLATE,
-                  scale: tuple[float, float] = AFFINE_SCALE) -> torch.Tensor:
+def random_affine(x: torch.Tensor, *, degrees: float | None = None,
+                  translate: float | None = None,
+                  scale: tuple[float, float] | None = None) -> torch.Tensor:
     """Rotate, shift and scale each image of a float batch (B, C, H, W) by its own random
-    amounts; what moves in from outside is 0 (black, before normalization)."""
+    amounts (default: the AFFINE_* ranges); what moves in from outside is 0 (black, before
+    normalization)."""
+    degrees = AFFINE_DEGREES if degrees is None else degrees
+    translate = AFFINE_TRANSLATE if translate is None else translate
+    scale = AFFINE_SCALE if scale is None else scale
     b = x.shape[0]
     rand = torch.rand(b, 4, device=x.device)
     angle = (rand[:, 0] * 2 - 1) * math.radians(degrees)

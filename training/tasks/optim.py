@@ -1,9 +1,10 @@
 """Optimizer and learning-rate schedule from the spec's names, shared by every task.
 
-Schedules step once per optimizer step, so warmup and annealing are smooth however few the
-epochs: `cosine`, `step` (every `lr_step_size` epochs) and `none` may start with a linear
-warmup of `warmup_epochs` from a hundredth of the learning rate; `onecycle` is torch's
-OneCycleLR, whose rise takes `warmup_epochs` (or 30% of the run when that is 0).
+`cosine`, `step` (every `lr_step_size` epochs) and `none` may start with a linear warmup of
+`warmup_epochs` from a hundredth of the learning rate; `onecycle` is torch's OneCycleLR, whose
+rise takes `warmup_epochs` (or 30% of the run when that is 0). With a warmup, and for
+`onecycle`, the schedule steps with every optimizer step, so it is smooth however few the
+epochs; otherwise once per epoch.
 """
 
 from __future__ import annotations
@@ -40,10 +41,13 @@ def build_optimizers(
         opt = torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
     else:
         raise ValueError(f"unknown optimizer {optimizer!r}; valid: adam, adamw, sgd")
-    steps_per_epoch = max(1, steps_per_epoch)
-    total, warmup = epochs * steps_per_epoch, warmup_epochs * steps_per_epoch
     if lr_schedule not in SCHEDULES:
         raise ValueError(f"unknown lr_schedule {lr_schedule!r}; valid: {', '.join(SCHEDULES)}")
+    # Without a warmup, cosine and step change the rate once per epoch, as torchvision's
+    # reference recipes do (a step of the schedule on every batch costs time on the CPU).
+    per_epoch = lr_schedule in ("cosine", "step") and not warmup_epochs
+    unit = 1 if per_epoch else max(1, steps_per_epoch)  # schedule steps per epoch
+    total, warmup = epochs * unit, warmup_epochs * unit
     if lr_schedule == "none" and not warmup:
         return {"optimizer": opt}
     if lr_schedule == "onecycle":
@@ -52,13 +56,14 @@ def build_optimizers(
     else:
         main = {"none": lambda: lr_scheduler.ConstantLR(opt, factor=1.0, total_iters=0),
                 "cosine": lambda: lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, total - warmup)),
-                "step": lambda: lr_scheduler.StepLR(opt, step_size=lr_step_size * steps_per_epoch,
+                "step": lambda: lr_scheduler.StepLR(opt, step_size=lr_step_size * unit,
                                                     gamma=lr_gamma)}[lr_schedule]()
         sched = main
         if warmup:
             rise = lr_scheduler.LinearLR(opt, start_factor=WARMUP_START, total_iters=warmup)
             sched = lr_scheduler.SequentialLR(opt, [rise, main], milestones=[warmup])
-    return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+    interval = "epoch" if per_epoch else "step"
+    return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": interval}}
 
 
 def add_to_schedules(group: dict, schedulers: Iterable[lr_scheduler.LRScheduler]) -> None:
