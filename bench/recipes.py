@@ -69,7 +69,7 @@ def main() -> None:
     for name, fields in recipes.items():
         for seed in args.seeds:
             t0 = time.perf_counter()
-            result = train(TrainSpec(**common, seed=seed, **fields))
+            result = train(TrainSpec(**{**common, "seed": seed, **fields}))
             seconds = time.perf_counter() - t0
             accuracy = result.metrics[metric]
             table.setdefault(name, []).append((accuracy, seconds))
