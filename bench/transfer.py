@@ -23,7 +23,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="cnn")
     parser.add_argument("--epochs", type=int, default=5, help="epochs of each localizer")
-    parser.add_argument("--source-epochs", type=int, default=10, help="epochs of the classifier")
+    parser.add_argument("--source-epochs", type=int, default=None,
+                        help="epochs of the classifier (default: mnist-5k's recipe)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--loss-variant", default="mse", choices=["mse", "ce"],
@@ -40,8 +41,10 @@ def main() -> None:
     common = dict(tracking_uri=f"sqlite:///{root / 'mlflow.db'}", storage=str(root / "runs"),
                   progress_bar=False, model=args.model, batch_size=args.batch_size)
     started = time.perf_counter()
-    source = run(TrainSpec(**common, data="mnist-5k", epochs=args.source_epochs, seed=0))
-    print(f"source: {args.model} on mnist-5k, {args.source_epochs} epochs: test_acc "
+    given = {"epochs": args.source_epochs} if args.source_epochs else {}
+    source_spec = TrainSpec(**common, data="mnist-5k", seed=0, **given)
+    source = run(source_spec)
+    print(f"source: {args.model} on mnist-5k, {source_spec.epochs} epochs: test_acc "
           f"{source.metrics.get('test_acc', float('nan')):.4f} ({time.perf_counter() - started:.0f} s) "
           f"[load {os.getloadavg()[0]:.2f}]")
 

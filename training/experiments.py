@@ -22,6 +22,9 @@ SOURCE_EXPERIMENT = {
     "lr_schedule": "none",
     "batch_size": 1000,
     "epochs": 60,
+    "augment": "none",  # and none of the recipe's other additions
+    "label_smoothing": 0.0,
+    "ema_decay": None,
     "experiment": "mlp-vs-cnn",
 }
 

@@ -3,8 +3,8 @@ gradient handling and compilation. `TrainSpec` inherits them, so the CLI, YAML f
 API and sweeps all take them; `training.recipe` turns them into transforms and callbacks.
 
 Some defaults depend on the task and on what the pictures are (`training.catalog.DATA_KINDS`):
-a field left out (or null) takes the value of `RECIPE_DEFAULTS` for the spec's task and data
-kind, filled in before validation, so the run's params show what was used. They were chosen by
+a field left out takes the value of `RECIPE_DEFAULTS` for the spec's task and data kind, filled
+in before validation, so the run's params show what was used. They were chosen by
 measurement (bench/recipes.py; the figures are in the README). Torch-free, like training.spec.
 """
 
@@ -23,14 +23,19 @@ AUGMENTS: tuple[str, ...] = Augment.__args__  # type: ignore[attr-defined]
 # apply to boxes, so a localizer takes `none` or `basic` (which moves the box with the image).
 BOX_AUGMENTS = ("none", "basic")
 
-# (task, data kind) -> the recipe fields that default differently there.
+# (task, data kind) -> the fields that default differently there (bench/recipes.py measured
+# them; the README has the figures). A spec that names a field keeps its value, None included.
 RECIPE_DEFAULTS: dict[tuple[str, str], dict[str, Any]] = {
-    ("classify", "digits"): {"augment": "basic", "label_smoothing": 0.0},
+    # lenet5 and cnn on mnist-5k: 98.7% and 98.x% mean test accuracy over 3 seeds, against
+    # 96.1% and 96.x% for the old default (no augmentation, 30 epochs of batches of 32).
+    ("classify", "digits"): {"augment": "basic", "label_smoothing": 0.1, "ema_decay": 0.999,
+                             "epochs": 60, "batch_size": 64},
+    # torchvision's reference recipes for photos: random resized crop, flip, smoothing 0.1.
     ("classify", "photos"): {"augment": "basic", "label_smoothing": 0.1},
     # Canvases already place digits at random positions and scales; moving boxes costs about
     # 4 ms an image on the CPU, more than the small networks' own step.
-    ("localize", "digits"): {"augment": "none", "label_smoothing": 0.0},
-    ("localize", "photos"): {"augment": "basic", "label_smoothing": 0.0},
+    ("localize", "digits"): {"augment": "none"},
+    ("localize", "photos"): {"augment": "basic"},
 }
 
 
@@ -74,7 +79,7 @@ class RecipeSpec(SpecBase):
         defaults = RECIPE_DEFAULTS.get((str(task), DATA_KINDS.get(str(name), "")))
         if defaults is None:  # an unknown task or data set: its own validator says so
             return data
-        return {**data, **{k: v for k, v in defaults.items() if data.get(k) is None}}
+        return {**defaults, **data}
 
 
 def check_recipe(spec: Any) -> None:

@@ -1,6 +1,7 @@
 """The training recipe through `train()`: every option at once in one run (compiled, mixed,
-smoothed, erased, warmed up, averaged, clipped, accumulated), and a schedule that keeps
-driving a backbone unfrozen mid-run. The pieces are unit-tested in tests/unit/test_recipe.py."""
+smoothed, erased, warmed up, averaged, clipped, accumulated), a schedule that keeps driving a
+backbone unfrozen mid-run, and accumulation that equals the larger batch. The pieces are
+unit-tested in tests/unit/test_recipe.py."""
 
 from __future__ import annotations
 
@@ -83,3 +84,32 @@ def test_the_schedule_drives_a_backbone_unfrozen_mid_run(in_tmp):
     assert len(set(backbone)) > per_epoch  # scheduled step by step, not left where it started
     assert backbone[-1] < 0.01 * max(backbone)  # and annealed with the head
     assert all(b <= h / 5 for b, h in zip(backbone, head))  # at a fraction of the head's rate
+
+
+# --- gradient accumulation ---------------------------------------------------------------------
+def test_accumulating_4_batches_of_8_takes_the_step_of_one_batch_of_32(tmp_path):
+    """SGD without momentum: the update is lr x the gradient, so it shows whether the 4 partial
+    gradients were averaged as one batch of 32 would be (the sampler draws the same order)."""
+    import pytorch_lightning as pl
+
+    from training.data import create_datamodule
+    from training.steps import build_task, build_trainer
+
+    def one_step(batch_size: int, accumulate: int) -> dict[str, torch.Tensor]:
+        spec = TrainSpec(data="digits", model="cnn", augment="none", optimizer="sgd", momentum=0,
+                         lr=0.5, lr_schedule="none", batch_size=batch_size, epochs=1,
+                         accumulate_grad_batches=accumulate, accelerator="cpu", progress_bar=False)
+        pl.seed_everything(0, workers=True, verbose=False)
+        dm = create_datamodule(spec.data_spec())
+        dm.setup("fit")
+        task = build_task(spec, dm)
+        trainer = build_trainer(spec, callbacks=[], logger=False, root=tmp_path, max_steps=1,
+                                limit_val_batches=0, num_sanity_val_steps=0,
+                                enable_checkpointing=False)
+        trainer.fit(task, datamodule=dm)
+        return {k: v.clone() for k, v in task.net.state_dict().items()}
+
+    accumulated, whole, single = one_step(8, 4), one_step(32, 1), one_step(8, 1)
+    for key in whole:
+        torch.testing.assert_close(accumulated[key], whole[key], atol=1e-5, rtol=1e-4)
+    assert any(not torch.allclose(single[k], whole[k], atol=1e-4) for k in whole)

@@ -34,6 +34,7 @@ CASES: dict[str, tuple[list[str], list[str]]] = {
     "warmup-too-long": (["train", "--epochs", "2", "--warmup-epochs", "2"],
                         ["warmup_epochs 2", "epochs=2"]),
     "ema-decay-of-1": (["train", "--ema-decay", "1"], ["'ema_decay'", "less than 1"]),
+    "negative-mixup-alpha": (["train", "--mixup-alpha", "-0.2"], ["'mixup_alpha'", "-0.2"]),
 }
 
 

@@ -203,8 +203,9 @@ def write_folder(root: Path, rows=FOLDER_ROWS, header: str = "image,x,y,w,h,labe
 
 
 def folder_spec(root: Path, augment: str | None = None, **data_args) -> DataSpec:
+    given = {"augment": augment} if augment else {}  # left out: the recipe's default
     return TrainSpec(task="localize", data="localization-folder", data_dir=str(root),
-                     image_size=32, augment=augment, data_args=data_args).data_spec()
+                     image_size=32, data_args=data_args, **given).data_spec()
 
 
 def test_folder_labels_images_and_boxes(tmp_path):

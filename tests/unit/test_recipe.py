@@ -30,8 +30,9 @@ def test_left_out_recipe_fields_take_the_defaults_of_their_task_and_data(fields,
 def test_a_given_recipe_value_wins_over_the_default_also_when_it_is_falsy():
     assert TrainSpec(augment="none").augment == "none"
     assert TrainSpec(data="folder", label_smoothing=0).label_smoothing == 0
-    assert TrainSpec.model_validate({"augment": None}).augment == RECIPE_DEFAULTS[
-        ("classify", "digits")]["augment"]  # YAML null: the default
+    assert TrainSpec(epochs=5).epochs == 5
+    assert TrainSpec.model_validate({"ema_decay": None}).ema_decay is None  # YAML null: off
+    assert TrainSpec().ema_decay == RECIPE_DEFAULTS[("classify", "digits")]["ema_decay"]
 
 
 # --- per-image augmentation -------------------------------------------------------------------
@@ -127,3 +128,53 @@ def test_no_mixing_by_default_and_label_smoothing_raises_the_loss_of_a_confident
     y = torch.arange(4)
     assert plain._loss(logits, y)[0] < 1e-6
     assert smooth._loss(logits, y)[0] > 1.0
+
+
+# --- every preset for every task and data kind -------------------------------------------------
+def _photo_classes(root):
+    from support.images import BLUE, RED, solid
+
+    for i in range(6):
+        solid(root / "red" / f"{i}.png", RED, (20, 20))
+        solid(root / "blue" / f"{i}.png", BLUE, (20, 20))
+    return root
+
+
+def _photo_boxes(root):
+    import numpy as np
+    from PIL import Image
+
+    lines = ["image,x,y,w,h,label"]
+    for i in range(6):
+        pixels = np.zeros((24, 24, 3), dtype=np.uint8)
+        pixels[4:14, 6:16] = 255
+        Image.fromarray(pixels).save(root / f"{i}.png")
+        lines.append(f"{i}.png,6,4,10,10,square")
+    (root / "labels.csv").write_text("\n".join(lines) + "\n")
+    return root
+
+
+PRESETS = ["none", "basic", "trivialaugment", "randaugment", "autoaugment"]
+CASES = ([("classify", "digits", a) for a in PRESETS] + [("classify", "folder", a) for a in PRESETS]
+         + [("localize", "localization-digits", a) for a in ("none", "basic")]
+         + [("localize", "localization-folder", a) for a in ("none", "basic")])
+
+
+@pytest.mark.parametrize("task, data, augment", CASES)
+def test_each_preset_yields_training_batches_for_each_task_and_data_kind(tmp_path, task, data, augment):
+    from training.data import create_datamodule
+
+    data_dir = {"folder": _photo_classes, "localization-folder": _photo_boxes}.get(data)
+    args = {"train_size": 16, "eval_size": 8} if data == "localization-digits" else {}
+    spec = TrainSpec(task=task, data=data, augment=augment, batch_size=4, image_size=32,
+                     data_dir=str(data_dir(tmp_path)) if data_dir else None, data_args=args)
+    dm = create_datamodule(spec.data_spec())
+    dm.setup("fit")
+    images, target = next(iter(dm.train_dataloader()))
+    assert images.dtype == torch.uint8
+    x = dm.batch_transform(training=True)(images)
+    assert x.shape == (4, dm.in_channels, 32, 32) and torch.isfinite(x).all()
+    if task == "localize":
+        assert target.shape == (4, 5 + dm.num_classes)
+        present = target[:, 0] > 0.5
+        assert (target[present, 1:5] >= 0).all() and (target[present, 1:5] <= 1).all()
