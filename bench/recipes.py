@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 CANDIDATES: dict[str, dict[str, object]] = {
+    "default": {},
     "none": {"augment": "none"},
     "basic": {"augment": "basic"},
     "basic+smooth0.1": {"augment": "basic", "label_smoothing": 0.1},
@@ -27,6 +28,11 @@ CANDIDATES: dict[str, dict[str, object]] = {
     "basic+warmup1": {"augment": "basic", "warmup_epochs": 1},
     "trivialaugment": {"augment": "trivialaugment"},
 }
+
+
+# What a recipe line prints about the spec it trained.
+RECIPE_FIELDS = ("epochs", "batch_size", "optimizer", "lr", "lr_schedule", "augment",
+                 "label_smoothing", "ema_decay", "mixup_alpha", "cutmix_alpha", "warmup_epochs")
 
 
 def parse_recipe(items: list[str]) -> tuple[str, dict[str, object]]:
@@ -45,7 +51,7 @@ def main() -> None:
     parser.add_argument("--model", default="lenet5")
     parser.add_argument("--data", default="mnist-5k")
     parser.add_argument("--task", default="classify")
-    parser.add_argument("--epochs", type=int, default=30)
+    parser.add_argument("--epochs", type=int, default=None, help="default: the recipe's")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--recipe", nargs="+", action="append", metavar="NAME [FIELD=VALUE ...]",
                         help="a recipe to try (repeatable); default: the built-in candidates")
@@ -60,16 +66,21 @@ def main() -> None:
     base = parse_recipe(["base", *args.set])[1]
     root = Path(tempfile.mkdtemp(prefix="waldo-recipes-"))
     common = dict(tracking_uri=f"sqlite:///{root / 'mlflow.db'}", storage=str(root / "runs"),
-                  progress_bar=False, model=args.model, data=args.data, task=args.task,
-                  epochs=args.epochs, **base)
+                  progress_bar=False, model=args.model, data=args.data, task=args.task, **base)
+    if args.epochs:
+        common["epochs"] = args.epochs
     metric = "test_acc" if args.task == "classify" else "test_cls_acc"
-    print(f"{args.model} on {args.data}, {args.epochs} epochs, base {base or 'defaults'} "
+    print(f"{args.model} on {args.data}, {args.epochs or 'default'} epochs, base {base or 'defaults'} "
           f"[load {os.getloadavg()[0]:.2f}, {os.cpu_count()} CPUs]")
     table: dict[str, list[tuple[float, float]]] = {}
     for name, fields in recipes.items():
         for seed in args.seeds:
+            spec = TrainSpec(**{**common, "seed": seed, **fields})
+            if seed == args.seeds[0]:
+                recipe = {k: getattr(spec, k) for k in RECIPE_FIELDS}
+                print(f"{name}: {', '.join(f'{k}={v}' for k, v in recipe.items())}", flush=True)
             t0 = time.perf_counter()
-            result = train(TrainSpec(**{**common, "seed": seed, **fields}))
+            result = train(spec)
             seconds = time.perf_counter() - t0
             accuracy = result.metrics[metric]
             table.setdefault(name, []).append((accuracy, seconds))
