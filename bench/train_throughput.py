@@ -106,9 +106,9 @@ def make_spec(model: str, batch_size: int, args, tmp: Path):
 
     return TrainSpec(
         model=model, data="digits", batch_size=batch_size, epochs=args.epochs, seed=args.seed,
-        # The plain loop does no augmentation, so neither may waldo's (its digits default,
-        # `basic`, adds a batched random affine of ~0.45 ms per 64-image batch on the CPU).
-        augment="none", accelerator="cpu", progress_bar=False, experiment="bench-throughput",
+        # The same work as the plain loop: none of the digits recipe's additions (augmentation,
+        # label smoothing, EMA; bench/augment_cost.py measures what augmentation costs).
+        augment="none", label_smoothing=0.0, ema_decay=None, accelerator="cpu", progress_bar=False, experiment="bench-throughput",
         tracking_uri=f"sqlite:///{tmp / 'mlflow.db'}", storage=str(tmp / "waldo_runs"),
     )
 
