@@ -33,7 +33,7 @@ import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
-TARGET = 0.9
+TARGET = 0.95
 
 
 @dataclass
