@@ -152,12 +152,34 @@ class BoxPictures(Callback):
         self._batch = None
 
 
+def ema_with_warmup(decay: float) -> Callable[[list[torch.Tensor], list[torch.Tensor], torch.Tensor], None]:
+    """An `AveragedModel` update (its `multi_avg_fn`) whose decay ramps up as
+    min(decay, (1 + n) / (10 + n)) after n updates (TensorFlow's ExponentialMovingAverage with
+    `num_updates`; timm warms its EMA up alike): a fixed 0.999 would keep a short run's average
+    near its random start. The decay is computed on the device, so no step waits for it."""
+
+    def update(averaged: list[torch.Tensor], current: list[torch.Tensor], n: torch.Tensor) -> None:
+        if not averaged[0].is_floating_point():  # integer buffers (BatchNorm's batch count)
+            torch._foreach_copy_(averaged, current)
+            return
+        n = n.to(averaged[0].dtype)
+        weight = 1 - torch.clamp((1 + n) / (10 + n), max=decay)
+        torch._foreach_add_(averaged, torch._foreach_mul(torch._foreach_sub(current, averaged), weight))
+
+    return update
+
+
 class WeightEMA(EMAWeightAveraging):
-    """Lightning's EMA of the weights (`--ema-decay`), whose checkpoints hold the average as
-    `state_dict` and the raw weights beside it. Lightning restores the raw weights whenever it
-    loads such a checkpoint while the callback is attached, also for `trainer.test(ckpt_path=
-    "best")`; here only resuming a fit does, so testing (and export, which reads `state_dict`)
-    use the average."""
+    """Lightning's EMA of the weights (`--ema-decay`), with the decay warmed up
+    (`ema_with_warmup`), whose checkpoints hold the average as `state_dict` and the raw weights
+    beside it. Lightning restores the raw weights whenever it loads such a checkpoint while the
+    callback is attached, also for `trainer.test(ckpt_path="best")`; here only resuming a fit
+    does, so testing (and export, which reads `state_dict`) use the average."""
+
+    def __init__(self, decay: float):
+        super().__init__(decay=decay)
+        self._kwargs.pop("avg_fn")  # the fixed-decay one; AveragedModel gets this instead
+        self._kwargs["multi_avg_fn"] = ema_with_warmup(decay)
 
     def on_load_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
                            checkpoint: dict[str, Any]) -> None:

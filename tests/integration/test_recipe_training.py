@@ -67,6 +67,20 @@ def test_every_recipe_option_at_once_trains_and_tests_the_averaged_weights(in_tm
             total += len(labels)
     assert result.metrics["test_acc"] == pytest.approx(correct / total, abs=1e-6)
 
+    # And export writes the averaged weights: the ONNX model answers as they do.
+    from training.export.parity import ort_session
+    from training.export.pipeline import export_run
+    from training.spec import ExportSpec
+
+    exported = export_run(ExportSpec(checkpoint=result.best_checkpoint, output="models"))
+    x = dm.batch_transform()(images)  # the last test batch
+    got = ort_session(exported.model_path).run(None, {"input": x.numpy()})[0]
+    raw = load_task(result.best_checkpoint).eval()
+    raw.load_state_dict(current)
+    with torch.no_grad():
+        torch.testing.assert_close(torch.from_numpy(got), task(x), atol=1e-4, rtol=1e-4)  # logits
+        assert not torch.allclose(torch.from_numpy(got), raw(x), atol=1e-3)
+
 
 def test_the_schedule_drives_a_backbone_unfrozen_mid_run(in_tmp):
     from training.train import train
