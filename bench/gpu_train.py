@@ -134,7 +134,7 @@ def make_spec(args, compile_on: bool):
     return TrainSpec(
         model=args.model, precision=args.precision, channels_last=True, compile=compile_on,
         batch_size=args.batch_size, epochs=1, optimizer="sgd", lr=args.lr, momentum=0.9,
-        lr_schedule="none", augment="none", label_smoothing=0.0, progress_bar=False,
+        lr_schedule="none", augment="none", label_smoothing=0.0, ema_decay=None, progress_bar=False,
         accelerator="gpu" if args.device == "cuda" else "cpu", seed=args.seed,
         image_size=args.image_size,
     )

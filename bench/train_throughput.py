@@ -108,7 +108,8 @@ def make_spec(model: str, batch_size: int, args, tmp: Path):
         model=model, data="digits", batch_size=batch_size, epochs=args.epochs, seed=args.seed,
         # The same work as the plain loop: none of the digits recipe's additions (augmentation,
         # label smoothing, EMA; bench/augment_cost.py measures what augmentation costs).
-        augment="none", label_smoothing=0.0, ema_decay=None, accelerator="cpu", progress_bar=False, experiment="bench-throughput",
+        augment="none", label_smoothing=0.0, ema_decay=None, accelerator="cpu",
+        progress_bar=False, experiment="bench-throughput",
         tracking_uri=f"sqlite:///{tmp / 'mlflow.db'}", storage=str(tmp / "waldo_runs"),
     )
 
