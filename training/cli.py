@@ -69,7 +69,7 @@ def _add_spec_flags(parser: argparse.ArgumentParser, exclude: set[str] = frozens
         flags = list(extra.get("flags") or ["--" + name.replace("_", "-")])
         help_text = field.description or ""
         default = "" if field.default is None else f" (default: {field.default})"
-        if name in recipe and name in per_data:
+        if name in per_data:  # augment, epochs, batch_size, ...
             default = " (default: chosen per task and data, see the README)"
         if name.endswith("_args"):  # model_args -> repeated --model-arg KEY=VALUE
             group.add_argument("--" + name.removesuffix("s").replace("_", "-"), dest=name,
