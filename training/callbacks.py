@@ -9,7 +9,7 @@ from typing import Any
 
 import pytorch_lightning as pl
 import torch
-from pytorch_lightning.callbacks import Callback, EMAWeightAveraging
+from pytorch_lightning.callbacks import Callback, WeightAveraging
 from pytorch_lightning.trainer.states import TrainerFn
 from torchvision.utils import save_image
 
@@ -169,17 +169,16 @@ def ema_with_warmup(decay: float) -> Callable[[list[torch.Tensor], list[torch.Te
     return update
 
 
-class WeightEMA(EMAWeightAveraging):
-    """Lightning's EMA of the weights (`--ema-decay`), with the decay warmed up
-    (`ema_with_warmup`), whose checkpoints hold the average as `state_dict` and the raw weights
-    beside it. Lightning restores the raw weights whenever it loads such a checkpoint while the
-    callback is attached, also for `trainer.test(ckpt_path="best")`; here only resuming a fit
-    does, so testing (and export, which reads `state_dict`) use the average."""
+class WeightEMA(WeightAveraging):
+    """An EMA of the weights (`--ema-decay`), updated after every optimizer step with the decay
+    warmed up (`ema_with_warmup`; Lightning's `EMAWeightAveraging` has a fixed decay), whose
+    checkpoints hold the average as `state_dict` and the raw weights beside it. Lightning
+    restores the raw weights whenever it loads such a checkpoint while the callback is attached,
+    also for `trainer.test(ckpt_path="best")`; here only resuming a fit does, so testing (and
+    export, which reads `state_dict`) use the average."""
 
     def __init__(self, decay: float):
-        super().__init__(decay=decay)
-        self._kwargs.pop("avg_fn")  # the fixed-decay one; AveragedModel gets this instead
-        self._kwargs["multi_avg_fn"] = ema_with_warmup(decay)
+        super().__init__(multi_avg_fn=ema_with_warmup(decay))
 
     def on_load_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
                            checkpoint: dict[str, Any]) -> None:

@@ -133,7 +133,6 @@ class LocalizationDigitsDataModule(BoxDataModule):
     """
 
     name = "localization-digits"
-    task = "localize"
     source = MNIST5K_SOURCE  # where the digits came from, for the MLflow run
     in_channels = 1
 
@@ -192,7 +191,6 @@ class LocalizationFolderDataModule(BoxDataModule):
     """
 
     name = "localization-folder"
-    task = "localize"
     kind = "photos"
     native_size = 128
     in_channels = 3

@@ -70,7 +70,10 @@ class BaseTask(pl.LightningModule):
 
     def configure_optimizers(self):
         h = self.hparams
-        steps = self.trainer.estimated_stepping_batches if self._trainer is not None else h.epochs
+        # Only a schedule that steps per optimizer step needs the count (it loads the data).
+        per_step = h.lr_schedule == "onecycle" or h.get("warmup_epochs", 0)
+        steps = (self.trainer.estimated_stepping_batches if per_step and self._trainer is not None
+                 else h.epochs)
         # Frozen parameters (`training.finetune`) stay out; unfreezing adds them as a group.
         return build_optimizers(
             [p for p in self.parameters() if p.requires_grad], optimizer=h.optimizer, lr=h.lr,
