@@ -33,6 +33,8 @@ import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from steptiming import device_name, load_average  # bench/steptiming.py
+
 TARGET = 0.95
 
 
@@ -183,21 +185,8 @@ def combine(runs: list[tuple[float, float]], stat: str) -> tuple[float, float]:
     return statistics.median(t[0] for t in runs), statistics.median(t[1] for t in runs)
 
 
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def load_average() -> str:
-    try:
-        return " ".join(f"{x:.1f}" for x in os.getloadavg())
-    except OSError:
-        return "n/a"
+def load_text() -> str:
+    return " ".join(f"{x:.1f}" for x in load_average()) or "n/a"
 
 
 def quiet() -> None:
@@ -238,8 +227,8 @@ def main(argv: list[str] | None = None) -> int:
     cwd = Path.cwd()
     os.chdir(tmp)
     try:
-        print(f"machine: {cpu_name()}, {os.cpu_count()} CPUs visible, load average "
-              f"{load_average()}; python {platform.python_version()}, torch {torch.__version__}, "
+        print(f"machine: {device_name('cpu')} visible, load average "
+              f"{load_text()}; python {platform.python_version()}, torch {torch.__version__}, "
               f"lightning {pl.__version__}; torch threads {torch.get_num_threads()}")
         print(f"data digits, epochs {args.epochs} (first skipped), repeats {args.repeats}, "
               f"interleave {args.interleave}, seed {args.seed}, stat {args.stat}, "
@@ -286,7 +275,7 @@ def main(argv: list[str] | None = None) -> int:
               f"{args.stat} of {args.repeats} repeats.\nms/step: median interval between "
               "full batches (noise-robust cross-check); step ratio = plain/waldo.")
         print(f"\nworst ratio {worst:.2f} (target >= {TARGET}); load average now "
-              f"{load_average()} (a load above the CPU count makes these figures noisy)")
+              f"{load_text()} (a load above the CPU count makes these figures noisy)")
         return 0
     finally:
         os.chdir(cwd)
