@@ -8,7 +8,6 @@ Importing this module does nothing heavy; onnxruntime is imported when the first
 
 from __future__ import annotations
 
-import asyncio
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
@@ -37,7 +36,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.metrics = Metrics()
     app.state.manager = ModelManager(settings, app.state.metrics)
-    app.state.decode_slots = asyncio.Semaphore(settings.max_concurrent_decodes)
     errors.install(app)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     for router in (health.router, models.router, predict.router, page.router):

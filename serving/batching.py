@@ -28,14 +28,25 @@ class QueueFull(Exception):
 
 
 @dataclass
+class Timing:
+    """Where one request's time went inside the batcher (the v2 statistics report it)."""
+
+    queue_ns: int = 0  # from put() to its batch starting
+    infer_ns: int = 0  # its batch's ONNX Runtime run
+    batch_size: int = 0  # images in that batch
+
+
+@dataclass
 class _Request:
     x: np.ndarray  # (n, C, H, W)
     future: asyncio.Future
+    timing: Timing | None = None
+    queued_ns: int = 0
 
 
 class Batcher:
     def __init__(self, model: LoadedModel, *, max_batch_size: int, max_delay_s: float, max_queue: int,
-                 on_batch: Callable[[int], None] = lambda n: None,
+                 on_batch: Callable[[int, int], None] = lambda size, ns: None,
                  on_depth: Callable[[int], None] = lambda n: None):
         self.model = model
         self.max_batch_size = max_batch_size
@@ -71,12 +82,13 @@ class Batcher:
         finally:
             self.arriving -= 1
 
-    def put(self, x: np.ndarray) -> asyncio.Future:
+    def put(self, x: np.ndarray, timing: Timing | None = None) -> asyncio.Future:
         """Queue `x` (n, C, H, W) now; the future gets its n output rows and the model that
-        computed them. Cancelling the future (a timeout) drops the request from its batch."""
+        computed them, and `timing` (if given) where the time went. Cancelling the future (a
+        timeout) drops the request from its batch."""
         future = asyncio.get_running_loop().create_future()
         try:
-            self._queue.put_nowait(_Request(x, future))
+            self._queue.put_nowait(_Request(x, future, timing, time.perf_counter_ns()))
         except asyncio.QueueFull:
             raise QueueFull(f"{self._queue.maxsize} requests already waiting for {self.model.name}") from None
         self._on_depth(self.depth)
@@ -121,7 +133,7 @@ class Batcher:
                 continue
             model = self.model  # one model per batch: a reload takes effect at the next batch
             x = batch[0].x if len(batch) == 1 else np.concatenate([r.x for r in batch])
-            self._on_batch(len(x))
+            started = time.perf_counter_ns()
             try:
                 out = await loop.run_in_executor(self._executor, model.run, x)
                 if len(out) != len(x):
@@ -131,9 +143,14 @@ class Batcher:
                     if not r.future.done():
                         r.future.set_exception(exc)
                 continue
+            infer_ns = time.perf_counter_ns() - started
+            self._on_batch(len(x), infer_ns)
             start = 0
             for r in batch:
                 stop = start + len(r.x)
+                if r.timing is not None:
+                    r.timing.queue_ns, r.timing.infer_ns = started - r.queued_ns, infer_ns
+                    r.timing.batch_size = len(x)
                 if not r.future.done():
                     r.future.set_result((out[start:stop], model))
                 start = stop

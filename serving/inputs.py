@@ -43,6 +43,11 @@ class PredictRequest(BaseModel):
     instances: Annotated[list[Instance], Field(min_length=1)]
 
 
+# One input of a request: an encoded image with a name for messages, or preprocessed float32
+# rows, (C, H, W) for one or (n, C, H, W) for n.
+Item = tuple[str, bytes] | np.ndarray
+
+
 class PixelBudget:
     """Decoded pixels one request may cost (`max_request_pixels`), charged image by image."""
 
@@ -106,8 +111,7 @@ class Inputs:
     decode size, never the whole request at full size.
     """
 
-    def __init__(self, card: ModelCard, items: list[tuple[str, bytes] | np.ndarray], *,
-                 max_pixels: int, max_request_pixels: int):
+    def __init__(self, card: ModelCard, items: list[Item], *, max_pixels: int, max_request_pixels: int):
         spec = card.input
         self.card = card
         budget = PixelBudget(max_request_pixels)
@@ -115,8 +119,9 @@ class Inputs:
         self.sizes: list[tuple[int, int]] = []  # as sent: boxes come back in these pixels
         for item in items:
             if isinstance(item, np.ndarray):
-                self._items.append(item)
-                self.sizes.append((spec.width, spec.height))
+                rows = item if item.ndim == 4 else item[None]
+                self._items.append(rows)
+                self.sizes.extend([(spec.width, spec.height)] * len(rows))
                 continue
             name, blob = item
             image = open_image(blob, name, max_pixels)
@@ -127,8 +132,15 @@ class Inputs:
             self._items.append((name, image))
         self.pixels = budget.used  # what decode() will decode
 
+    @property
+    def count(self) -> int:
+        """Images and tensor rows: the batch rows this request becomes."""
+        return len(self.sizes)
+
     def decode(self) -> np.ndarray:
         """(n, C, H, W) float32, as the card says."""
+        if len(self._items) == 1 and isinstance(self._items[0], np.ndarray):
+            return self._items.pop()  # one preprocessed batch: no copy
         rows = []
         for i, item in enumerate(self._items):
             self._items[i] = None  # nothing keeps a decoded image past its turn
@@ -137,11 +149,11 @@ class Inputs:
                 continue
             name, image = item
             with image:
-                rows.append(preprocess(self.card, load_image(image, name)))
-        return np.stack(rows)
+                rows.append(preprocess(self.card, load_image(image, name))[None])
+        return np.concatenate(rows)
 
 
-def parse_json(body: bytes, card: ModelCard, max_images: int) -> list[tuple[str, bytes] | np.ndarray]:
+def parse_json(body: bytes, card: ModelCard, max_images: int) -> list[Item]:
     """A JSON predict body -> its instances: (name, encoded image) or a checked (C, H, W) array."""
     try:
         raw = json.loads(body)
@@ -163,7 +175,7 @@ def parse_json(body: bytes, card: ModelCard, max_images: int) -> list[tuple[str,
                                               f"float array]}}: {problems}") from None
     spec = card.input
     shape = (spec.channels, spec.height, spec.width)
-    items: list[tuple[str, bytes] | np.ndarray] = []
+    items: list[Item] = []
     for i, item in enumerate(request.instances):
         what = f"instances[{i}]"
         if isinstance(item, B64Image):

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from serving import repository, runtime
 from serving.batching import Batcher
+from serving.lifecycle import Lifecycle
 from serving.metrics import Metrics
 from serving.repository import ModelVersion, RepositoryError
 from serving.runtime import LoadedModel, LoadError
@@ -35,19 +35,22 @@ def registry_uri(source: str) -> str | None:
     return None
 
 
-@dataclass
-class ServedModel:
-    name: str
-    source: str  # as configured
-    model: LoadedModel | None = None
-    batcher: Batcher | None = None
-    error: str | None = None  # why the last load or reload failed
-    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+class ServedModel(Lifecycle):
+    """A model the service knows: its inference lifecycle, where it comes from (`source`, as
+    configured) and whether an operator unloaded it."""
+
+    def __init__(self, name: str, source: str, manager: ModelManager):
+        super().__init__(name, manager.settings, manager.metrics, manager.decode_slots)
+        self.source = source
+        self.unloaded = False  # by the repository extension's unload; the poll leaves it so
+        self.lock = asyncio.Lock()
 
 
 class ModelManager:
     def __init__(self, settings: Settings, metrics: Metrics):
         self.settings, self.metrics = settings, metrics
+        # Requests decoding large images at once, service-wide (bounds decoding's memory).
+        self.decode_slots = asyncio.Semaphore(settings.max_concurrent_decodes)
         self.models: dict[str, ServedModel] = {}
         self.source_errors: dict[str, str] = {}  # folder sources that yield nothing, and why
         self._poller: asyncio.Task | None = None
@@ -83,7 +86,7 @@ class ModelManager:
         uri = registry_uri(source)
         if uri is not None:
             name = repository.parse_models_uri(uri)[0]
-            self.models.setdefault(name, ServedModel(name, source))
+            self.models.setdefault(name, ServedModel(name, source, self))
         try:
             found = await asyncio.to_thread(self._resolve, source)
         except RepositoryError as exc:
@@ -96,12 +99,12 @@ class ModelManager:
         if not found:
             self.source_errors[source] = f"model repository {source!r} holds no complete model version"
         for name, version in found.items():
-            served = self.models.setdefault(name, ServedModel(name, source))
+            served = self.models.setdefault(name, ServedModel(name, source, self))
             if served.source != source:
                 self.source_errors[source] = (f"model {name!r} is served from {served.source!r} already; "
                                               f"{source!r} would serve it too")
                 continue
-            if served.model is not None:  # already serving; newer versions come through reload
+            if served.model is not None or served.unloaded:  # newer versions come through reload
                 continue
             try:
                 model = await asyncio.to_thread(self._load, version, source)
@@ -122,16 +125,15 @@ class ModelManager:
     @property
     def ready(self) -> bool:
         return (not self.source_errors and bool(self.models)
-                and all(s.model is not None for s in self.models.values()))
+                and all(s.model is not None or s.unloaded for s in self.models.values()))
 
     def _install(self, served: ServedModel, model: LoadedModel) -> None:
-        served.model, served.error = model, None
+        served.model, served.error, served.unloaded = model, None, False
         if served.batcher is None:
             s, m = self.settings, self.metrics
             served.batcher = Batcher(
                 model, max_batch_size=s.max_batch_size, max_delay_s=s.max_delay_ms / 1000,
-                max_queue=s.max_queue,
-                on_batch=m.batch_size.labels(served.name).observe,
+                max_queue=s.max_queue, on_batch=served.count_batch,
                 on_depth=m.queue_depth.labels(served.name).set)
             served.batcher.start()
         else:
@@ -162,12 +164,36 @@ class ModelManager:
             self.metrics.reloads.labels(name, "loaded").inc()
             return {"name": name, "version": model.version, "previous_version": old, "changed": True}
 
+    async def load(self, name: str) -> dict:
+        """Serve `name` again after an unload, or for the first time if a folder source now
+        holds it; otherwise as `reload`. Raises KeyError for a name no source holds."""
+        if name not in self.models:
+            for source in self.settings.models:
+                if registry_uri(source) is None:
+                    await self._add_source(source)
+            if name not in self.models:
+                raise KeyError(name)
+            served = self.models[name]
+            if served.model is None:
+                raise LoadError(served.error or f"{name} did not load")
+            return {"name": name, "version": served.model.version, "previous_version": None,
+                    "changed": True}
+        return await self.reload(name)
+
+    async def unload(self, name: str) -> None:
+        """Stop serving `name` (requests get 503) until it is loaded again; the poll leaves it."""
+        served = self.models[name]
+        async with served.lock:
+            served.unloaded, served.model = True, None
+            served.error = "unloaded through the model repository API; load it to serve it again"
+            self.metrics.version.labels(name).set(0)
+
     async def _poll(self) -> None:
         while True:
             await asyncio.sleep(self.settings.poll_interval_s)
             for source in list(self.source_errors):  # a folder that was missing or empty
                 await self._add_source(source)
-            for name in list(self.models):
+            for name in [n for n, s in self.models.items() if not s.unloaded]:
                 try:
                     result = await self.reload(name)
                     if result["changed"]:

@@ -19,10 +19,12 @@ class Metrics:
     def __init__(self) -> None:
         disable_created_metrics()  # `*_created` series only add noise to every scrape
         self.registry = CollectorRegistry()
-        self.requests = Counter("waldo_requests", "Predict requests by model and HTTP status",
-                                ["model", "status"], registry=self.registry)
+        # protocol: "v1" (the friendly API), "v2-http" or "v2-grpc"; status: as HTTP would say it.
+        self.requests = Counter("waldo_requests", "Inference requests by model, status and protocol",
+                                ["model", "status", "protocol"], registry=self.registry)
         self.latency = Histogram(
-            "waldo_request_latency_seconds", "Predict latency, decode to response", ["model"],
+            "waldo_request_latency_seconds", "Inference latency, request read to response",
+            ["model", "protocol"],
             buckets=(.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30),
             registry=self.registry)
         self.batch_size = Histogram("waldo_batch_size", "Images per ONNX Runtime run", ["model"],

@@ -2,20 +2,16 @@
 
 from __future__ import annotations
 
-import asyncio
-import time
 from typing import Annotated
 
-import numpy as np
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
-from serving.batching import QueueFull
-from serving.deps import MetricsDep, ServedDep, SettingsDep, require_user
+from serving.deps import ServedDep, SettingsDep, require_user
 from serving.errors import ApiError
-from serving.inputs import IMAGE_FORMATS, Inputs, PredictRequest, parse_json
+from serving.inputs import IMAGE_FORMATS, Item, PredictRequest, parse_json
 from serving.processing import postprocess
 
 router = APIRouter(prefix="/v1/models", tags=["predict"])
@@ -61,7 +57,7 @@ _ERRORS = {s: {"description": d} for s, d in [
     (504, "timed out waiting for inference")]}
 
 
-async def _read_multipart(request: Request, settings) -> list[tuple[str, bytes]]:
+async def _read_multipart(request: Request, settings) -> list[Item]:
     try:
         form = await request.form(max_files=settings.max_images, max_fields=settings.max_images)
     except ApiError:
@@ -88,27 +84,8 @@ async def _read_multipart(request: Request, settings) -> list[tuple[str, bytes]]
         await form.close()
 
 
-# Work this small runs on the event loop: it costs less than the hop to a worker thread and back.
-INLINE_BYTES = 16 * 1024  # JSON to parse
-INLINE_PIXELS = 256 * 256  # pixels to decode
-
-
-async def _decode(request: Request, inputs: Inputs, settings) -> np.ndarray:
-    """Decode on the event loop when small, else on a worker thread holding one of the
-    service's decode slots (`max_concurrent_decodes`), which bounds the memory that decoding
-    can take across all requests."""
-    if inputs.pixels <= INLINE_PIXELS:
-        return inputs.decode()
-    slots: asyncio.Semaphore = request.app.state.decode_slots
-    try:
-        await asyncio.wait_for(slots.acquire(), settings.request_timeout_s)
-    except TimeoutError:
-        raise ApiError(503, "overloaded", f"no decode slot free within {settings.request_timeout_s} s; "
-                                          "retry shortly", headers={"Retry-After": "1"}) from None
-    try:
-        return await run_in_threadpool(inputs.decode)
-    finally:
-        slots.release()
+# JSON this small is parsed on the event loop: it costs less than the hop to a worker thread.
+INLINE_BYTES = 16 * 1024
 
 
 @router.post("/{name}/predict", dependencies=[Depends(require_user)], openapi_extra=_BODY,
@@ -117,56 +94,29 @@ async def predict(
     request: Request,
     served: ServedDep,
     settings: SettingsDep,
-    metrics: MetricsDep,
     top_k: Annotated[int, Query(ge=1, le=1000, description="classes to return per image")] = 5,
     threshold: Annotated[float, Query(ge=0, le=1, description="p_c above which a box is an object")] = 0.5,
 ) -> JSONResponse:
-    started = time.perf_counter()
-    status = 200
-    try:
-        if served.model is None or served.batcher is None:
-            raise ApiError(503, "not_loaded", f"model {served.name!r} is not loaded: {served.error}",
-                           headers={"Retry-After": "5"})
-        card = served.model.card
+    with served.request("v1"):
+        served.loaded()  # 503 before reading a body for a model that is not loaded
         media = request.headers.get("content-type", "").split(";")[0].strip().lower()
         if media not in ("multipart/form-data", "application/json"):
             raise ApiError(415, "unsupported_media_type",
                            f"content type {media or '(none)'!r} is not accepted; send multipart/form-data "
                            "with 'file' fields or application/json with 'instances'")
-        with served.batcher.announce():  # a batch being formed waits for this request
+
+        async def read(card) -> list[Item]:
             if media == "multipart/form-data":
-                items = await _read_multipart(request, settings)
-            else:
-                body = await request.body()
-                if len(body) <= INLINE_BYTES:
-                    items = parse_json(body, card, settings.max_images)
-                else:
-                    items = await run_in_threadpool(parse_json, body, card, settings.max_images)
-                del body
-            inputs = Inputs(card, items, max_pixels=settings.max_image_pixels,
-                            max_request_pixels=settings.max_request_pixels)
-            del items
-            x = await _decode(request, inputs, settings)
-            sizes = inputs.sizes
-            try:
-                queued = served.batcher.put(x)
-            except QueueFull as exc:
-                raise ApiError(503, "overloaded", f"{exc}; retry shortly",
-                               headers={"Retry-After": "1"}) from None
-        try:
-            out, model = await asyncio.wait_for(queued, settings.request_timeout_s)
-        except TimeoutError:
-            raise ApiError(504, "timeout", f"no result within {settings.request_timeout_s} s") from None
-        results = postprocess(model.card, out, sizes, top_k=top_k, threshold=threshold)
+                return await _read_multipart(request, settings)
+            body = await request.body()
+            if len(body) <= INLINE_BYTES:
+                return parse_json(body, card, settings.max_images)
+            return await run_in_threadpool(parse_json, body, card, settings.max_images)
+
+        done = await served.predict(read)
+        with served.encoding():
+            results = postprocess(done.model.card, done.out, done.sizes, top_k=top_k, threshold=threshold)
         # Plain data already: a JSONResponse skips FastAPI's response validation pass.
+        model = done.model
         return JSONResponse({"model": served.name, "version": model.version, "task": model.card.task,
                              "predictions": results})
-    except ApiError as exc:
-        status = exc.status
-        raise
-    except Exception:
-        status = 500
-        raise
-    finally:
-        metrics.requests.labels(served.name, str(status)).inc()
-        metrics.latency.labels(served.name).observe(time.perf_counter() - started)

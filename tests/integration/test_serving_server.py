@@ -139,9 +139,9 @@ def predict_png(url: str, model: str, png: bytes, client: httpx.Client | None = 
                 timeout=60)
 
 
-def request_count(metrics_text: str, model: str, status: str = "200") -> float:
-    match = re.search(rf'^waldo_requests_total\{{model="{re.escape(model)}",status="{status}"\}} (\S+)$',
-                      metrics_text, re.MULTILINE)
+def request_count(metrics_text: str, model: str, status: str = "200", protocol: str = "v1") -> float:
+    match = re.search(rf'^waldo_requests_total\{{model="{re.escape(model)}",protocol="{protocol}",'
+                      rf'status="{status}"\}} (\S+)$', metrics_text, re.MULTILINE)
     return float(match.group(1)) if match else 0.0
 
 

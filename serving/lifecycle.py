@@ -1,0 +1,196 @@
+"""One inference lifecycle per model, under every front end (the friendly API, Open Inference
+Protocol v2 over HTTP and over gRPC).
+
+A request goes through named stages, each timed:
+
+    read    the front end turns its wire format into items (encoded images or float arrays)
+    decode  images are decoded and preprocessed from the ModelCard, one at a time, under the
+            request's pixel budget and the service's decode slots (`serving.inputs`)
+    queue   the request waits in the model's batcher for a batch to form
+    infer   ONNX Runtime runs the batch
+    encode  the front end writes the outputs in its wire format
+
+Front ends are thin: they parse their wire format, call `Lifecycle.predict`, and encode. The
+limits, the error mapping onto `ApiError`, the Prometheus metrics and the v2 statistics all
+come from here, so a new front end copies none of them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import numpy as np
+from starlette.concurrency import run_in_threadpool
+
+from serving.batching import Batcher, QueueFull, Timing
+from serving.errors import ApiError
+from serving.inputs import Inputs, Item
+from serving.metrics import Metrics
+from serving.runtime import LoadedModel
+from serving.settings import Settings
+
+# Work this small runs on the event loop: it costs less than the hop to a worker thread and back.
+INLINE_PIXELS = 256 * 256  # pixels to decode
+
+STAGES = ("success", "fail", "queue", "compute_input", "compute_infer", "compute_output")
+
+
+@dataclass
+class Duration:
+    count: int = 0
+    ns: int = 0
+
+    def add(self, ns: int) -> None:
+        self.count += 1
+        self.ns += ns
+
+
+@dataclass
+class Statistics:
+    """What the Open Inference Protocol's statistics extension reports for one model: counts
+    and cumulative nanoseconds per stage, since the service started."""
+
+    stages: dict[str, Duration] = field(default_factory=lambda: {s: Duration() for s in STAGES})
+    inference_count: int = 0  # images (batch rows) inferred
+    execution_count: int = 0  # requests that reached the model
+    last_inference_ms: int = 0
+    batches: dict[int, Duration] = field(default_factory=dict)  # batch size -> runs
+
+    def as_v2(self, name: str, version: str) -> dict:
+        return {
+            "name": name, "version": version, "last_inference": self.last_inference_ms,
+            "inference_count": self.inference_count, "execution_count": self.execution_count,
+            "inference_stats": {s: {"count": d.count, "ns": d.ns} for s, d in self.stages.items()}
+            | {"cache_hit": {"count": 0, "ns": 0}, "cache_miss": {"count": 0, "ns": 0}},
+            "batch_stats": [{"batch_size": size, "compute_infer": {"count": d.count, "ns": d.ns}}
+                            for size, d in sorted(self.batches.items())],
+        }
+
+
+@dataclass
+class Prediction:
+    """What the model computed for one request: `out` rows in request order."""
+
+    out: np.ndarray
+    model: LoadedModel
+    sizes: list[tuple[int, int]]  # (width, height) of each input as sent
+
+
+class Lifecycle:
+    """The stages of an inference for one served model (`serving.manager.ServedModel` adds
+    where the model comes from and how it is reloaded)."""
+
+    def __init__(self, name: str, settings: Settings, metrics: Metrics, decode_slots: asyncio.Semaphore):
+        self.name, self.settings, self.metrics = name, settings, metrics
+        self.decode_slots = decode_slots  # shared by every model of the service
+        self.stats = Statistics()
+        self.model: LoadedModel | None = None  # set by the manager on load, None when unloaded
+        self.batcher: Batcher | None = None  # started with the first version, kept across reloads
+        self.error: str | None = None  # why the last load failed, or why the model is unloaded
+
+    # -- stages -------------------------------------------------------------------------------
+    def loaded(self) -> LoadedModel:
+        """The served version, or 503 with why there is none."""
+        if self.model is None or self.batcher is None:
+            raise ApiError(503, "not_loaded", f"model {self.name!r} is not loaded: {self.error}",
+                           headers={"Retry-After": "5"})
+        return self.model
+
+    @contextmanager
+    def request(self, protocol: str):
+        """Around one request of any front end: counts it by status in Prometheus and in the v2
+        statistics (success or fail, with its duration)."""
+        started = time.perf_counter_ns()
+        status = 500
+        try:
+            yield
+            status = 200
+        except ApiError as exc:
+            status = exc.status
+            raise
+        finally:
+            elapsed = time.perf_counter_ns() - started
+            self.metrics.requests.labels(self.name, str(status), protocol).inc()
+            self.metrics.latency.labels(self.name, protocol).observe(elapsed / 1e9)
+            self.stats.stages["success" if status == 200 else "fail"].add(elapsed)
+
+    def check_count(self, n: int) -> None:
+        if n > self.settings.max_images:
+            raise ApiError(413, "too_many", f"{n} images or instances in one request; the limit is "
+                                            f"{self.settings.max_images}")
+        if n < 1:
+            raise ApiError(422, "invalid_input", "no inputs: send at least one image or tensor")
+
+    async def decode(self, items: list[Item]) -> tuple[np.ndarray, list[tuple[int, int]]]:
+        """Items -> the (n, C, H, W) float32 batch the card asks for, and each input's size.
+
+        Small work runs on the event loop; large images decode on a worker thread holding one
+        of the service's decode slots (`max_concurrent_decodes`), which bounds the memory that
+        decoding takes across all requests."""
+        s = self.settings
+        started = time.perf_counter_ns()
+        inputs = Inputs(self.loaded().card, items, max_pixels=s.max_image_pixels,
+                        max_request_pixels=s.max_request_pixels)
+        self.check_count(inputs.count)
+        if inputs.pixels <= INLINE_PIXELS:
+            x = inputs.decode()
+        else:
+            try:
+                await asyncio.wait_for(self.decode_slots.acquire(), s.request_timeout_s)
+            except TimeoutError:
+                raise ApiError(503, "overloaded", f"no decode slot free within {s.request_timeout_s} s; "
+                                                  "retry shortly", headers={"Retry-After": "1"}) from None
+            try:
+                x = await run_in_threadpool(inputs.decode)
+            finally:
+                self.decode_slots.release()
+        self.stats.stages["compute_input"].add(time.perf_counter_ns() - started)
+        return x, inputs.sizes
+
+    def enqueue(self, x: np.ndarray) -> tuple[asyncio.Future, Timing]:
+        timing = Timing()
+        try:
+            return self.batcher.put(x, timing), timing
+        except QueueFull as exc:
+            raise ApiError(503, "overloaded", f"{exc}; retry shortly", headers={"Retry-After": "1"}) from None
+
+    async def wait(self, queued: asyncio.Future, timing: Timing) -> tuple[np.ndarray, LoadedModel]:
+        try:
+            out, model = await asyncio.wait_for(queued, self.settings.request_timeout_s)
+        except TimeoutError:
+            raise ApiError(504, "timeout", f"no result within {self.settings.request_timeout_s} s") from None
+        st = self.stats
+        st.stages["queue"].add(timing.queue_ns)
+        st.stages["compute_infer"].add(timing.infer_ns)
+        st.inference_count += len(out)
+        st.execution_count += 1
+        st.last_inference_ms = int(time.time() * 1000)
+        return out, model
+
+    def count_batch(self, size: int, ns: int) -> None:
+        """Called by the batcher once per ONNX Runtime run."""
+        self.stats.batches.setdefault(size, Duration()).add(ns)
+        self.metrics.batch_size.labels(self.name).observe(size)
+
+    # -- the whole path -----------------------------------------------------------------------
+    async def predict(self, read) -> Prediction:
+        """`await read(card)` gives the request's items (a front end reads and parses its body
+        there, so that a batch being formed waits for it); then decode, queue and infer."""
+        card = self.loaded().card
+        with self.batcher.announce():
+            items = await read(card)
+            x, sizes = await self.decode(items)
+            del items
+            queued, timing = self.enqueue(x)
+        out, model = await self.wait(queued, timing)
+        return Prediction(out, model, sizes)
+
+    @contextmanager
+    def encoding(self):
+        """Around a front end's encode stage."""
+        started = time.perf_counter_ns()
+        yield
+        self.stats.stages["compute_output"].add(time.perf_counter_ns() - started)
