@@ -16,7 +16,7 @@ from serving import errors
 from serving.manager import ModelManager
 from serving.metrics import Metrics
 from serving.middleware import BodyLimit
-from serving.routes import health, models, page, predict
+from serving.routes import health, models, page, predict, v2
 from serving.settings import Settings, get_settings
 
 
@@ -25,11 +25,19 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        await app.state.manager.start()
+        manager = app.state.manager
+        await manager.start()
+        grpc_server = None
         try:
+            if settings.grpc_port is not None:  # grpc is imported only when it is asked for
+                from serving.v2 import grpc as grpc_front
+
+                grpc_server = await grpc_front.start(manager, settings)
             yield
         finally:
-            await app.state.manager.stop()
+            if grpc_server is not None:
+                await grpc_server.stop(grace=2)
+            await manager.stop()
 
     app = FastAPI(title="Waldo inference", version="0.1.0", lifespan=lifespan,
                   description="Classify and localize images with Waldo's ONNX models.")
@@ -38,6 +46,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.manager = ModelManager(settings, app.state.metrics)
     errors.install(app)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
-    for router in (health.router, models.router, predict.router, page.router):
+    for router in (health.router, models.router, predict.router, v2.router, page.router):
         app.include_router(router)
     return app

@@ -18,6 +18,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "or WALDO_MODELS)")
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default: %(default)s)")
     parser.add_argument("--port", type=int, default=8000, help="port (default: %(default)s)")
+    parser.add_argument("--grpc-port", type=int,
+                        help="also serve the Open Inference Protocol over gRPC on this port, on --host "
+                             "(default: WALDO_GRPC_PORT; unset: no gRPC)")
     parser.add_argument("--tracking-uri", help="MLflow registry for NAME@ALIAS sources")
     parser.add_argument("--max-batch-size", type=int, help="images per ONNX Runtime run; 1: no batching")
     parser.add_argument("--max-delay-ms", type=float, help="how long a batch waits to fill")
@@ -35,6 +38,7 @@ def build_settings(args: argparse.Namespace):
 
     overrides = {k: v for k, v in vars(args).items()
                  if v is not None and k in Settings.model_fields}
+    overrides.setdefault("grpc_host", args.host)
     settings = Settings(**overrides)
     for source in settings.models:
         if registry_uri(source) is None and not Path(source).is_dir():

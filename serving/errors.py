@@ -41,9 +41,16 @@ def code_for(status: int) -> str:
     return HTTP_CODES.get(status, "error")
 
 
-def error_response(status: int, code: str, message: str, headers: dict[str, str] | None = None):
-    return JSONResponse({"error": {"code": code, "message": message}}, status_code=status,
-                        headers=headers)
+# The Open Inference Protocol has its own error shape: `{"error": "<message>"}`.
+V2_PREFIX = "/v2"
+
+
+def error_response(status: int, code: str, message: str, headers: dict[str, str] | None = None,
+                   path: str = ""):
+    """The error contract's body; under /v2 the protocol's `{"error": message}`."""
+    v2 = path == V2_PREFIX or path.startswith(V2_PREFIX + "/")
+    body = {"error": message} if v2 else {"error": {"code": code, "message": message}}
+    return JSONResponse(body, status_code=status, headers=headers)
 
 
 def _where(loc) -> str:
@@ -57,28 +64,29 @@ def install(app: FastAPI, translations: Mapping[type[Exception], Translation] | 
     their traceback, to `logger`."""
     log = logging.getLogger(logger)
 
-    def _send(exc: ApiError):
-        return error_response(exc.status, exc.code, exc.message, exc.headers)
+    def _send(request: Request, exc: ApiError):
+        return error_response(exc.status, exc.code, exc.message, exc.headers, request.url.path)
 
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, exc: ApiError):
-        return _send(exc)
+        return _send(request, exc)
 
     for exc_type, translate in (translations or {}).items():
         async def _translated(request: Request, exc: Exception, translate=translate):
-            return _send(translate(request, exc))
+            return _send(request, translate(request, exc))
 
         app.add_exception_handler(exc_type, _translated)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError):
         problems = [f"{_where(e['loc'])}: {e['msg']}" for e in exc.errors()[:5]]
-        return error_response(422, "invalid_input", "; ".join(problems))
+        return error_response(422, "invalid_input", "; ".join(problems), path=request.url.path)
 
     @app.exception_handler(ClientDisconnect)
     async def _gone(request: Request, exc: ClientDisconnect):  # closed mid-body (or timed out)
         log.info("%s %s: the client went away before its body arrived", request.method, request.url.path)
-        return error_response(400, "client_disconnected", "the connection closed before the body arrived")
+        return error_response(400, "client_disconnected", "the connection closed before the body arrived",
+                              path=request.url.path)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException):
@@ -86,9 +94,10 @@ def install(app: FastAPI, translations: Mapping[type[Exception], Translation] | 
         if exc.status_code == 404 and message == "Not Found":
             message = f"no route {request.method} {request.url.path}"
         return error_response(exc.status_code, code_for(exc.status_code), message,
-                              getattr(exc, "headers", None))
+                              getattr(exc, "headers", None), request.url.path)
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception):  # a bug of ours, never the client's
         log.exception("unhandled error on %s %s", request.method, request.url.path)
-        return error_response(500, "internal", f"internal error ({type(exc).__name__}); see the service log")
+        return error_response(500, "internal", f"internal error ({type(exc).__name__}); see the service log",
+                              path=request.url.path)

@@ -55,7 +55,7 @@ class Statistics:
 
     stages: dict[str, Duration] = field(default_factory=lambda: {s: Duration() for s in STAGES})
     inference_count: int = 0  # images (batch rows) inferred
-    execution_count: int = 0  # requests that reached the model
+    execution_count: int = 0  # ONNX Runtime runs (a batch is one)
     last_inference_ms: int = 0
     batches: dict[int, Duration] = field(default_factory=dict)  # batch size -> runs
 
@@ -68,6 +68,17 @@ class Statistics:
             "batch_stats": [{"batch_size": size, "compute_infer": {"count": d.count, "ns": d.ns}}
                             for size, d in sorted(self.batches.items())],
         }
+
+
+@dataclass
+class Trace(Timing):
+    """Where one request's time went, stage by stage (ns; the batcher fills in its part). Added
+    to the statistics only when the request succeeds, all at once, so that the stage counts
+    always agree (perf_analyzer checks that they do)."""
+
+    compute_input: int = 0
+    compute_output: int = 0
+    rows: int = 0
 
 
 @dataclass
@@ -101,12 +112,13 @@ class Lifecycle:
 
     @contextmanager
     def request(self, protocol: str):
-        """Around one request of any front end: counts it by status in Prometheus and in the v2
-        statistics (success or fail, with its duration)."""
+        """Around one request of any front end; yields its Trace. Counts the request by status
+        in Prometheus and in the v2 statistics (success with its stages, or fail)."""
         started = time.perf_counter_ns()
+        trace = Trace()
         status = 500
         try:
-            yield
+            yield trace
             status = 200
         except ApiError as exc:
             status = exc.status
@@ -115,7 +127,19 @@ class Lifecycle:
             elapsed = time.perf_counter_ns() - started
             self.metrics.requests.labels(self.name, str(status), protocol).inc()
             self.metrics.latency.labels(self.name, protocol).observe(elapsed / 1e9)
-            self.stats.stages["success" if status == 200 else "fail"].add(elapsed)
+            if status == 200:
+                self._succeeded(trace, elapsed)
+            else:
+                self.stats.stages["fail"].add(elapsed)
+
+    def _succeeded(self, trace: Trace, elapsed: int) -> None:
+        st = self.stats
+        st.stages["success"].add(elapsed)
+        for stage, ns in (("compute_input", trace.compute_input), ("queue", trace.queue_ns),
+                          ("compute_infer", trace.infer_ns), ("compute_output", trace.compute_output)):
+            st.stages[stage].add(ns)
+        st.inference_count += trace.rows
+        st.last_inference_ms = int(time.time() * 1000)
 
     def check_count(self, n: int) -> None:
         if n > self.settings.max_images:
@@ -124,7 +148,7 @@ class Lifecycle:
         if n < 1:
             raise ApiError(422, "invalid_input", "no inputs: send at least one image or tensor")
 
-    async def decode(self, items: list[Item]) -> tuple[np.ndarray, list[tuple[int, int]]]:
+    async def decode(self, items: list[Item], trace: Trace) -> tuple[np.ndarray, list[tuple[int, int]]]:
         """Items -> the (n, C, H, W) float32 batch the card asks for, and each input's size.
 
         Small work runs on the event loop; large images decode on a worker thread holding one
@@ -147,50 +171,45 @@ class Lifecycle:
                 x = await run_in_threadpool(inputs.decode)
             finally:
                 self.decode_slots.release()
-        self.stats.stages["compute_input"].add(time.perf_counter_ns() - started)
+        trace.compute_input = time.perf_counter_ns() - started
         return x, inputs.sizes
 
-    def enqueue(self, x: np.ndarray) -> tuple[asyncio.Future, Timing]:
-        timing = Timing()
+    def enqueue(self, x: np.ndarray, trace: Trace) -> asyncio.Future:
         try:
-            return self.batcher.put(x, timing), timing
+            return self.batcher.put(x, trace)
         except QueueFull as exc:
             raise ApiError(503, "overloaded", f"{exc}; retry shortly", headers={"Retry-After": "1"}) from None
 
-    async def wait(self, queued: asyncio.Future, timing: Timing) -> tuple[np.ndarray, LoadedModel]:
+    async def wait(self, queued: asyncio.Future, trace: Trace) -> tuple[np.ndarray, LoadedModel]:
         try:
             out, model = await asyncio.wait_for(queued, self.settings.request_timeout_s)
         except TimeoutError:
             raise ApiError(504, "timeout", f"no result within {self.settings.request_timeout_s} s") from None
-        st = self.stats
-        st.stages["queue"].add(timing.queue_ns)
-        st.stages["compute_infer"].add(timing.infer_ns)
-        st.inference_count += len(out)
-        st.execution_count += 1
-        st.last_inference_ms = int(time.time() * 1000)
+        trace.rows = len(out)
         return out, model
 
     def count_batch(self, size: int, ns: int) -> None:
         """Called by the batcher once per ONNX Runtime run."""
         self.stats.batches.setdefault(size, Duration()).add(ns)
+        self.stats.execution_count += 1
         self.metrics.batch_size.labels(self.name).observe(size)
 
     # -- the whole path -----------------------------------------------------------------------
-    async def predict(self, read) -> Prediction:
+    async def predict(self, read, trace: Trace) -> Prediction:
         """`await read(card)` gives the request's items (a front end reads and parses its body
         there, so that a batch being formed waits for it); then decode, queue and infer."""
         card = self.loaded().card
         with self.batcher.announce():
             items = await read(card)
-            x, sizes = await self.decode(items)
+            x, sizes = await self.decode(items, trace)
             del items
-            queued, timing = self.enqueue(x)
-        out, model = await self.wait(queued, timing)
+            queued = self.enqueue(x, trace)
+        out, model = await self.wait(queued, trace)
         return Prediction(out, model, sizes)
 
     @contextmanager
-    def encoding(self):
+    def encoding(self, trace: Trace):
         """Around a front end's encode stage."""
         started = time.perf_counter_ns()
         yield
-        self.stats.stages["compute_output"].add(time.perf_counter_ns() - started)
+        trace.compute_output = time.perf_counter_ns() - started

@@ -3,21 +3,16 @@ counts the bytes of a chunked body as they arrive, so a huge upload never sits i
 
 from __future__ import annotations
 
-import json
-
-from serving.errors import ApiError
+from serving.errors import ApiError, error_response
 
 
 class BodyLimit:
     def __init__(self, app, max_bytes: int):
         self.app, self.max_bytes = app, max_bytes
 
-    async def _refuse(self, send, message: str) -> None:
-        body = json.dumps({"error": {"code": "too_large", "message": message}}).encode()
-        await send({"type": "http.response.start", "status": 413,
-                    "headers": [(b"content-type", b"application/json"),
-                                (b"content-length", str(len(body)).encode()), (b"connection", b"close")]})
-        await send({"type": "http.response.body", "body": body})
+    async def _refuse(self, scope, receive, send, message: str) -> None:
+        response = error_response(413, "too_large", message, {"connection": "close"}, scope.get("path", ""))
+        await response(scope, receive, send)
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -30,7 +25,8 @@ class BodyLimit:
             except ValueError:
                 size = -1
             if size > limit:
-                return await self._refuse(send, f"request body of {size} bytes exceeds the limit of {limit}")
+                return await self._refuse(scope, receive, send,
+                                          f"request body of {size} bytes exceeds the limit of {limit}")
         received = 0
         started = False
 
@@ -52,4 +48,4 @@ class BodyLimit:
             await self.app(scope, counting_receive, tracking_send)
         except ApiError as exc:  # read outside a route (e.g. by middleware)
             if not started:
-                await self._refuse(send, exc.message)
+                await self._refuse(scope, receive, send, exc.message)

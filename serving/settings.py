@@ -78,6 +78,10 @@ class Settings(BaseSettings):
         64 * 2**20, ge=0, description="after refusing a body (413), read and discard up to this much "
                                       "of it so that clients which send before reading get the answer")
 
+    # The Open Inference Protocol over gRPC, beside HTTP in the same process (off when unset).
+    grpc_port: int | None = Field(None, ge=1, le=65535, description="port for gRPC; unset: no gRPC")
+    grpc_host: str = Field("127.0.0.1", description="address gRPC binds (`waldo serve` uses --host)")
+
     # Auth: a bearer token on predict and on admin endpoints. Unset: open.
     api_key: SecretStr | None = Field(None, description="bearer token for predict and reload")
     admin_key: SecretStr | None = Field(None, description="bearer token for reload (default: api_key)")

@@ -97,7 +97,7 @@ async def predict(
     top_k: Annotated[int, Query(ge=1, le=1000, description="classes to return per image")] = 5,
     threshold: Annotated[float, Query(ge=0, le=1, description="p_c above which a box is an object")] = 0.5,
 ) -> JSONResponse:
-    with served.request("v1"):
+    with served.request("v1") as trace:
         served.loaded()  # 503 before reading a body for a model that is not loaded
         media = request.headers.get("content-type", "").split(";")[0].strip().lower()
         if media not in ("multipart/form-data", "application/json"):
@@ -113,8 +113,8 @@ async def predict(
                 return parse_json(body, card, settings.max_images)
             return await run_in_threadpool(parse_json, body, card, settings.max_images)
 
-        done = await served.predict(read)
-        with served.encoding():
+        done = await served.predict(read, trace)
+        with served.encoding(trace):
             results = postprocess(done.model.card, done.out, done.sizes, top_k=top_k, threshold=threshold)
         # Plain data already: a JSONResponse skips FastAPI's response validation pass.
         model = done.model

@@ -1,0 +1,338 @@
+"""The Open Inference Protocol (KServe v2, Triton's HTTP/gRPC API), independent of the wire.
+
+The HTTP and gRPC front ends parse their bodies into an `InferRequest`, call `infer`, and
+write the `InferResponse` back; metadata, the model configuration, the repository index and
+the statistics are plain dicts here, which HTTP sends as JSON and gRPC parses into its messages.
+
+A Waldo model takes one of two inputs per request:
+
+    image   BYTES [-1, 1]        encoded images (PNG, JPEG, ...), preprocessed from the ModelCard
+    input   FP32  [-1, C, H, W]  tensors already preprocessed
+
+and gives `probabilities` FP32 [-1, K] (classification: the softmax of the network's logits) or
+the card's localization output `y` FP32 [-1, 5 + K]. The classification extension turns an
+output into BYTES [-1, N] of "score:index:label" strings, best first.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import math
+import struct
+from dataclasses import dataclass, field
+from importlib.metadata import PackageNotFoundError, version
+
+import numpy as np
+
+from serving.errors import ApiError
+from serving.inputs import Item
+from serving.lifecycle import Lifecycle
+from serving.modelcard import ModelCard
+from serving.processing import softmax
+
+IMAGE_INPUT, TENSOR_INPUT = "image", "input"
+PROBABILITIES = "probabilities"
+EXTENSIONS = ["classification", "binary_tensor_data", "model_repository", "statistics",
+              "model_configuration"]
+_LENGTH = struct.Struct("<I")  # BYTES elements are each prefixed with their length
+
+
+@dataclass
+class InputTensor:
+    name: str
+    datatype: str
+    shape: list[int]
+    data: bytes | list | None  # raw little-endian bytes (binary), or JSON/typed values
+
+
+@dataclass
+class RequestedOutput:
+    name: str
+    binary: bool | None = None  # None: the request's default
+    classification: int = 0  # > 0: the top-N "score:index:label" strings instead of values
+
+
+@dataclass
+class InferRequest:
+    inputs: list[InputTensor]
+    outputs: list[RequestedOutput] = field(default_factory=list)
+    id: str | None = None
+    binary_output: bool = False  # the default for outputs that do not say
+
+
+@dataclass
+class OutputTensor:
+    name: str
+    datatype: str  # FP32 or BYTES
+    shape: list[int]
+    array: np.ndarray  # float32, or an object array of bytes
+    binary: bool = False
+
+    def raw(self) -> bytes:
+        """The tensor as the binary extension and gRPC's raw contents carry it."""
+        if self.datatype == "BYTES":
+            return b"".join(_LENGTH.pack(len(v)) + v for v in self.array.reshape(-1))
+        return np.ascontiguousarray(self.array, dtype="<f4").tobytes()
+
+    def values(self) -> list:
+        """The tensor flattened in row-major order, as JSON `data` carries it."""
+        flat = self.array.reshape(-1)
+        if self.datatype == "BYTES":
+            return [v.decode() for v in flat]
+        return flat.tolist()
+
+
+@dataclass
+class InferResponse:
+    model_name: str
+    model_version: str
+    id: str | None
+    outputs: list[OutputTensor]
+
+
+def bad(message: str) -> ApiError:
+    return ApiError(400, "invalid_input", message)
+
+
+# -- what the server and a model look like over the protocol ---------------------------------
+def server_metadata() -> dict:
+    try:
+        release = version("waldo")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        release = "0"
+    return {"name": "waldo", "version": release, "extensions": EXTENSIONS}
+
+
+def output_name(card: ModelCard) -> str:
+    return PROBABILITIES if card.task == "classify" else card.outputs[0].name
+
+
+def output_width(card: ModelCard) -> int:
+    return len(card.labels) + (5 if card.task == "localize" else 0)
+
+
+def model_metadata(served: Lifecycle) -> dict:
+    model = served.loaded()
+    spec = model.card.input
+    return {
+        "name": served.name, "versions": [model.version], "platform": "onnxruntime_onnx",
+        "inputs": [{"name": IMAGE_INPUT, "datatype": "BYTES", "shape": [-1, 1]},
+                   {"name": TENSOR_INPUT, "datatype": "FP32",
+                    "shape": [-1, spec.channels, spec.height, spec.width]}],
+        "outputs": [{"name": output_name(model.card), "datatype": "FP32",
+                     "shape": [-1, output_width(model.card)]}],
+    }
+
+
+def model_config(served: Lifecycle) -> dict:
+    """Triton's model configuration (its JSON form), which `perf_analyzer` and Triton's
+    clients read: the batch axis is implicit (`max_batch_size`), and either input may be sent."""
+    model = served.loaded()
+    spec, s = model.card.input, served.settings
+    return {
+        "name": served.name, "platform": "onnxruntime_onnx", "backend": "onnxruntime",
+        "version_policy": {"latest": {"num_versions": 1}},
+        "max_batch_size": s.max_batch_size,
+        "input": [{"name": IMAGE_INPUT, "data_type": "TYPE_STRING", "dims": [1], "optional": True},
+                  {"name": TENSOR_INPUT, "data_type": "TYPE_FP32",
+                   "dims": [spec.channels, spec.height, spec.width], "optional": True}],
+        "output": [{"name": output_name(model.card), "data_type": "TYPE_FP32",
+                    "dims": [output_width(model.card)],
+                    **({"label_filename": "labels"} if model.card.task == "classify" else {})}],
+        "dynamic_batching": {"max_queue_delay_microseconds": int(s.max_delay_ms * 1000)},
+        "instance_group": [{"kind": "KIND_CPU" if model.providers[0].startswith("CPU") else "KIND_GPU",
+                            "count": 1}],
+    }
+
+
+def repository_index(models: dict[str, Lifecycle], ready_only: bool = False) -> list[dict]:
+    rows = []
+    for name, served in models.items():
+        if served.model is not None:
+            rows.append({"name": name, "version": served.model.version, "state": "READY", "reason": ""})
+        elif not ready_only:
+            rows.append({"name": name, "version": "", "state": "UNAVAILABLE",
+                         "reason": served.error or "not loaded"})
+    return rows
+
+
+def check_version(served: Lifecycle, version: str | None) -> None:
+    """404 when the request names a version that is not the one served."""
+    if version is None or version == "":
+        return
+    model = served.loaded()
+    if version != model.version:
+        raise ApiError(404, "unknown_version", f"model {served.name!r} has no version {version!r} "
+                                               f"being served; it serves version {model.version}")
+
+
+# -- inputs -----------------------------------------------------------------------------------
+def _elements(shape: list[int], name: str) -> int:
+    if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0
+                                              for d in shape):
+        raise bad(f"input {name!r}: shape must be a list of non-negative integers, got {shape!r}")
+    return math.prod(shape)
+
+
+def _flat(data, name: str) -> list:
+    """JSON `data` may be flat or nested in row-major order."""
+    if not isinstance(data, list):
+        raise bad(f"input {name!r}: 'data' must be a list")
+    out, stack = [], [iter(data)]
+    while stack:
+        for value in stack[-1]:
+            if isinstance(value, list):
+                stack.append(iter(value))
+                break
+            out.append(value)
+        else:
+            stack.pop()
+    return out
+
+
+def _images(tensor: InputTensor, max_images: int) -> list[Item]:
+    if tensor.datatype != "BYTES":
+        raise bad(f"input {IMAGE_INPUT!r} has datatype {tensor.datatype}; it takes BYTES (encoded images)")
+    count = _elements(tensor.shape, IMAGE_INPUT)
+    if len(tensor.shape) not in (1, 2) or (len(tensor.shape) == 2 and tensor.shape[1] != 1):
+        raise bad(f"input {IMAGE_INPUT!r} has shape {tensor.shape}; it takes [n] or [n, 1] (one image each)")
+    if count > max_images:
+        raise ApiError(413, "too_many", f"{count} images in one request; the limit is {max_images}")
+    if isinstance(tensor.data, bytes | bytearray | memoryview):
+        blobs, view, at = [], memoryview(tensor.data), 0
+        while at < len(view):
+            if at + 4 > len(view):
+                raise bad(f"input {IMAGE_INPUT!r}: binary data ends inside an element's length prefix")
+            (size,) = _LENGTH.unpack_from(view, at)
+            at += 4
+            if at + size > len(view):
+                raise bad(f"input {IMAGE_INPUT!r}: an element claims {size} bytes; {len(view) - at} remain")
+            blobs.append(bytes(view[at:at + size]))
+            at += size
+            if len(blobs) > count:
+                break
+    else:  # JSON: each element is the image base64-encoded (JSON strings cannot hold raw bytes)
+        blobs = []
+        for i, value in enumerate(_flat(tensor.data, IMAGE_INPUT)):
+            if isinstance(value, bytes):  # gRPC's bytes_contents
+                blobs.append(value)
+                continue
+            if not isinstance(value, str):
+                raise bad(f"input {IMAGE_INPUT!r} element {i} is {type(value).__name__}; send each image "
+                          "base64-encoded as a string (or as binary data)")
+            try:
+                blobs.append(base64.b64decode(value, validate=True))
+            except (binascii.Error, ValueError):
+                raise bad(f"input {IMAGE_INPUT!r} element {i} is not valid base64") from None
+    if len(blobs) != count:
+        raise bad(f"input {IMAGE_INPUT!r}: shape {tensor.shape} holds {count} elements but the data has "
+                  f"{len(blobs) if len(blobs) <= count else 'more'}")
+    return [(f"{IMAGE_INPUT}[{i}]", blob) for i, blob in enumerate(blobs)]
+
+
+def _tensor(tensor: InputTensor, card: ModelCard, max_images: int) -> list[Item]:
+    spec = card.input
+    chw = [spec.channels, spec.height, spec.width]
+    if tensor.datatype != "FP32":
+        raise bad(f"input {TENSOR_INPUT!r} has datatype {tensor.datatype}; it takes FP32")
+    count = _elements(tensor.shape, TENSOR_INPUT)
+    if len(tensor.shape) != 4 or tensor.shape[1:] != chw:
+        dims = ", ".join(map(str, chw))
+        raise bad(f"input {TENSOR_INPUT!r} has shape {tensor.shape}; this model takes [n, {dims}] "
+                  "(batch, channels, height, width), preprocessed")
+    if tensor.shape[0] > max_images:
+        raise ApiError(413, "too_many", f"{tensor.shape[0]} tensors in one request; "
+                                        f"the limit is {max_images}")
+    if isinstance(tensor.data, bytes | bytearray | memoryview):
+        if len(tensor.data) != count * 4:
+            raise bad(f"input {TENSOR_INPUT!r}: shape {tensor.shape} is {count} FP32 values = {count * 4} "
+                      f"bytes, but {len(tensor.data)} bytes came")
+        x = np.frombuffer(tensor.data, dtype="<f4").astype(np.float32, copy=False)
+    else:
+        values = _flat(tensor.data, TENSOR_INPUT)
+        if len(values) != count:
+            raise bad(f"input {TENSOR_INPUT!r}: shape {tensor.shape} holds {count} values but the data "
+                      f"has {len(values)}")
+        try:
+            x = np.asarray(values, dtype=np.float32)
+        except (TypeError, ValueError):
+            raise bad(f"input {TENSOR_INPUT!r}: the data holds something that is not a number") from None
+    if not np.isfinite(x).all():
+        raise bad(f"input {TENSOR_INPUT!r} contains NaN or infinity")
+    return [x.reshape(tensor.shape)]
+
+
+def to_items(request: InferRequest, card: ModelCard, max_images: int) -> list[Item]:
+    """The request's one input -> the lifecycle's items; 400 naming what is wrong."""
+    known = {IMAGE_INPUT: "BYTES [-1, 1]", TENSOR_INPUT: "FP32 [-1, C, H, W]"}
+    for tensor in request.inputs:
+        if tensor.name not in known:
+            raise bad(f"unknown input {tensor.name!r}; this model takes "
+                      + " or ".join(f"{k!r} ({v})" for k, v in known.items()))
+    if len(request.inputs) != 1:
+        names = [t.name for t in request.inputs]
+        raise bad(f"send exactly one input, {IMAGE_INPUT!r} or {TENSOR_INPUT!r}; got {names or 'none'}")
+    (tensor,) = request.inputs
+    if tensor.name == IMAGE_INPUT:
+        return _images(tensor, max_images)
+    return _tensor(tensor, card, max_images)
+
+
+# -- outputs ----------------------------------------------------------------------------------
+def _classification(card: ModelCard, probs: np.ndarray, top: int) -> np.ndarray:
+    top = min(top, probs.shape[1])
+    order = np.argsort(-probs, axis=1, kind="stable")[:, :top]
+    rows = [[f"{p[k]:.9g}:{k}:{card.labels[k]}".encode() for k in ks] for p, ks in zip(probs, order)]
+    array = np.empty((len(rows), top), dtype=object)
+    array[:] = rows
+    return array
+
+
+def encode(request: InferRequest, card: ModelCard, out: np.ndarray) -> list[OutputTensor]:
+    """The network's rows -> the requested outputs (checked by `check_outputs`)."""
+    name = output_name(card)
+    values = softmax(out.astype(np.float64)).astype(np.float32) if card.task == "classify" else out
+    tensors = []
+    for requested in request.outputs or [RequestedOutput(name)]:
+        binary = request.binary_output if requested.binary is None else requested.binary
+        if requested.classification:
+            array = _classification(card, values, requested.classification)
+            tensors.append(OutputTensor(name, "BYTES", list(array.shape), array, binary))
+        else:
+            tensors.append(OutputTensor(name, "FP32", list(values.shape), values, binary))
+    return tensors
+
+
+def check_outputs(request: InferRequest, card: ModelCard) -> None:
+    """Refuse a bad output request before any work is done."""
+    name = output_name(card)
+    for requested in request.outputs:
+        if requested.name != name:
+            raise bad(f"unknown output {requested.name!r}; this model gives {name!r}")
+        if requested.classification < 0:
+            raise bad(f"output {name!r}: classification must be a positive count, "
+                      f"got {requested.classification}")
+        if requested.classification and card.task != "classify":
+            raise bad(f"the classification extension applies to classification models; "
+                      f"{card.name!r} localizes (read {name!r}: [p_c, x, y, w, h, p_1..p_K])")
+
+
+async def infer(served: Lifecycle, protocol: str, parse, version: str | None = None) -> InferResponse:
+    """One inference through the model's lifecycle: `await parse()` gives the InferRequest (a
+    front end reads its body there, so that a batch being formed waits for it)."""
+    with served.request(protocol) as trace:
+        check_version(served, version)
+        parsed: list[InferRequest] = []
+
+        async def read(card: ModelCard) -> list[Item]:
+            request = await parse()
+            parsed.append(request)
+            check_outputs(request, card)
+            return to_items(request, card, served.settings.max_images)
+
+        done = await served.predict(read, trace)
+        request = parsed[0]
+        with served.encoding(trace):
+            outputs = encode(request, done.model.card, done.out)
+        return InferResponse(served.name, done.model.version, request.id, outputs)
