@@ -4,10 +4,13 @@ MLflow tracking server on 127.0.0.1, and a repository of exported models."""
 
 from __future__ import annotations
 
+import io
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
+from PIL import Image
 from support import (
     BIN,
     RunFactory,
@@ -111,3 +114,44 @@ def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     finally:
         server.stop()
 
+
+# --- sample images --------------------------------------------------------------------------
+def _png(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+@pytest.fixture(scope="session")
+def digits() -> list[tuple[int, bytes]]:
+    """20 held-out digits (two per class) from the `digits` test split, as 28x28 PNGs made exactly
+    like the training images (scikit-learn's 8x8 scaled to 20x20, centred by mass on 28x28)."""
+    from training.data.digits import digits_as_mnist, split_indices
+
+    images, targets = digits_as_mnist()
+    _, _, test = split_indices(targets, 0.1)  # the test split does not depend on val_fraction
+    picked: list[tuple[int, bytes]] = []
+    for cls in range(10):
+        for i in [int(i) for i in test if int(targets[i]) == cls][:2]:
+            picked.append((cls, _png(images[i, 0].numpy())))
+    assert len(picked) == 20
+    return picked
+
+
+@pytest.fixture(scope="session")
+def canvas_png() -> tuple[int, bytes, tuple[float, ...]]:
+    """One held-out digit on a 32x32 canvas, as `localization-digits` draws them for cnn-localize:
+    (label, PNG, true box x, y, w, h in pixels)."""
+    import torch
+    from sklearn.datasets import load_digits
+
+    from training.data.digits import split_indices
+    from training.data.localization import render_canvases
+
+    bunch = load_digits()
+    _, _, test = split_indices(torch.from_numpy(bunch.target).long(), 0.1)
+    index = test.numpy()
+    images, boxes, labels = render_canvases(
+        bunch.images[index].astype(np.float32) / 16.0, bunch.target[index], 1, 32,
+        empty_fraction=0.0, scale=(0.6, 0.7), noise=0.0, clutter=0, rng=np.random.default_rng(7))
+    return int(labels[0]), _png(images[0, 0].numpy()), tuple(float(v) for v in boxes[0])

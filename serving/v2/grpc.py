@@ -199,7 +199,7 @@ async def start(manager: ModelManager, settings: Settings) -> grpc.aio.Server:
     except RuntimeError:  # newer grpcio raises where older ones returned 0
         bound = 0
     if bound == 0:
-        raise OSError(f"cannot listen for gRPC on {address}: is the port in use?")
+        raise OSError(f"cannot listen for gRPC on {address} (address already in use?)")
     await server.start()
     log.info("gRPC (Open Inference Protocol) on %s", address)
     return server

@@ -197,8 +197,6 @@ def _images(tensor: InputTensor, max_images: int) -> list[Item]:
     count = _elements(tensor.shape, IMAGE_INPUT)
     if len(tensor.shape) not in (1, 2) or (len(tensor.shape) == 2 and tensor.shape[1] != 1):
         raise bad(f"input {IMAGE_INPUT!r} has shape {tensor.shape}; it takes [n] or [n, 1] (one image each)")
-    if count > max_images:
-        raise ApiError(413, "too_many", f"{count} images in one request; the limit is {max_images}")
     if isinstance(tensor.data, bytes | bytearray | memoryview):
         blobs, view, at = [], memoryview(tensor.data), 0
         while at < len(view):
@@ -228,6 +226,8 @@ def _images(tensor: InputTensor, max_images: int) -> list[Item]:
     if len(blobs) != count:
         raise bad(f"input {IMAGE_INPUT!r}: shape {tensor.shape} holds {count} elements but the data has "
                   f"{len(blobs) if len(blobs) <= count else 'more'}")
+    if count > max_images:
+        raise ApiError(413, "too_many", f"{count} images in one request; the limit is {max_images}")
     return [(f"{IMAGE_INPUT}[{i}]", blob) for i, blob in enumerate(blobs)]
 
 
@@ -241,9 +241,6 @@ def _tensor(tensor: InputTensor, card: ModelCard, max_images: int) -> list[Item]
         dims = ", ".join(map(str, chw))
         raise bad(f"input {TENSOR_INPUT!r} has shape {tensor.shape}; this model takes [n, {dims}] "
                   "(batch, channels, height, width), preprocessed")
-    if tensor.shape[0] > max_images:
-        raise ApiError(413, "too_many", f"{tensor.shape[0]} tensors in one request; "
-                                        f"the limit is {max_images}")
     if isinstance(tensor.data, bytes | bytearray | memoryview):
         if len(tensor.data) != count * 4:
             raise bad(f"input {TENSOR_INPUT!r}: shape {tensor.shape} is {count} FP32 values = {count * 4} "
@@ -258,6 +255,9 @@ def _tensor(tensor: InputTensor, card: ModelCard, max_images: int) -> list[Item]
             x = np.asarray(values, dtype=np.float32)
         except (TypeError, ValueError):
             raise bad(f"input {TENSOR_INPUT!r}: the data holds something that is not a number") from None
+    if tensor.shape[0] > max_images:
+        raise ApiError(413, "too_many", f"{tensor.shape[0]} tensors in one request; "
+                                        f"the limit is {max_images}")
     if not np.isfinite(x).all():
         raise bad(f"input {TENSOR_INPUT!r} contains NaN or infinity")
     return [x.reshape(tensor.shape)]

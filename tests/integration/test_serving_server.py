@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import io
 import json
 import os
 import re
@@ -23,9 +22,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
-import numpy as np
 import pytest
-from PIL import Image
 from support import Server, start_server, waldo_command
 
 pytestmark = pytest.mark.slow
@@ -91,48 +88,7 @@ def publish_copy(model_dir: Path, source: str, target: str) -> None:
     publish(model_dir / target, {p.name: p for p in src.iterdir() if p.is_file()})
 
 
-# --- sample images --------------------------------------------------------------------------
-def _png(array: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    Image.fromarray(array).save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
-@pytest.fixture(scope="module")
-def digits() -> list[tuple[int, bytes]]:
-    """20 held-out digits (two per class) from the `digits` test split, as 28x28 PNGs made exactly
-    like the training images (scikit-learn's 8x8 scaled to 20x20, centred by mass on 28x28)."""
-    from training.data.digits import digits_as_mnist, split_indices
-
-    images, targets = digits_as_mnist()
-    _, _, test = split_indices(targets, 0.1)  # the test split does not depend on val_fraction
-    picked: list[tuple[int, bytes]] = []
-    for cls in range(10):
-        for i in [int(i) for i in test if int(targets[i]) == cls][:2]:
-            picked.append((cls, _png(images[i, 0].numpy())))
-    assert len(picked) == 20
-    return picked
-
-
-@pytest.fixture(scope="module")
-def canvas_png() -> tuple[int, bytes, tuple[float, ...]]:
-    """One held-out digit on a 32x32 canvas, as `localization-digits` draws them for cnn-localize:
-    (label, PNG, true box x, y, w, h in pixels)."""
-    import torch
-    from sklearn.datasets import load_digits
-
-    from training.data.digits import split_indices
-    from training.data.localization import render_canvases
-
-    bunch = load_digits()
-    _, _, test = split_indices(torch.from_numpy(bunch.target).long(), 0.1)
-    index = test.numpy()
-    images, boxes, labels = render_canvases(
-        bunch.images[index].astype(np.float32) / 16.0, bunch.target[index], 1, 32,
-        empty_fraction=0.0, scale=(0.6, 0.7), noise=0.0, clutter=0, rng=np.random.default_rng(7))
-    return int(labels[0]), _png(images[0, 0].numpy()), tuple(float(v) for v in boxes[0])
-
-
+# --- sample images: `digits` and `canvas_png` (tests/conftest.py) --------------------------------
 def predict_png(url: str, model: str, png: bytes, client: httpx.Client | None = None) -> httpx.Response:
     post = client.post if client is not None else httpx.post
     return post(f"{url}/v1/models/{model}/predict", files={"file": ("digit.png", png, "image/png")},
