@@ -1,7 +1,7 @@
 # The inference service: FastAPI on ONNX Runtime with CUDA (onnxruntime-gpu), no torch.
 #
 #   docker build -f infra/docker/serving.Dockerfile -t waldo/serving:0.1.0 .
-#   docker run --gpus 1 -p 8000:8000 -e WALDO_MODELS=cnn@production \
+#   docker run --gpus 1 -p 8000:8000 -p 8001:8001 -e WALDO_MODELS=cnn@production \
 #       -e WALDO_TRACKING_URI=http://mlflow:5000 waldo/serving:0.1.0
 #
 # Without a GPU the same image runs on the CPU (onnxruntime-gpu falls back, and /v1/models says
@@ -13,7 +13,8 @@ ENV PYTHONUNBUFFERED=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     VIRTUAL_ENV=/opt/venv \
     PATH=/opt/venv/bin:$PATH \
-    WALDO_CACHE_DIR=/home/waldo/.cache/waldo/models
+    WALDO_CACHE_DIR=/home/waldo/.cache/waldo/models \
+    WALDO_GRPC_PORT=8001
 
 RUN useradd --create-home --uid 1000 --user-group --shell /bin/bash waldo \
  && mkdir -p /home/waldo/.cache/waldo/models \
@@ -42,7 +43,8 @@ RUN pip install --no-cache-dir --no-deps . \
 
 USER 1000:1000
 WORKDIR /home/waldo
-EXPOSE 8000
+# HTTP (friendly API and Open Inference Protocol v2) and the v2 gRPC service
+EXPOSE 8000 8001
 HEALTHCHECK --interval=15s --timeout=5s --start-period=30s --retries=3 \
     CMD ["python", "-c", "import urllib.request as u; u.urlopen('http://127.0.0.1:8000/healthz', timeout=4)"]
 CMD ["python", "-m", "serving", "--host", "0.0.0.0", "--port", "8000"]

@@ -127,6 +127,20 @@ def test_docker_compose_accepts_the_file_with_the_example_env():
     # Unset optional keys stay unset in the container (an empty key would lock clients out).
     serving_env = resolved["services"]["serving"]["environment"]
     assert serving_env["WALDO_API_KEY"] is None and serving_env["WALDO_ADMIN_KEY"] is None
+    # The Open Inference Protocol over gRPC is served and published beside HTTP.
+    assert serving_env["WALDO_GRPC_PORT"] == "8001"
+    published = {p.rsplit("/", 1)[0].split(":", 1)[1] for p in resolved["services"]["serving"]["ports"]}
+    assert published == {"8000:8000", "8011:8001"}  # the host's 8001 is the jobs API's
+
+
+def test_kuberay_serving_exposes_http_and_grpc():
+    docs = _kuberay("serving.yaml")
+    deployment = next(d for d in docs if d["kind"] == "Deployment")
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    assert {p["name"]: p["containerPort"] for p in container["ports"]} == {"http": 8000, "grpc": 8001}
+    assert {"name": "WALDO_GRPC_PORT", "value": "8001"} in container["env"]
+    service = next(d for d in docs if d["kind"] == "Service")
+    assert {p["name"]: p["targetPort"] for p in service["spec"]["ports"]} == {"http": "http", "grpc": "grpc"}
 
 
 def test_docker_compose_names_a_missing_secret(tmp_path):
