@@ -1,9 +1,11 @@
-"""Callbacks every run gets, in-process or on Ray: a stop on a nan or inf loss, samples per
-rank, box pictures, and the recipe's weight average."""
+"""Callbacks every run gets, in-process or on Ray: a stop on a nan or inf loss, the epoch's
+facts (samples per rank, the share of time waiting for data), box pictures, and the recipe's
+weight average."""
 
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -100,14 +102,22 @@ class StopOnNonFinite(Callback):
                              f"step {trainer.global_step}")
 
 
-class SamplesPerRank(Callback):
-    """Log how many training images each rank saw per epoch (`train_samples_rank{r}`), so a
-    distributed run shows that every worker really trained; and run `at_fit_start(trainer,
-    module)` once (the run's data facts, `training.steps`). One callback rather than two:
-    Lightning calls every hook of every callback on every step."""
+class EpochFacts(Callback):
+    """Per epoch: how many training images each rank saw (`train_samples_rank{r}`), so a
+    distributed run shows that every worker really trained, and the share of the training loop's
+    wall time spent waiting for the next batch (`data_wait_fraction`, the worst rank's; a
+    GPU that starves on input shows it at once). Also runs `at_fit_start(trainer, module)` once
+    (the run's data facts, `training.steps`). One callback rather than three: Lightning calls
+    every hook of every callback on every step.
+
+    The wait is the host's time from the end of one step to the start of the next (and from
+    the epoch's start to its first step): fetching and collating the batch, and moving it to the
+    device, which Lightning does before `on_train_batch_start`."""
 
     def __init__(self, at_fit_start: Callable[[pl.Trainer, pl.LightningModule], None] | None = None):
         self.count = 0
+        self.wait = 0.0
+        self.started = self.last_end = 0.0
         self.at_fit_start = at_fit_start
 
     def on_fit_start(self, trainer, pl_module) -> None:
@@ -115,17 +125,25 @@ class SamplesPerRank(Callback):
             self.at_fit_start(trainer, pl_module)
 
     def on_train_epoch_start(self, trainer, pl_module) -> None:
-        self.count = 0
+        self.count, self.wait = 0, 0.0
+        self.started = self.last_end = time.perf_counter()
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        self.wait += time.perf_counter() - self.last_end
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         self.count += len(batch[0])
+        self.last_end = time.perf_counter()
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
-        counts = trainer.strategy.all_gather(torch.tensor(self.count, device=pl_module.device))
+        looped = self.last_end - self.started  # the training steps, not the validation after them
+        fraction = self.wait / looped if looped > 0 else 0.0
+        facts = torch.tensor([self.count, fraction], dtype=torch.float64, device=pl_module.device)
+        gathered = trainer.strategy.all_gather(facts).reshape(-1, 2)
         if trainer.is_global_zero and trainer.logger is not None:
-            values = counts.reshape(-1).tolist()
-            trainer.logger.log_metrics({f"train_samples_rank{r}": float(v)
-                                        for r, v in enumerate(values)}, step=trainer.global_step)
+            metrics = {f"train_samples_rank{r}": float(v) for r, v in enumerate(gathered[:, 0].tolist())}
+            metrics["data_wait_fraction"] = float(gathered[:, 1].max())
+            trainer.logger.log_metrics(metrics, step=trainer.global_step)
 
 
 class BoxPictures(Callback):

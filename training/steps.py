@@ -21,7 +21,7 @@ from pytorch_lightning.callbacks import Callback, EarlyStopping, LearningRateMon
 from torchvision.utils import save_image
 
 from training import storage, viz
-from training.callbacks import BoxPictures, SamplesPerRank, StopOnNonFinite, WeightEMA
+from training.callbacks import BoxPictures, EpochFacts, StopOnNonFinite, WeightEMA
 from training.data import ImageDataModule, create_datamodule, describe_data
 from training.errors import WaldoError
 from training.init_from import Start, starting_point
@@ -150,7 +150,7 @@ def standard_callbacks(spec: TrainSpec, run: Run, dm: ImageDataModule) -> list[C
 
     # First: a nan or inf loss stops the run before a checkpoint callback saves its weights.
     callbacks: list[Callback] = [StopOnNonFinite(advice=f"lower --lr (it was {spec.lr:g})"),
-                                 SamplesPerRank(at_fit_start=log_data)]
+                                 EpochFacts(at_fit_start=log_data)]
     if spec.early_stopping_patience:
         callbacks.append(EarlyStopping(monitor=monitor, mode=mode,
                                        patience=spec.early_stopping_patience))
@@ -222,6 +222,6 @@ def log_pictures(run: Run, task: BaseTask, dm: ImageDataModule) -> None:
         run.log_image_file(lambda path: save_image(grid, path), "first_layer_filters.png")
 
 
-__all__ = ["BoxPictures", "SamplesPerRank", "TrainResult", "build_task", "build_trainer",
+__all__ = ["BoxPictures", "EpochFacts", "TrainResult", "build_task", "build_trainer",
            "default_run_name", "log_pictures", "monitor_of", "open_run", "prepare", "provenance_params",
            "resolve_locations", "standard_callbacks"]

@@ -16,7 +16,7 @@ from training.tasks import ClassificationTask
 
 pytestmark = pytest.mark.slow
 
-EPOCH_METRICS = ["train_loss", "val_loss", "train_acc", "val_acc"]
+EPOCH_METRICS = ["train_loss", "val_loss", "train_acc", "val_acc", "data_wait_fraction"]
 
 
 def artifact_paths(client: MlflowClient, run_id: str, path: str | None = None) -> list[str]:

@@ -83,6 +83,8 @@ def test_two_workers_match_one_and_both_ranks_train(local_ray, ray_tmp, in_tmp, 
     assert len(rank0) == len(rank1) == 12
     assert min(rank0) > 0 and min(rank1) > 0
     assert rank0[-1] + rank1[-1] >= 1221  # digits' training split, padded to an even share
+    waits = _history(client, two.run_id, "data_wait_fraction")  # the worst rank's, per epoch
+    assert len(waits) == 12 and all(0.0 <= w <= 1.0 for w in waits)
     tags = client.get_run(two.run_id).data.tags
     assert tags["ray.workers"] == "2" and tags["ray.storage_path"].endswith(tags["ray.run_name"])
     # The storage contract: the best checkpoint's place in storage and its artifact copy.

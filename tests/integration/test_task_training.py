@@ -3,6 +3,7 @@ real epochs, and the checkpoint a Trainer writes (round trip, data state, test a
 
 from __future__ import annotations
 
+import time
 import warnings
 
 import pytest
@@ -117,3 +118,50 @@ def test_test_accuracy_is_the_fraction_correct(digits, trained):
     assert int(confusion.sum()) == len(digits.test_set)
     fraction_correct = (confusion.diag().sum() / confusion.sum()).item()
     assert metrics["test_acc"] == pytest.approx(fraction_correct, abs=1e-6)
+
+
+class _Recorder(pl.loggers.Logger):
+    """Keeps what callbacks log through `trainer.logger.log_metrics`."""
+
+    def __init__(self):
+        super().__init__()
+        self.metrics: list[dict] = []
+
+    name, version = "recorder", "0"
+
+    def log_metrics(self, metrics, step=None):
+        self.metrics.append(dict(metrics))
+
+    def log_hyperparams(self, params, *args, **kwargs):
+        pass
+
+
+class _SlowRows(torch.utils.data.Dataset):
+    """Rows of `base` that each take `delay` seconds to produce, as a slow disk or decoder would."""
+
+    def __init__(self, base, delay: float):
+        self.base, self.delay = base, delay
+
+    def __len__(self):
+        return len(self.base)
+
+    def __getitem__(self, i):
+        time.sleep(self.delay)
+        return self.base[i]
+
+
+@pytest.mark.parametrize("delay, low, high", [(0.0, 0.0, 0.5), (0.01, 0.6, 1.0)])
+def test_data_wait_fraction_shows_a_loader_that_starves_the_step(digits, delay, low, high, monkeypatch):
+    from training.callbacks import EpochFacts
+
+    task = make_task(digits, "mlp")
+    recorder = _Recorder()
+    loader = torch.utils.data.DataLoader(_SlowRows(digits.train_dataloader().dataset, delay), batch_size=8)
+    trainer = pl.Trainer(accelerator="cpu", devices=1, logger=recorder, callbacks=[EpochFacts()],
+                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                         max_epochs=1, limit_train_batches=6, limit_val_batches=0)
+    monkeypatch.setattr(digits, "train_dataloader", lambda: loader)  # the module's batch transform stays
+    trainer.fit(task, datamodule=digits)
+    (facts,) = [m for m in recorder.metrics if "data_wait_fraction" in m]
+    assert low <= facts["data_wait_fraction"] <= high, facts  # 8 rows x 10 ms against a ~1 ms step
+    assert facts["train_samples_rank0"] == 48
