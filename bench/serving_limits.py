@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import io
+import json
 import os
 import resource
 import shutil
@@ -70,8 +71,12 @@ class Server:
                     return
             except httpx.HTTPError:
                 pass
+            if self.proc.poll() is not None:
+                break
             time.sleep(0.2)
-        raise RuntimeError(f"server did not start: {Path(self.log.name).read_text()[-2000:]}")
+        tail = Path(self.log.name).read_text()[-2000:]
+        self.stop()  # never leave a server behind that did not come up
+        raise RuntimeError(f"server did not start: {tail}")
 
     def peak_rss_mb(self) -> float:
         for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
@@ -89,6 +94,16 @@ class Server:
         except subprocess.TimeoutExpired:
             self.proc.kill()
         os.unlink(self.log.name)
+
+
+def compatible_copy(models: Path, to: Path) -> Path:
+    """The repository with its cards' unset fields left out: an older ModelCard (the baseline's)
+    refuses keys it does not know, even `"weights": null`."""
+    shutil.copytree(models, to)
+    for card in to.glob("*/*/modelcard.json"):
+        fields = json.loads(card.read_text())
+        card.write_text(json.dumps({k: v for k, v in fields.items() if v is not None}))
+    return to
 
 
 def free_port() -> int:
@@ -173,6 +188,7 @@ def main() -> None:
     args = parser.parse_args()
     models = args.models.resolve()
     baseline = Path(tempfile.mkdtemp(prefix="waldo-baseline-"))
+    baseline_models = compatible_copy(models, baseline.with_name(baseline.name + "-models"))
     subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", str(baseline), args.baseline_rev],
                    check=True, capture_output=True)
     files = [big_png(i) for i in range(64)]
@@ -181,7 +197,7 @@ def main() -> None:
     try:
         for concurrent in (1, 4):
             new = memory(ROOT, models, files, concurrent, str(2**31))
-            old = memory(baseline, models, files, concurrent, None)
+            old = memory(baseline, baseline_models, files, concurrent, None)
             print(f"peak RSS, {concurrent} request(s) x 64 PNGs: {new[0]:.0f} MB (statuses {new[1]}, "
                   f"{new[2]:.1f} s) vs baseline {old[0]:.0f} MB ({old[1]}, {old[2]:.1f} s): "
                   f"{new[0] / old[0]:.2f}x   [load {os.getloadavg()[0]:.2f}]")
@@ -190,16 +206,17 @@ def main() -> None:
               f"peak RSS {default[0]:.0f} MB")
         for label, nofile, count in (("", None, args.idle), (" (open-file limit 512)", 512, args.idle)):
             new = idle_connections(ROOT, models, count, nofile)
-            old = idle_connections(baseline, models, count, nofile)
+            old = idle_connections(baseline, baseline_models, count, nofile)
             print(f"/healthz median with {count} idle connections{label}: {new[0]:.1f} ms "
                   f"({new[1]} opened, {new[2]} log lines) vs baseline {old[0]:.1f} ms ({old[1]} opened, "
                   f"{old[2]} log lines)   [load {os.getloadavg()[0]:.2f}]")
         print(f"a connection that sends nothing stays open {idle_open_s(ROOT, models):.1f} s "
-              f"(baseline: {idle_open_s(baseline, models):.1f} s, inf = still open after 30 s)")
+              f"(baseline: {idle_open_s(baseline, baseline_models):.1f} s, inf = still open after 30 s)")
     finally:
         subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(baseline)],
                        capture_output=True)
         shutil.rmtree(baseline, ignore_errors=True)
+        shutil.rmtree(baseline_models, ignore_errors=True)
 
 
 if __name__ == "__main__":
