@@ -5,6 +5,7 @@ MLflow tracking server on 127.0.0.1, and a repository of exported models."""
 from __future__ import annotations
 
 import io
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,6 +14,7 @@ import pytest
 from PIL import Image
 from support import (
     BIN,
+    S3_BUCKET,
     RunFactory,
     TrainedRun,
     clean_env,
@@ -155,3 +157,34 @@ def canvas_png() -> tuple[int, bytes, tuple[float, ...]]:
         bunch.images[index].astype(np.float32) / 16.0, bunch.target[index], 1, 32,
         empty_fraction=0.0, scale=(0.6, 0.7), noise=0.0, clutter=0, rng=np.random.default_rng(7))
     return int(labels[0]), _png(images[0, 0].numpy()), tuple(float(v) for v in boxes[0])
+
+
+# --- an S3-compatible server -------------------------------------------------------------------
+@pytest.fixture(scope="session")
+def s3_endpoint(tmp_path_factory) -> Iterator[str]:
+    """`moto_server`, a real S3-compatible HTTP server, on a free port; yields its URL."""
+    moto = str(Path(sys.executable).parent / "moto_server")
+    server = start_server(lambda port: [moto, "-H", "127.0.0.1", "-p", str(port)],
+                          workdir=tmp_path_factory.mktemp("moto"), ready="/moto-api/")
+    try:
+        yield server.url
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def s3(s3_endpoint, monkeypatch):
+    """The environment a user sets for MinIO, pointing at moto; a fresh bucket; its client."""
+    import boto3
+
+    monkeypatch.setenv("AWS_ENDPOINT_URL", s3_endpoint)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "waldo-test")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "waldo-test")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    client = boto3.client("s3")
+    client.create_bucket(Bucket=S3_BUCKET)
+    yield client
+    for page in client.get_paginator("list_objects_v2").paginate(Bucket=S3_BUCKET):
+        for item in page.get("Contents", []):
+            client.delete_object(Bucket=S3_BUCKET, Key=item["Key"])
+    client.delete_bucket(Bucket=S3_BUCKET)

@@ -26,8 +26,10 @@ DATASETS: dict[str, Task] = {
     "folder": "classify",
     "localization-digits": "localize",
     "localization-folder": "localize",
+    "localization-packed": "localize",
     "mnist": "classify",
     "mnist-5k": "classify",
+    "packed": "classify",
 }
 
 
@@ -42,8 +44,10 @@ DATA_KINDS: dict[str, DataKind] = {
     "folder": "photos",
     "localization-digits": "digits",
     "localization-folder": "photos",
+    "localization-packed": "photos",
     "mnist": "digits",
     "mnist-5k": "digits",
+    "packed": "photos",
 }
 
 

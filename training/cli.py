@@ -236,6 +236,24 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_data_pack(args: argparse.Namespace) -> int:
+    from training.data import create_datamodule
+    from training.data.packed import pack
+    from training.spec import DataSpec
+
+    source = "folder" if args.task == "classify" else "localization-folder"
+    options = {"csv_file": args.csv_file} if args.task == "localize" else {}
+    module = create_datamodule(DataSpec(task=args.task, name=source, args=options, dir=args.src,
+                                        val_fraction=args.val_fraction))
+    manifest = pack(module, args.dest, shard_bytes=int(args.shard_mb * 2**20))
+    counts = ", ".join(f"{name} {split.count}" for name, split in manifest.splits.items())
+    shards = sum(len(split.shards) for split in manifest.splits.values())
+    data = "packed" if args.task == "classify" else "localization-packed"
+    print(f"packed {args.src} ({source}, {len(manifest.labels)} classes; {counts}) into {shards} "
+          f"shard(s) at {args.dest}; train with --data {data} --data-dir {args.dest}")
+    return 0
+
+
 def cmd_models(args: argparse.Namespace) -> int:
     from training.models import get_model_info, list_models
 
@@ -365,6 +383,25 @@ def build_parser() -> argparse.ArgumentParser:
         q.add_argument("job_id", metavar="JOB_ID")
         if action == "logs":
             q.add_argument("--tail", type=int, help="only the last N lines")
+
+    p = sub.add_parser("data", help="prepare data sets")
+    data = p.add_subparsers(dest="data_command", required=True, metavar="ACTION")
+    q = data.add_parser("pack", help="an image folder -> Parquet shards and a manifest (local or s3://)",
+                        description="Read SRC as `folder` (classification) or `localization-folder` "
+                                    "reads it for training, and write its splits as Parquet shards "
+                                    "of the encoded images with a manifest to DEST (a folder or "
+                                    "s3://bucket/prefix). Train from it with --data packed or "
+                                    "--data localization-packed and --data-dir DEST.")
+    q.add_argument("src", metavar="SRC", help="the image folder")
+    q.add_argument("dest", metavar="DEST", help="a folder or s3://bucket/prefix to write")
+    q.add_argument("--task", choices=["classify", "localize"], default="classify",
+                   help="classify: one sub-folder per class; localize: images plus labels.csv")
+    q.add_argument("--val-fraction", type=float, default=TrainSpec.model_fields["val_fraction"].default,
+                   help="share of the training images held out for validation, as training splits "
+                        "them (default: %(default)s)")
+    q.add_argument("--csv-file", default="labels.csv", help="localize: the labels CSV in SRC")
+    q.add_argument("--shard-mb", type=float, default=64, help="encoded image MB per shard (default 64)")
+    q.set_defaults(func=cmd_data_pack)
 
     p = sub.add_parser("models", help="list the registered networks")
     p.set_defaults(func=cmd_models)

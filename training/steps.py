@@ -66,7 +66,7 @@ def resolve_locations(spec: Any) -> Any:
     anything starts."""
     update = {"tracking_uri": absolute_tracking_uri(spec.tracking_uri),
               "storage": storage.storage_root(spec.storage)}
-    if spec.data_dir is not None:
+    if spec.data_dir is not None and not storage.is_remote(spec.data_dir):
         update["data_dir"] = str(Path(spec.data_dir).expanduser().resolve())
     return spec.model_copy(update=update)
 

@@ -5,46 +5,11 @@ named `s3:`."""
 
 from __future__ import annotations
 
-import sys
-from collections.abc import Iterator
-from pathlib import Path
-
 import pytest
-from support import start_server
+from support import S3_BUCKET as BUCKET  # the `s3` fixture's bucket
 
 pytestmark = pytest.mark.slow
 
-BUCKET = "waldo"
-
-
-@pytest.fixture(scope="module")
-def s3_endpoint(tmp_path_factory) -> Iterator[str]:
-    """`moto_server`, a real S3-compatible HTTP server, on a free port; yields its URL."""
-    moto = str(Path(sys.executable).parent / "moto_server")
-    server = start_server(lambda port: [moto, "-H", "127.0.0.1", "-p", str(port)],
-                          workdir=tmp_path_factory.mktemp("moto"), ready="/moto-api/")
-    try:
-        yield server.url
-    finally:
-        server.stop()
-
-
-@pytest.fixture
-def s3(s3_endpoint, monkeypatch):
-    """The environment a user sets for MinIO, pointing at moto; a fresh bucket; its client."""
-    import boto3
-
-    monkeypatch.setenv("AWS_ENDPOINT_URL", s3_endpoint)
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "waldo-test")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "waldo-test")
-    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
-    client = boto3.client("s3")
-    client.create_bucket(Bucket=BUCKET)
-    yield client
-    for page in client.get_paginator("list_objects_v2").paginate(Bucket=BUCKET):
-        for item in page.get("Contents", []):
-            client.delete_object(Bucket=BUCKET, Key=item["Key"])
-    client.delete_bucket(Bucket=BUCKET)
 
 
 def test_in_process_run_checkpoints_into_the_bucket_and_exports_from_it(s3, in_tmp):

@@ -45,8 +45,10 @@ from support.waldo import (
     waldo_command,
 )
 
+S3_BUCKET = "waldo"  # the bucket the `s3` fixture (tests/conftest.py) makes on the suite's moto_server
+
 __all__ = [
-    "BIN", "REPO_ROOT", "STARTUP_TIMEOUT_S", "FakeJobSubmission", "Processes", "RayCluster",
+    "BIN", "S3_BUCKET", "REPO_ROOT", "STARTUP_TIMEOUT_S", "FakeJobSubmission", "Processes", "RayCluster",
     "RunFactory", "Server", "TrainedRun", "clean_env", "free_port", "http_status", "in_folder",
     "log_tail", "modules_loaded_by", "ray_cluster", "run_waldo", "run_waldo_all", "session_pids",
     "start_process", "start_server", "start_waldo", "stop_group", "wait_http", "wait_until",

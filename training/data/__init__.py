@@ -19,6 +19,7 @@ def _registry() -> dict[str, type[ImageDataModule]]:
         LocalizationFolderDataModule,
     )
     from training.data.mnist5k import MNIST5kDataModule
+    from training.data.packed import LocalizationPackedDataModule, PackedDataModule
     from training.data.torchvision_sets import (
         CIFAR10DataModule,
         FashionMNISTDataModule,
@@ -27,7 +28,7 @@ def _registry() -> dict[str, type[ImageDataModule]]:
 
     modules = [MNIST5kDataModule, DigitsDataModule, MNISTDataModule, FashionMNISTDataModule,
                CIFAR10DataModule, FolderDataModule, LocalizationDigitsDataModule,
-               LocalizationFolderDataModule]
+               LocalizationFolderDataModule, PackedDataModule, LocalizationPackedDataModule]
     return {m.name: m for m in modules}
 
 

@@ -50,6 +50,8 @@ class ImageDataModule(pl.LightningDataModule):
         self.augment, self.random_erasing = augment, random_erasing
         self.batch_size = batch_size
         self.data_dir = Path(data_dir) if data_dir else None
+        # As given: packed data sets also read s3://... (which a Path would mangle).
+        self.data_location = str(data_dir) if data_dir else None
         self.download = download
         self.val_fraction = val_fraction
         self.num_workers = num_workers

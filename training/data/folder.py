@@ -29,14 +29,14 @@ class FolderDataModule(ImageDataModule):
     native_size = 64
     in_channels = 3
 
+    def to_uint8(self) -> v2.Transform:
+        """A decoded image -> uint8 (C, image_size, image_size), as every split is read."""
+        return v2.Compose([v2.PILToTensor(), v2.Resize((self.image_size, self.image_size), antialias=True)])
+
     def _image_folder(self, root) -> datasets.ImageFolder:
         """The ImageFolder at `root`, with the files that cannot be read taken out."""
-        to_uint8 = v2.Compose([
-            v2.PILToTensor(),
-            v2.Resize((self.image_size, self.image_size), antialias=True),
-        ])
         try:
-            ds = datasets.ImageFolder(str(root), transform=to_uint8, loader=load_image)
+            ds = datasets.ImageFolder(str(root), transform=self.to_uint8(), loader=load_image)
         except (FileNotFoundError, RuntimeError) as exc:
             raise WaldoError(
                 f"no images found in {str(root)!r}: expected one sub-folder per class "
@@ -74,6 +74,12 @@ class FolderDataModule(ImageDataModule):
         self.mean, self.std = channel_stats(_sample_images(train, _STATS_SAMPLE))
         return train, val, test
 
+    def records(self) -> tuple[list[str], dict[str, list[tuple[str, int]]]]:
+        """The classes and each split's (image file, class index), split as training splits
+        them (`waldo data pack` writes exactly these)."""
+        splits = dict(zip(("train", "val", "test"), self.load()))
+        return self.labels, {name: _samples(ds) for name, ds in splits.items()}
+
     def _split(self, ds: Dataset, fraction: float) -> tuple[Subset, Subset]:
         n_out = max(1, round(len(ds) * fraction))
         if n_out >= len(ds):
@@ -85,6 +91,14 @@ class FolderDataModule(ImageDataModule):
             ds, [len(ds) - n_out, n_out], generator=torch.Generator().manual_seed(SPLIT_SEED)
         )
         return kept, held
+
+
+def _samples(ds: Dataset) -> list[tuple[str, int]]:
+    """(file, class index) of an ImageFolder or of (nested) Subsets of one, in order."""
+    if isinstance(ds, Subset):
+        inner = _samples(ds.dataset)
+        return [inner[i] for i in ds.indices]
+    return list(ds.samples)
 
 
 def _sample_images(ds: Dataset, limit: int) -> torch.Tensor:

@@ -18,6 +18,7 @@ each; one thread instead of four took up to 1.5 times as long on the larger imag
 
 from __future__ import annotations
 
+import io
 import logging
 import os
 from collections import Counter
@@ -130,6 +131,11 @@ def to_mode(image: Image.Image, mode: str = "RGB") -> Image.Image:
     if image.mode == mode:
         return image.copy()  # not the file's own (possibly memory-mapped) pixels
     return image.convert(mode)
+
+
+def open_source(source: str | Path | bytes):
+    """What `Image.open` takes for a record's image: its file, or its encoded bytes (a pack)."""
+    return io.BytesIO(source) if isinstance(source, bytes | bytearray | memoryview) else source
 
 
 def load_image(path: str | Path, mode: str = "RGB") -> Image.Image:

@@ -20,13 +20,15 @@ from torchvision import tv_tensors
 from torchvision.transforms import v2
 
 from training.data.base import SPLIT_SEED, ImageDataModule, channel_stats
-from training.data.images import check_images, load_image, skip_unreadable
+from training.data.images import check_images, load_image, open_source, skip_unreadable
 from training.data.mnist5k import SOURCE as MNIST5K_SOURCE
 from training.data.mnist5k import mnist5k, mnist5k_split
 from training.errors import WaldoError
 
 # raw item: (uint8 image (C, H, W), box (x, y, w, h) in pixels or None, class index or -1)
 RawItem = tuple[torch.Tensor, "torch.Tensor | None", int]
+# a user's labelled image: (the file, or its encoded bytes from a pack; box in pixels or None; label)
+BoxRecord = tuple["Path | bytes", "list[float] | None", str]
 
 
 class BoxDataset(Dataset):
@@ -237,37 +239,42 @@ class LocalizationFolderDataModule(BoxDataModule):
             raise WaldoError(f"{path}: need at least 3 rows to split (got {len(rows)}{after})")
         return rows
 
-    def load(self):
+    def records(self) -> tuple[list[str], dict[str, list[BoxRecord]]]:
+        """The classes and each split's rows (image file, box in pixels or None, label), checked
+        and split as training uses them (`waldo data pack` writes exactly these)."""
         if self.data_dir is None:
             raise WaldoError("data set 'localization-folder' needs --data-dir holding labels.csv")
         root = self.resolve_dir()
         rows = self._read_rows(root)
-        self.labels = sorted({label for _, box, label in rows if box})
-        if not self.labels:
+        labels = sorted({label for _, box, label in rows if box})
+        if not labels:
             raise WaldoError(f"{root / self.csv_file}: no row has a box and a label")
+        order = np.random.default_rng(SPLIT_SEED).permutation(len(rows))
+        n_test = n_val = max(1, round(0.15 * len(rows)))
+        parts = {"train": order[n_test + n_val:], "val": order[n_test:n_test + n_val],
+                 "test": order[:n_test]}
+        return labels, {split: [rows[int(j)] for j in idx] for split, idx in parts.items()}
+
+    def load(self):
+        self.labels, splits = self.records()
         index = {label: i for i, label in enumerate(self.labels)}
         resize = v2.Resize((self.image_size, self.image_size), antialias=True)
 
-        def get(i: int) -> RawItem:
-            path, box, label = rows[i]
-            image = tv_tensors.Image(v2.functional.pil_to_tensor(load_image(path, "RGB")))
+        def get(rows: list[BoxRecord], i: int) -> RawItem:
+            source, box, label = rows[i]
+            image = tv_tensors.Image(v2.functional.pil_to_tensor(load_image(open_source(source), "RGB")))
             if box is None:
                 return resize(image).as_subclass(torch.Tensor), None, -1
             boxes = tv_tensors.BoundingBoxes([box], format="XYWH", canvas_size=image.shape[-2:])
             image, boxes = resize(image, boxes)
             return image.as_subclass(torch.Tensor), boxes[0].as_subclass(torch.Tensor), index[label]
 
-        order = np.random.default_rng(SPLIT_SEED).permutation(len(rows))
-        n_test = n_val = max(1, round(0.15 * len(rows)))
-        parts = {"test": order[:n_test], "val": order[n_test:n_test + n_val],
-                 "train": order[n_test + n_val:]}
         k = len(self.labels)
         out = {}
-        for split, idx in parts.items():
-            idx = [int(j) for j in idx]
+        for split, rows in splits.items():
             transform = self.box_augmentation(self.hflip) if split == "train" else None
-            out[split] = BoxDataset(lambda i, idx=idx: get(idx[i]), len(idx), k, transform)
-        sample = torch.stack([get(j)[0] for j in parts["train"][:256]])
+            out[split] = BoxDataset(lambda i, rows=rows: get(rows, i), len(rows), k, transform)
+        sample = torch.stack([get(splits["train"], j)[0] for j in range(min(256, len(splits["train"])))])
         self.mean, self.std = channel_stats(sample)
         return out["train"], out["val"], out["test"]
 

@@ -1,0 +1,136 @@
+"""`waldo data pack` and the packed data sets: the same images, labels, split and statistics as
+the folder they came from, read from a local folder or from an S3 server (moto_server on
+127.0.0.1), and one line with exit 2 for every way a pack or a bucket can be wrong."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from support import S3_BUCKET
+from support.images import truncated_jpeg
+
+from training.data.folder import FolderDataModule
+from training.data.localization import LocalizationFolderDataModule
+from training.data.packed import LocalizationPackedDataModule, PackedDataModule, pack
+
+pytestmark = pytest.mark.slow
+
+COLORS = [(200, 40, 40), (40, 200, 40), (40, 40, 200)]
+
+
+def photo_folder(root: Path, per_class: int = 20) -> Path:
+    """Three classes of small noisy JPEGs, plus one broken file that training skips."""
+    rng = np.random.default_rng(0)
+    for c, color in enumerate(COLORS):
+        for i in range(per_class):
+            pixels = (rng.normal(0, 25, (40, 48, 3)) + color).clip(0, 255).astype(np.uint8)
+            (root / f"c{c}").mkdir(parents=True, exist_ok=True)
+            Image.fromarray(pixels).save(root / f"c{c}" / f"{i}.jpg", quality=90)
+    truncated_jpeg(root / "c0" / "broken.jpg")
+    return root
+
+
+def box_folder(root: Path, count: int = 30) -> Path:
+    """Images with one coloured square each (or nothing), and labels.csv."""
+    rng = np.random.default_rng(1)
+    root.mkdir(parents=True)
+    with (root / "labels.csv").open("w", newline="") as f:
+        out = csv.writer(f)
+        out.writerow(["image", "x", "y", "w", "h", "label"])
+        for i in range(count):
+            pixels = np.full((60, 80, 3), 30, np.uint8)
+            name = f"img{i}.png"
+            if i % 5 == 4:
+                out.writerow([name, "", "", "", "", ""])
+            else:
+                c = i % 3
+                x, y, s = int(rng.integers(0, 50)), int(rng.integers(0, 30)), int(rng.integers(10, 30))
+                pixels[y:y + s, x:x + s] = COLORS[c]
+                out.writerow([name, x, y, s, s, f"k{c}"])
+            Image.fromarray(pixels).save(root / name)
+    return root
+
+
+def assert_same_data(a, b) -> None:
+    """Two set-up data modules hold the same labels, statistics, splits and items."""
+    assert a.labels == b.labels
+    assert a.mean == b.mean and a.std == b.std
+    assert [str(p) for p in a.skipped_images] == [str(p) for p in b.skipped_images]
+    for x, y in ((a.train_set, b.train_set), (a.val_set, b.val_set), (a.test_set, b.test_set)):
+        assert len(x) == len(y)
+        for i in range(len(x)):
+            (ix, tx), (iy, ty) = x[i], y[i]
+            torch.testing.assert_close(ix, iy, rtol=0, atol=0)
+            torch.testing.assert_close(torch.as_tensor(tx), torch.as_tensor(ty), rtol=0, atol=0)
+
+
+def test_packed_classification_is_the_folder(tmp_path) -> None:
+    src = photo_folder(tmp_path / "photos")
+    folder = FolderDataModule(data_dir=src, image_size=32, val_fraction=0.2)
+    manifest = pack(FolderDataModule(data_dir=src, image_size=32, val_fraction=0.2), str(tmp_path / "p"),
+                    shard_bytes=20_000)  # small shards: several per split
+    assert len(manifest.splits["train"].shards) > 1
+    assert [Path(p).name for p in manifest.skipped_images] == ["broken.jpg"]
+    packed = PackedDataModule(data_dir=str(tmp_path / "p"), image_size=32)
+    folder.setup("fit")
+    folder.setup("test")
+    packed.setup("fit")
+    packed.setup("test")
+    assert_same_data(folder, packed)
+    assert len(packed.train_set) + len(packed.val_set) + len(packed.test_set) == 60
+
+
+def test_packed_localization_is_the_folder(tmp_path) -> None:
+    src = box_folder(tmp_path / "boxes")
+    folder = LocalizationFolderDataModule(data_dir=src, image_size=32)
+    pack(LocalizationFolderDataModule(data_dir=src, image_size=32), str(tmp_path / "p"))
+    packed = LocalizationPackedDataModule(data_dir=str(tmp_path / "p"), image_size=32)
+    for module in (folder, packed):
+        module.setup("fit")
+        module.setup("test")
+    assert_same_data(folder, packed)
+
+
+def test_pack_to_a_bucket_and_train_from_it(s3, tmp_path, waldo) -> None:
+    src = photo_folder(tmp_path / "photos")
+    dest = f"s3://{S3_BUCKET}/packs/photos"
+    packed = waldo.run("data", "pack", str(src), dest, "--val-fraction", "0.2", cwd=tmp_path)
+    assert packed.returncode == 0, packed.stderr
+    assert "train with --data packed" in packed.stdout
+    keys = {o["Key"] for o in s3.list_objects_v2(Bucket=S3_BUCKET)["Contents"]}
+    assert {"packs/photos/manifest.json", "packs/photos/train-00000.parquet"} <= keys
+    trained = waldo.run("train", "--model", "cnn", "--data", "packed", "--data-dir", dest, "--epochs", "2",
+                        "--image-size", "32", "--no-progress-bar", cwd=tmp_path)
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    assert "test_acc" in trained.stdout
+
+
+def test_bad_packs_and_buckets_are_one_line_with_exit_2(s3, tmp_path, waldo) -> None:
+    src = photo_folder(tmp_path / "photos", per_class=6)
+    whole, cut = tmp_path / "whole", tmp_path / "cut"
+    changed = f"s3://{S3_BUCKET}/changed"
+    for dest in (whole, cut, changed):
+        pack(FolderDataModule(data_dir=src), str(dest))
+    s3.put_object(Bucket=S3_BUCKET, Key="changed/val-00000.parquet", Body=b"cut short")
+    (cut / "test-00000.parquet").unlink()
+
+    train = ["train", "--model", "cnn", "--epochs", "1", "--no-progress-bar", "--data-dir"]
+    cases = {  # case: (argv, what the one line must say)
+        "no bucket": ([*train, "s3://no-such-bucket/p", "--data", "packed"], "s3://no-such-bucket/p"),
+        "empty prefix": ([*train, f"s3://{S3_BUCKET}/nothing", "--data", "packed"],
+                         "nothing/manifest.json does not exist"),
+        "changed shard": ([*train, changed, "--data", "packed"], "changed/val-00000.parquet does not match"),
+        "missing shard": ([*train, str(cut), "--data", "packed"], "test-00000.parquet is listed in"),
+        "wrong task": ([*train, str(whole), "--data", "localization-packed", "--task", "localize"],
+                       "holds classify data; train it with --data packed"),
+        "not a pack": ([*train, str(src), "--data", "packed"], "manifest.json does not exist"),
+    }
+    for case, (code, _, err) in waldo.run_all({k: v for k, (v, _) in cases.items()}, cwd=tmp_path).items():
+        lines = err.strip().splitlines()
+        assert code == 2, (case, err[-2000:])
+        assert len(lines) == 1 and cases[case][1] in lines[0] and "Traceback" not in err, (case, lines)

@@ -1,0 +1,233 @@
+"""Packed data sets: an image folder as a few Parquet shards and a manifest, in a local folder
+or a bucket (`s3://...`; `AWS_ENDPOINT_URL` for MinIO or any S3-compatible store).
+
+Millions of small objects are what makes reading images from object storage slow: every
+object is a request. `waldo data pack SRC DEST` reads a `folder` (classification) or
+`localization-folder` data set exactly as training reads it (the same unreadable files skipped,
+the same labels, the same fixed split) and writes each split as shards of about 64 MB holding
+the files' encoded bytes, unchanged, with their label and box:
+
+    DEST/manifest.json            format, task, labels, per split its shards (rows, sha256),
+                                  a digest over all of it, the skipped files
+    DEST/train-00000.parquet      columns: image (binary), label (string), box (x, y, w, h in
+                                  pixels of the image, or null), name (the file it came from)
+
+`--data packed` / `--data localization-packed` with `--data-dir DEST` train from it: the same
+images, labels, split and normalization statistics as training from the folder (a test proves
+it), so a model trained either way gets the same ModelCard. Every shard is checked against the
+manifest as it is read; a mismatch stops the run with one line naming the shard.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+from typing import Literal
+
+import torch
+from pydantic import BaseModel, ValidationError
+from torch.utils.data import Dataset
+
+from training import storage
+from training.catalog import Task
+from training.data.base import channel_stats
+from training.data.folder import FolderDataModule, _sample_images
+from training.data.images import load_image
+from training.data.localization import BoxRecord, LocalizationFolderDataModule
+from training.errors import WaldoError
+
+FORMAT = "waldo-packed/1"
+MANIFEST = "manifest.json"
+SHARD_BYTES = 64 * 2**20  # encoded image bytes per shard, about
+SPLITS = ("train", "val", "test")
+
+
+class Shard(BaseModel):
+    file: str
+    rows: int
+    sha256: str
+
+
+class Split(BaseModel):
+    count: int
+    shards: list[Shard]
+
+
+class Manifest(BaseModel):
+    format: Literal["waldo-packed/1"] = FORMAT
+    task: Task
+    source: str  # the data set it was packed from: folder or localization-folder
+    labels: list[str]
+    splits: dict[str, Split]
+    skipped_images: list[str] = []
+    digest: str = ""  # sha256 over everything above
+
+    def compute_digest(self) -> str:
+        body = self.model_dump(exclude={"digest"})
+        return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+
+
+def _one_line(exc: Exception) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
+# -- writing --------------------------------------------------------------------------------------
+def _write_shard(fs, path: str, rows: list[dict]) -> Shard:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = pa.Table.from_pylist(rows, schema=pa.schema([
+        ("image", pa.binary()), ("label", pa.string()), ("box", pa.list_(pa.float64())),
+        ("name", pa.string())]))
+    buffer = io.BytesIO()
+    pq.write_table(table, buffer, compression="none")  # images are compressed already
+    data = buffer.getvalue()
+    with fs.open(path, "wb") as f:
+        f.write(data)
+    return Shard(file=path.rsplit("/", 1)[-1], rows=len(rows), sha256=hashlib.sha256(data).hexdigest())
+
+
+def _chunks(records: list, labels: list[str], localize: bool, shard_bytes: int):
+    """A split's records as shard rows, about `shard_bytes` of encoded images at a time (one
+    shard, perhaps empty, at least)."""
+    rows, size = [], 0
+    for record in records:
+        if localize:
+            source, box, label = record
+        else:
+            (source, target), box = record, None
+            label = labels[target]
+        with open(source, "rb") as f:
+            blob = f.read()
+        rows.append({"image": blob, "label": label, "box": box, "name": str(source)})
+        size += len(blob)
+        if size >= shard_bytes:
+            yield rows
+            rows, size = [], 0
+    if rows or not records:
+        yield rows
+
+
+def pack(module, dest: str, *, shard_bytes: int = SHARD_BYTES) -> Manifest:
+    """Pack a `folder` or `localization-folder` data module's records into `dest`."""
+    localize = isinstance(module, LocalizationFolderDataModule)
+    labels, splits = module.records()
+    fs, root = storage.filesystem(dest)
+    try:
+        fs.makedirs(root, exist_ok=True)
+    except Exception as exc:
+        raise WaldoError(f"cannot write to {dest}: {_one_line(exc)}") from None
+    written: dict[str, Split] = {}
+    for split in SPLITS:
+        shards: list[Shard] = []
+        for rows in _chunks(splits[split], labels, localize, shard_bytes):
+            path = storage.join(root, f"{split}-{len(shards):05d}.parquet")
+            shards.append(_write_shard(fs, path, rows))
+        written[split] = Split(count=len(splits[split]), shards=shards)
+    manifest = Manifest(task="localize" if localize else "classify", source=module.name, labels=labels,
+                        splits=written, skipped_images=[str(p) for p in module.skipped_images])
+    manifest.digest = manifest.compute_digest()
+    with fs.open(storage.join(root, MANIFEST), "w") as f:
+        f.write(manifest.model_dump_json(indent=1))
+    return manifest
+
+
+# -- reading --------------------------------------------------------------------------------------
+def read_pack(location: str, task: str) -> tuple[Manifest, dict[str, list[BoxRecord]]]:
+    """The manifest and each split's (encoded image, box or None, label), every shard checked
+    against the manifest; a WaldoError naming the object for anything wrong."""
+    import pyarrow.parquet as pq
+
+    fs, root = storage.filesystem(location)
+    where = storage.join(location, MANIFEST)
+    try:
+        text = fs.cat_file(storage.join(root, MANIFEST))
+    except FileNotFoundError:
+        raise WaldoError(f"{where} does not exist: --data-dir must be a folder made by "
+                         f"`waldo data pack SRC DEST`") from None
+    except Exception as exc:  # no bucket, no access, no endpoint: botocore/aiohttp errors
+        raise WaldoError(f"cannot read {where}: {_one_line(exc)}") from None
+    try:
+        manifest = Manifest.model_validate_json(text)
+    except ValidationError as exc:
+        raise WaldoError(f"{where} is not a Waldo pack manifest ({FORMAT}): "
+                         f"{_one_line(exc).split(' For further')[0]}") from None
+    if manifest.digest != manifest.compute_digest():
+        raise WaldoError(f"{where}: its digest does not match its contents; it was edited "
+                         "after packing (pack again)")
+    if manifest.task != task:
+        name = "packed" if manifest.task == "classify" else "localization-packed"
+        raise WaldoError(f"{location} holds {manifest.task} data; train it with --data {name}")
+    missing = [s for s in SPLITS if s not in manifest.splits]
+    if missing:
+        raise WaldoError(f"{where} has no split(s) {', '.join(missing)}")
+    splits: dict[str, list[BoxRecord]] = {}
+    for split in SPLITS:
+        records: list[BoxRecord] = []
+        for shard in manifest.splits[split].shards:
+            path = storage.join(location, shard.file)
+            try:
+                data = fs.cat_file(storage.join(root, shard.file))
+            except FileNotFoundError:
+                raise WaldoError(f"{path} is listed in {where} but does not exist") from None
+            except Exception as exc:
+                raise WaldoError(f"cannot read {path}: {_one_line(exc)}") from None
+            if hashlib.sha256(data).hexdigest() != shard.sha256:
+                raise WaldoError(f"{path} does not match {where} (sha256 differs): the shard was "
+                                 "changed or cut short; pack again")
+            table = pq.read_table(io.BytesIO(data)).to_pydict()
+            records += [(blob, box, label) for blob, box, label
+                        in zip(table["image"], table["box"], table["label"])]
+        if len(records) != manifest.splits[split].count:
+            raise WaldoError(f"{where}: split {split!r} should hold {manifest.splits[split].count} "
+                             f"images, its shards hold {len(records)}")
+        splits[split] = records
+    return manifest, splits
+
+
+class EncodedImages(Dataset):
+    """(encoded image, class index) pairs decoded as a `folder` data set decodes its files."""
+
+    def __init__(self, items: list[tuple[bytes, int]], transform):
+        self.items, self.transform = items, transform
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        blob, target = self.items[i]
+        return self.transform(load_image(io.BytesIO(blob), "RGB")), target
+
+
+class PackedDataModule(FolderDataModule):
+    """`packed`: a classification data set made by `waldo data pack` (local folder or s3://)."""
+
+    name = "packed"
+
+    def load(self):
+        if self.data_location is None:
+            raise WaldoError("data set 'packed' needs --data-dir: a folder or s3:// prefix made by "
+                             "`waldo data pack`")
+        manifest, splits = read_pack(self.data_location, "classify")
+        self.labels, self.skipped_images = list(manifest.labels), list(manifest.skipped_images)
+        index = {label: i for i, label in enumerate(self.labels)}
+        to_uint8 = self.to_uint8()
+        train, val, test = (EncodedImages([(blob, index[label]) for blob, _, label in splits[s]], to_uint8)
+                            for s in SPLITS)
+        self.mean, self.std = channel_stats(_sample_images(train, 512))
+        return train, val, test
+
+
+class LocalizationPackedDataModule(LocalizationFolderDataModule):
+    """`localization-packed`: a localization data set made by `waldo data pack`."""
+
+    name = "localization-packed"
+
+    def records(self) -> tuple[list[str], dict[str, list[BoxRecord]]]:
+        if self.data_location is None:
+            raise WaldoError("data set 'localization-packed' needs --data-dir: a folder or s3:// "
+                             "prefix made by `waldo data pack`")
+        manifest, splits = read_pack(self.data_location, "localize")
+        self.skipped_images = list(manifest.skipped_images)
+        return list(manifest.labels), splits
