@@ -32,8 +32,9 @@ def log_to_mlflow(model_file: Path, work: Path, threads: int) -> tuple[str, str]
 
     uri = f"sqlite:///{work / 'mlflow.db'}"
     mlflow.set_tracking_uri(uri)
-    experiment = mlflow.create_experiment("serving-compare",
-                                          artifact_location=(work / "artifacts").as_uri())
+    found = mlflow.get_experiment_by_name("serving-compare")  # --repeats: logged once, reused
+    experiment = found.experiment_id if found else mlflow.create_experiment(
+        "serving-compare", artifact_location=(work / "artifacts").as_uri())
     model = onnx.load(str(model_file))
     dims = [d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim[1:]]
     signature = infer_signature(np.zeros((1, *dims), np.float32))
