@@ -9,6 +9,7 @@ The driver owns the MLflow run; workers log into it by id, and only rank 0 write
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import socket
@@ -19,6 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from training import storage
+from training.data import create_datamodule
+from training.data.raydata import DATA_CPUS, STREAMED, ShardData, plan
 from training.errors import WaldoError
 from training.spec import TrainSpec
 from training.steps import TrainResult, default_run_name, monitor_of, open_run, resolve_locations
@@ -43,8 +46,10 @@ WORKER_ENV = {"RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": "600",
               "RAY_worker_niceness": "0"}
 
 
-def connect(address: str | None) -> None:
-    """Join the Ray cluster at `address` (or $RAY_ADDRESS), else start a local Ray."""
+def connect(address: str | None, min_cpus: float = 0) -> None:
+    """Join the Ray cluster at `address` (or $RAY_ADDRESS), else start a local Ray with at
+    least `min_cpus` logical CPUs (a job whose workers take every core still needs one for its
+    Ray Data tasks)."""
     import ray
 
     if ray.is_initialized():
@@ -58,7 +63,8 @@ def connect(address: str | None) -> None:
             ray.init(address=address, log_to_driver=False, logging_level="ERROR",
                      runtime_env={"env_vars": WORKER_ENV})
         else:
-            start_local_ray()
+            cores = os.cpu_count() or 1
+            start_local_ray(num_cpus=None if min_cpus <= cores else math.ceil(min_cpus))
     except (ConnectionError, ValueError, RuntimeError) as exc:
         where = address or "a local Ray"
         raise WaldoError(f"cannot connect to Ray at {where!r}: {' '.join(str(exc).split())[:200]}"
@@ -103,17 +109,19 @@ def _check_reachable(address: str | None, timeout: float = 5.0) -> None:
                          "(is the head node up? check --ray-address / RAY_ADDRESS)") from None
 
 
-def _check_capacity(spec: TrainSpec) -> None:
-    """Refuse, with a message, a job the cluster can never place (Ray would wait forever)."""
+def _check_capacity(spec: TrainSpec, data_cpus: float = 0) -> None:
+    """Refuse, with a message, a job the cluster can never place (Ray would wait forever);
+    `data_cpus` are kept free for the job's Ray Data tasks."""
     import ray
 
     total = ray.cluster_resources()
     cpus, gpus = total.get("CPU", 0.0), total.get("GPU", 0.0)
-    need_cpu = spec.workers * spec.cpus_per_worker
+    need_cpu = spec.workers * spec.cpus_per_worker + data_cpus
     need_gpu = spec.workers * spec.gpus_per_worker
     if need_cpu > cpus or need_gpu > gpus:
+        data = f" (with {data_cpus:g} for reading the data through Ray Data)" if data_cpus else ""
         raise WaldoError(
-            f"{spec.workers} workers need {need_cpu:g} CPUs and {need_gpu:g} GPUs, but the Ray "
+            f"{spec.workers} workers need {need_cpu:g} CPUs{data} and {need_gpu:g} GPUs, but the Ray "
             f"cluster has {cpus:g} CPUs and {gpus:g} GPUs; use fewer --workers or smaller "
             "--cpus-per-worker / --gpus-per-worker, or add nodes"
         )
@@ -175,7 +183,12 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     tempfile.tempdir = config["scratch"]
     run = Run(MlflowClient(config["tracking_uri"]), config["run_id"], config["experiment_id"],
               config["tracking_uri"])
-    dm, task = prepare(spec)
+    ingest = config.get("ingest")
+    if ingest is not None:  # Ray Data feeds this worker (training.data.raydata)
+        world = ray.train.get_context().get_world_size()
+        dm, task = prepare(spec, ShardData(create_datamodule(spec.data_spec()), ingest, world))
+    else:
+        dm, task = prepare(spec)
     # The driver opened the run before any worker built the network: rank 0 logs where the
     # network started (logging the same values again on a restarted worker is allowed).
     if ray.train.get_context().get_world_rank() == 0 and provenance_params(task):
@@ -275,7 +288,7 @@ def train_distributed(
     `storage/<run_name>`, and the workers carry on from the latest checkpoint. `scratch` is a
     local folder for the job's temporary files (default: a new one, removed at the end).
     """
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.lightning import RayTrainReportCallback
     from ray.train.torch import TorchTrainer
 
@@ -285,8 +298,13 @@ def train_distributed(
     for key, value in WORKER_ENV.items():  # Ray Train hands these on to its controller
         if key.startswith("RAY_TRAIN_"):
             os.environ.setdefault(key, value)
-    connect(spec.ray_address)
-    _check_capacity(spec)
+    streamed = spec.task == "classify" and spec.data in STREAMED
+    data_cpus = DATA_CPUS if streamed else 0
+    connect(spec.ray_address, min_cpus=spec.workers * spec.cpus_per_worker + data_cpus)
+    _check_capacity(spec, data_cpus)
+    ingest, datasets = None, None
+    if streamed:  # decoded by Ray Data tasks, each worker reading its own shard
+        ingest, datasets = plan(create_datamodule(spec.data_spec()), spec.augment, spec.random_erasing)
     root = spec.storage
     tags = {"ray.run_name": name, "ray.storage_path": storage.join(root, name),
             "ray.workers": spec.workers}
@@ -303,7 +321,9 @@ def train_distributed(
             train_loop_config={"spec": spec.model_dump(mode="json"), "run_id": run.run_id,
                                "experiment_id": run.experiment_id,
                                "tracking_uri": run.tracking_uri, "callbacks": list(callbacks),
-                               "scratch": scratch},
+                               "scratch": scratch, "ingest": ingest},
+            datasets=datasets,
+            dataset_config=DataConfig(datasets_to_split="all") if datasets else None,
             scaling_config=ScalingConfig(
                 num_workers=spec.workers, use_gpu=spec.gpus_per_worker > 0,
                 resources_per_worker={"CPU": spec.cpus_per_worker,

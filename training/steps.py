@@ -164,10 +164,11 @@ def standard_callbacks(spec: TrainSpec, run: Run, dm: ImageDataModule) -> list[C
     return callbacks
 
 
-def prepare(spec: TrainSpec) -> tuple[ImageDataModule, BaseTask]:
-    """Seed, load the data and build the task: the first steps of every run, on every rank."""
+def prepare(spec: TrainSpec, dm: ImageDataModule | None = None) -> tuple[ImageDataModule, BaseTask]:
+    """Seed, load the data and build the task: the first steps of every run, on every rank.
+    `dm` is the data module to use instead of the spec's own (a Ray worker fed by Ray Data)."""
     pl.seed_everything(spec.seed, workers=True, verbose=False)
-    dm = create_datamodule(spec.data_spec())
+    dm = dm if dm is not None else create_datamodule(spec.data_spec())
     dm.setup("fit")  # the network's shape depends on the data: channels, classes, size
     start = starting_point(spec, in_channels=dm.in_channels)
     if start is not None and start.mean is not None:

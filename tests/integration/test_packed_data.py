@@ -12,28 +12,13 @@ import pytest
 import torch
 from PIL import Image
 from support import S3_BUCKET
-from support.images import truncated_jpeg
+from support.images import COLORS, photo_folder
 
 from training.data.folder import FolderDataModule
 from training.data.localization import LocalizationFolderDataModule
 from training.data.packed import LocalizationPackedDataModule, PackedDataModule, pack
 
 pytestmark = pytest.mark.slow
-
-COLORS = [(200, 40, 40), (40, 200, 40), (40, 40, 200)]
-
-
-def photo_folder(root: Path, per_class: int = 20) -> Path:
-    """Three classes of small noisy JPEGs, plus one broken file that training skips."""
-    rng = np.random.default_rng(0)
-    for c, color in enumerate(COLORS):
-        for i in range(per_class):
-            pixels = (rng.normal(0, 25, (40, 48, 3)) + color).clip(0, 255).astype(np.uint8)
-            (root / f"c{c}").mkdir(parents=True, exist_ok=True)
-            Image.fromarray(pixels).save(root / f"c{c}" / f"{i}.jpg", quality=90)
-    truncated_jpeg(root / "c0" / "broken.jpg")
-    return root
-
 
 def box_folder(root: Path, count: int = 30) -> Path:
     """Images with one coloured square each (or nothing), and labels.csv."""

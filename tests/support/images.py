@@ -45,3 +45,18 @@ def classes(root: Path, n: int, start: int = 0) -> None:
     for i in range(start, start + n):
         solid(root / "cat" / f"{i:02d}.png", RED)
         solid(root / "dog" / f"{i:02d}.png", BLUE)
+
+
+COLORS = [(200, 40, 40), (40, 200, 40), (40, 40, 200)]  # one class each in photo_folder
+
+
+def photo_folder(root: Path, per_class: int = 20) -> Path:
+    """Three classes of small noisy JPEGs, plus one broken file that training skips."""
+    rng = np.random.default_rng(0)
+    for c, color in enumerate(COLORS):
+        for i in range(per_class):
+            pixels = (rng.normal(0, 25, (40, 48, 3)) + color).clip(0, 255).astype(np.uint8)
+            (root / f"c{c}").mkdir(parents=True, exist_ok=True)
+            Image.fromarray(pixels).save(root / f"c{c}" / f"{i}.jpg", quality=90)
+    truncated_jpeg(root / "c0" / "broken.jpg")
+    return root

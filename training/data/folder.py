@@ -15,6 +15,7 @@ from torch.utils.data import Dataset, Subset, random_split
 from torchvision import datasets
 from torchvision.transforms import v2
 
+from training.data.augment import Augmented
 from training.data.base import SPLIT_SEED, ImageDataModule, channel_stats
 from training.data.images import load_image, skip_unreadable
 from training.errors import WaldoError
@@ -77,7 +78,9 @@ class FolderDataModule(ImageDataModule):
     def records(self) -> tuple[list[str], dict[str, list[tuple[str, int]]]]:
         """The classes and each split's (image file, class index), split as training splits
         them (`waldo data pack` writes exactly these)."""
-        splits = dict(zip(("train", "val", "test"), self.load()))
+        if self.train_set is None:
+            self.setup("fit")
+        splits = {"train": self.train_set, "val": self.val_set, "test": self.test_set}
         return self.labels, {name: _samples(ds) for name, ds in splits.items()}
 
     def _split(self, ds: Dataset, fraction: float) -> tuple[Subset, Subset]:
@@ -94,10 +97,13 @@ class FolderDataModule(ImageDataModule):
 
 
 def _samples(ds: Dataset) -> list[tuple[str, int]]:
-    """(file, class index) of an ImageFolder or of (nested) Subsets of one, in order."""
+    """(file, class index) of an ImageFolder or of (nested) Subsets of one, in order (through
+    the training set's augmentation wrapper)."""
     if isinstance(ds, Subset):
         inner = _samples(ds.dataset)
         return [inner[i] for i in ds.indices]
+    if isinstance(ds, Augmented):
+        return _samples(ds.dataset)
     return list(ds.samples)
 
 

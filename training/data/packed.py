@@ -10,7 +10,8 @@ the files' encoded bytes, unchanged, with their label and box:
     DEST/manifest.json            format, task, labels, per split its shards (rows, sha256),
                                   a digest over all of it, the skipped files
     DEST/train-00000.parquet      columns: image (binary), label (string), box (x, y, w, h in
-                                  pixels of the image, or null), name (the file it came from)
+                                  pixels of the image, or null), name (the file it came from),
+                                  index (its place in the split)
 
 `--data packed` / `--data localization-packed` with `--data-dir DEST` train from it: the same
 images, labels, split and normalization statistics as training from the folder (a test proves
@@ -79,7 +80,7 @@ def _write_shard(fs, path: str, rows: list[dict]) -> Shard:
 
     table = pa.Table.from_pylist(rows, schema=pa.schema([
         ("image", pa.binary()), ("label", pa.string()), ("box", pa.list_(pa.float64())),
-        ("name", pa.string())]))
+        ("name", pa.string()), ("index", pa.int64())]))
     buffer = io.BytesIO()
     pq.write_table(table, buffer, compression="none")  # images are compressed already
     data = buffer.getvalue()
@@ -92,7 +93,7 @@ def _chunks(records: list, labels: list[str], localize: bool, shard_bytes: int):
     """A split's records as shard rows, about `shard_bytes` of encoded images at a time (one
     shard, perhaps empty, at least)."""
     rows, size = [], 0
-    for record in records:
+    for index, record in enumerate(records):
         if localize:
             source, box, label = record
         else:
@@ -100,7 +101,7 @@ def _chunks(records: list, labels: list[str], localize: bool, shard_bytes: int):
             label = labels[target]
         with open(source, "rb") as f:
             blob = f.read()
-        rows.append({"image": blob, "label": label, "box": box, "name": str(source)})
+        rows.append({"image": blob, "label": label, "box": box, "name": str(source), "index": index})
         size += len(blob)
         if size >= shard_bytes:
             yield rows
@@ -134,11 +135,9 @@ def pack(module, dest: str, *, shard_bytes: int = SHARD_BYTES) -> Manifest:
 
 
 # -- reading --------------------------------------------------------------------------------------
-def read_pack(location: str, task: str) -> tuple[Manifest, dict[str, list[BoxRecord]]]:
-    """The manifest and each split's (encoded image, box or None, label), every shard checked
-    against the manifest; a WaldoError naming the object for anything wrong."""
-    import pyarrow.parquet as pq
-
+def read_manifest(location: str, task: str) -> Manifest:
+    """The pack's manifest, checked (its digest, its task, its splits); a WaldoError naming
+    the object for anything wrong."""
     fs, root = storage.filesystem(location)
     where = storage.join(location, MANIFEST)
     try:
@@ -162,6 +161,17 @@ def read_pack(location: str, task: str) -> tuple[Manifest, dict[str, list[BoxRec
     missing = [s for s in SPLITS if s not in manifest.splits]
     if missing:
         raise WaldoError(f"{where} has no split(s) {', '.join(missing)}")
+    return manifest
+
+
+def read_pack(location: str, task: str) -> tuple[Manifest, dict[str, list[BoxRecord]]]:
+    """The manifest and each split's (encoded image, box or None, label), every shard checked
+    against the manifest; a WaldoError naming the object for anything wrong."""
+    import pyarrow.parquet as pq
+
+    manifest = read_manifest(location, task)
+    fs, root = storage.filesystem(location)
+    where = storage.join(location, MANIFEST)
     splits: dict[str, list[BoxRecord]] = {}
     for split in SPLITS:
         records: list[BoxRecord] = []

@@ -28,7 +28,10 @@ class DataFacts:
 
 def describe(dm: ImageDataModule) -> DataFacts:
     """The facts of a set-up data module: its name, where it came from (a package function for
-    the embedded sets, the resolved `--data-dir` otherwise), a digest and the split sizes."""
+    the embedded sets, the resolved `--data-dir` otherwise), a digest and the split sizes.
+    A data module that was handed its facts (a Ray worker fed by Ray Data) gives those."""
+    if getattr(dm, "facts", None) is not None:
+        return dm.facts
     splits = {"train": dm.train_set, "val": dm.val_set, "test": dm.test_set}
     sizes = {k: len(ds) if ds is not None else 0 for k, ds in splits.items()}
     source = getattr(dm, "source", None) or str((dm.data_dir or dm.resolve_dir()).resolve())

@@ -1,0 +1,91 @@
+"""Ray Data ingest for distributed runs: a `folder` and a `packed` data set (local, and in a
+bucket on a real S3 server, moto_server on 127.0.0.1) are listed, split and normalized exactly as
+in-process training does it, decoded by Ray Data tasks, and split among two Ray Train workers
+whose per-rank sample counts add up to the training split."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from mlflow.tracking import MlflowClient
+from support import S3_BUCKET
+from support.images import photo_folder
+
+from training.data.folder import FolderDataModule
+from training.data.packed import PackedDataModule, pack
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def ray_with_room(tmp_path_factory):
+    """A local Ray with a CPU for the data tasks beside two training workers."""
+    import ray
+
+    from training.distributed import start_local_ray
+
+    context = start_local_ray(num_cpus=3)
+    yield context
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory) -> Path:
+    return photo_folder(tmp_path_factory.mktemp("photos") / "photos", per_class=24)
+
+
+def _fingerprints(rows) -> list[tuple[int, float]]:
+    """Order-free identity of decoded (image, label) rows."""
+    return sorted((int(y), float(np.asarray(x, dtype=np.float64).sum())) for x, y in rows)
+
+
+def test_the_plan_is_the_in_process_data(ray_with_room, photos, tmp_path) -> None:
+    from training.data.raydata import plan
+
+    pack(FolderDataModule(data_dir=photos, image_size=32), str(tmp_path / "p"))
+    for source in (FolderDataModule(data_dir=photos, image_size=32),
+                   PackedDataModule(data_dir=str(tmp_path / "p"), image_size=32)):
+        reference = FolderDataModule(data_dir=photos, image_size=32)
+        reference.setup("fit")
+        ingest, datasets = plan(source, augment="basic", random_erasing=0.0)
+        assert ingest.state["labels"] == reference.labels, source.name
+        np.testing.assert_allclose(ingest.state["mean"], reference.mean, rtol=0, atol=1e-6)
+        np.testing.assert_allclose(ingest.state["std"], reference.std, rtol=0, atol=1e-6)
+        assert ingest.counts == {"train": len(reference.train_set), "val": len(reference.val_set),
+                                 "test": len(reference.test_set)}
+        assert ingest.facts.sizes == ingest.counts
+        for split, expected in (("val", reference.val_set), ("test", reference.test_set)):
+            rows = [(r["x"], r["y"]) for r in datasets[split].take_all()]
+            assert _fingerprints(rows) == _fingerprints([expected[i] for i in range(len(expected))]), split
+        train = datasets["train"].take(4)
+        assert train[0]["x"].shape == (3, 32, 32) and train[0]["x"].dtype == np.uint8
+
+
+def test_two_workers_train_from_a_folder_and_from_packs_local_and_in_a_bucket(
+        ray_with_room, photos, s3, tmp_path) -> None:
+    from training.pipeline import run
+    from training.spec import TrainSpec
+
+    local_pack, bucket_pack = str(tmp_path / "p"), f"s3://{S3_BUCKET}/photos-packed"
+    for dest in (local_pack, bucket_pack):
+        pack(FolderDataModule(data_dir=photos, image_size=32), dest)
+    tracking = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    base = dict(model="cnn", epochs=2, image_size=32, workers=2, tracking_uri=tracking,
+                storage=str(tmp_path / "runs"), experiment="ray-data", progress_bar=False, seed=0)
+    client = MlflowClient(tracking)
+    reference = FolderDataModule(data_dir=photos, image_size=32)
+    reference.setup("fit")
+    share = len(reference.train_set) // 2  # Ray Train splits evenly (equal shards)
+    accuracy = {}
+    for name, data in (("folder", dict(data="folder", data_dir=str(photos))),
+                       ("packed", dict(data="packed", data_dir=local_pack)),
+                       ("packed in a bucket", dict(data="packed", data_dir=bucket_pack))):
+        result = run(TrainSpec(**base, **data))
+        metrics = client.get_run(result.run_id).data.metrics
+        accuracy[name] = metrics["test_acc"]
+        # The training split divided evenly between the ranks, every epoch.
+        assert metrics["train_samples_rank0"] == metrics["train_samples_rank1"] == share, name
+        assert 0.0 <= metrics["data_wait_fraction"] <= 1.0
+    assert max(accuracy.values()) - min(accuracy.values()) <= 0.01, accuracy

@@ -1,0 +1,207 @@
+"""Ray Data ingest for distributed runs (`--workers N`) of the user's image classification data:
+`folder` and `packed` (local, or `s3://` for packed).
+
+Where each stage runs:
+
+    driver          lists the data (the folder's files, or the pack's manifest), decides labels,
+                    split and normalization statistics exactly as the in-process data module
+                    does (the statistics of a pack come from the same sampled training images,
+                    decoded by Ray Data tasks), and hands the worker loop only those facts
+    Ray Data tasks  read the files or Parquet shards (pyarrow; S3 through AWS_ENDPOINT_URL),
+                    decode, resize and apply the recipe's per-image augmentation, on any node's
+                    CPUs, streaming
+    each worker     iterates its own shard (`ray.train.get_dataset_shard`, split evenly) as
+                    torch batches of uint8 images, which the data module's batch transform
+                    normalizes on the worker's device, as in-process
+
+No node materializes the data set. Labels, split, statistics and so the ModelCard are the ones
+in-process training gets (tests/integration/test_ray_data.py).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from training import storage
+from training.data.augment import per_image_transform
+from training.data.base import ImageDataModule, channel_stats
+from training.data.images import load_image, open_source
+from training.data.provenance import DataFacts, describe
+from training.errors import WaldoError
+
+STREAMED = ("folder", "packed")  # data sets that a distributed run reads through Ray Data
+DATA_CPUS = 1.0  # CPUs a job keeps free beside its workers for its Ray Data tasks
+SPLITS = ("train", "val", "test")
+_STATS_SAMPLE = 512  # as training.data.folder
+
+
+@dataclass
+class Ingest:
+    """What the driver hands every worker: the data module's state, facts and split sizes."""
+
+    state: dict[str, Any]  # ImageDataModule.state_dict(): labels, mean, std, image size
+    facts: DataFacts
+    counts: dict[str, int]
+
+
+class DecodeBatch:
+    """A Ray Data batch of encoded images (`image`: bytes, or `path`) and labels -> `x` uint8
+    (N, C, S, S) and `y` int64, decoded and resized as the folder data module decodes its files;
+    the training split also gets the recipe's per-image augmentation."""
+
+    def __init__(self, labels: list[str], size: int, augment: str = "none", kind: str = "photos",
+                 random_erasing: float = 0.0, keep_index: bool = False):
+        self.index = {label: i for i, label in enumerate(labels)}
+        self.keep_index = keep_index  # pass a pack's `index` column on (the statistics sample)
+        self.size = size
+        self.augment = per_image_transform(augment, kind, size, random_erasing)
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        from torchvision.transforms import v2
+
+        resize = v2.Resize((self.size, self.size), antialias=True)
+        sources = batch["image"] if "image" in batch else batch["path"]
+        images = []
+        for source in sources:
+            image = resize(v2.functional.pil_to_tensor(load_image(open_source(source), "RGB")))
+            images.append(self.augment(image) if self.augment is not None else image)
+        labels = [self.index[str(label)] for label in batch["label"]]
+        out = {"x": torch.stack(images).numpy(), "y": np.asarray(labels, dtype=np.int64)}
+        if self.keep_index:
+            out["index"] = np.asarray(batch["index"])
+        return out
+
+
+def _s3_filesystem():
+    """pyarrow's S3 filesystem as the environment configures it (AWS_ENDPOINT_URL for MinIO or
+    another S3-compatible store); credentials travel with it to the read tasks."""
+    from pyarrow import fs
+
+    options: dict[str, Any] = {}
+    if os.environ.get("AWS_ENDPOINT_URL"):
+        options["endpoint_override"] = os.environ["AWS_ENDPOINT_URL"]
+    if os.environ.get("AWS_ACCESS_KEY_ID"):
+        options["access_key"] = os.environ["AWS_ACCESS_KEY_ID"]
+        options["secret_key"] = os.environ.get("AWS_SECRET_ACCESS_KEY", "")
+    options["region"] = os.environ.get("AWS_DEFAULT_REGION", os.environ.get("AWS_REGION", "us-east-1"))
+    return fs.S3FileSystem(**options)
+
+
+def _packed(dm: ImageDataModule) -> tuple[dict, DataFacts, dict[str, int], tuple[tuple, tuple]]:
+    import ray.data
+
+    from training.data.packed import read_manifest
+
+    location = dm.data_location
+    manifest = read_manifest(location, "classify")
+    if storage.is_remote(location):
+        filesystem, base = _s3_filesystem(), location.split("://", 1)[1]
+    else:
+        filesystem, base = None, location
+    datasets = {}
+    for split in SPLITS:
+        paths = [storage.join(base, shard.file) for shard in manifest.splits[split].shards]
+        datasets[split] = ray.data.read_parquet(paths, filesystem=filesystem,
+                                                columns=["image", "label", "index"])
+    counts = {s: manifest.splits[s].count for s in SPLITS}
+    # Statistics from the training images the in-process path samples: every step-th one.
+    step = max(1, counts["train"] // _STATS_SAMPLE)
+    limit = step * _STATS_SAMPLE
+    picked = datasets["train"].filter(fn=lambda row: row["index"] % step == 0 and row["index"] < limit)
+    rows = picked.map_batches(DecodeBatch(manifest.labels, dm.image_size, keep_index=True)).take_all()
+    rows.sort(key=lambda row: row["index"])
+    stats = channel_stats(torch.from_numpy(np.stack([r["x"] for r in rows])))
+    facts = DataFacts(dm.name, location, manifest.digest[:16], counts)
+    dm.labels, dm.skipped_images = list(manifest.labels), list(manifest.skipped_images)
+    return datasets, facts, counts, stats
+
+
+def _folder(dm: ImageDataModule) -> tuple[dict, DataFacts, dict[str, int], tuple[tuple, tuple]]:
+    import ray.data
+
+    labels, splits = dm.records()  # the in-process listing, unreadable files and split
+    datasets = {split: ray.data.from_items([{"path": str(path), "label": labels[target]}
+                                            for path, target in splits[split]])
+                for split in SPLITS}
+    return datasets, describe(dm), {s: len(splits[s]) for s in SPLITS}, (dm.mean, dm.std)
+
+
+def plan(dm: ImageDataModule, augment: str, random_erasing: float) -> tuple[Ingest, dict]:
+    """On the driver: the facts for the workers and the Ray Datasets they read ({split: Dataset}
+    of `x`, `y` rows, decoded by Ray Data tasks)."""
+    if dm.name not in STREAMED:
+        raise WaldoError(f"data set {dm.name!r} is not read through Ray Data; those that are: "
+                         f"{', '.join(STREAMED)}")
+    datasets, facts, counts, (mean, std) = (_packed if dm.name == "packed" else _folder)(dm)
+    dm.mean, dm.std = tuple(mean), tuple(std)
+    for split, count in counts.items():
+        if count == 0:
+            raise WaldoError(f"{dm.data_location}: the {split} split is empty")
+    decoded = {}
+    for split, ds in datasets.items():
+        training = split == "train"
+        decode = DecodeBatch(dm.labels, dm.image_size, augment if training else "none", dm.kind,
+                             random_erasing if training else 0.0)
+        decoded[split] = ds.map_batches(decode)
+    return Ingest(dm.state_dict(), facts, counts), decoded
+
+
+class ShardLoader:
+    """One worker's shard of a split as (uint8 images, labels) torch batches. Its length is
+    what Lightning shows and schedules by: the shard's rows (the split divided evenly among the
+    workers, as Ray Train splits it) in batches."""
+
+    def __init__(self, split: str, rows: int, batch_size: int, world_size: int, shuffle: bool):
+        self.split, self.batch_size, self.shuffle = split, batch_size, shuffle
+        self.rows = rows // world_size
+
+    def __len__(self) -> int:
+        return math.ceil(self.rows / self.batch_size)
+
+    def __iter__(self):
+        import ray.train
+
+        shard = ray.train.get_dataset_shard(self.split)
+        buffer = 4 * self.batch_size if self.shuffle else None
+        for batch in shard.iter_torch_batches(batch_size=self.batch_size, local_shuffle_buffer_size=buffer,
+                                              dtypes={"x": torch.uint8, "y": torch.int64}):
+            yield batch["x"], batch["y"]
+
+
+class ShardData(ImageDataModule):
+    """A Ray worker's data module when Ray Data feeds it: the source data module's facts
+    (labels, statistics, size, what kind of data), with batches from this worker's shards."""
+
+    def __init__(self, source: ImageDataModule, ingest: Ingest, world_size: int):
+        super().__init__(batch_size=source.batch_size, image_size=source._image_size,
+                         augment=source.augment, random_erasing=source.random_erasing)
+        self.name, self.kind, self.task = source.name, source.kind, source.task
+        self.in_channels, self.native_size = source.in_channels, source.native_size
+        self.data_dir, self.data_location = source.data_dir, source.data_location
+        self.load_state_dict(ingest.state)
+        self.facts, self.counts, self.world_size = ingest.facts, ingest.counts, world_size
+
+    def setup(self, stage: str | None = None) -> None:
+        pass  # the driver planned the data; the batches come from Ray Data
+
+    def _shard(self, split: str) -> ShardLoader:
+        return ShardLoader(split, self.counts[split], self.batch_size, self.world_size,
+                           shuffle=split == "train")
+
+    def train_dataloader(self) -> ShardLoader:
+        return self._shard("train")
+
+    def val_dataloader(self) -> ShardLoader:
+        return self._shard("val")
+
+    def test_dataloader(self) -> ShardLoader:
+        return self._shard("test")
+
+
+__all__ = ["DATA_CPUS", "STREAMED", "DecodeBatch", "Ingest", "ShardData", "ShardLoader", "plan"]
