@@ -1,5 +1,7 @@
-"""The docker-compose topology as processes on 127.0.0.1: an mlflow server, a Ray head plus one
-worker node (token auth), the jobs API and the inference service watching `cnn@production`.
+"""The docker-compose topology as processes on 127.0.0.1: an S3 server (moto_server, where
+compose runs MinIO), an mlflow server whose artifacts live in its bucket, a Ray head plus one
+worker node (token auth) checkpointing into the bucket, the jobs API and the inference service
+watching `cnn@production`.
 
 Through the jobs API a train job runs on Ray and shows up in MLflow, an export job registers
 version 1 under the alias, the service picks it up by itself and classifies a held-out digit.
@@ -18,7 +20,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from support import BIN, ray_cluster, start_server, wait_http, wait_until
+from support import BIN, clean_env, ray_cluster, start_server, wait_http, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -26,28 +28,53 @@ CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver"
 MODEL = "cnn-e2e"
 
 
+BUCKET = "waldo-stack"
+
+
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory, mlflow_server):
+def stack(tmp_path_factory, s3_endpoint):
+    import boto3
+
     root = tmp_path_factory.mktemp("stack")
     jobs_token = secrets.token_hex(24)
-    with ray_cluster(root, workers=1, num_cpus=1, dashboard=True) as ray, ExitStack() as servers:
+    # As compose configures every service for MinIO: the endpoint and the keys.
+    s3_env = {"AWS_ENDPOINT_URL": s3_endpoint, "MLFLOW_S3_ENDPOINT_URL": s3_endpoint,
+              "AWS_ACCESS_KEY_ID": "waldo-stack", "AWS_SECRET_ACCESS_KEY": "waldo-stack",
+              "AWS_DEFAULT_REGION": "us-east-1"}
+    bucket = boto3.client("s3", endpoint_url=s3_endpoint, aws_access_key_id="waldo-stack",
+                          aws_secret_access_key="waldo-stack", region_name="us-east-1")
+    bucket.create_bucket(Bucket=BUCKET)
+    mlflow = start_server(
+        lambda port: [str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port),
+                      "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
+                      "--artifacts-destination", f"s3://{BUCKET}/mlflow", "--workers", "1"],
+        workdir=root / "mlflow", ready="/health",
+        env=clean_env(MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false", **s3_env))
+    with (ray_cluster(root, workers=1, num_cpus=1, dashboard=True, env=s3_env) as ray,
+          ExitStack() as servers):
+        servers.callback(mlflow.stop)
         # The jobs API and the service get the nodes' environment: their Ray token, and this
         # interpreter first on PATH, so that `python` in a job's entrypoint is this one.
         jobs = start_server(
             lambda port: [sys.executable, "-m", "services.jobs", "--host", "127.0.0.1", "--port", str(port)],
             workdir=root / "jobs", timeout=180,
             env={**ray.env, "WALDO_JOBS_TOKEN": jobs_token, "WALDO_JOBS_RAY_ADDRESS": ray.dashboard,
-                 "WALDO_JOBS_TRACKING_URI": mlflow_server})
+                 "WALDO_JOBS_TRACKING_URI": mlflow.url, "WALDO_JOBS_STORAGE": f"s3://{BUCKET}/ray",
+                 "WALDO_JOBS_STORAGE_ROOTS": f"s3://{BUCKET}"})
         servers.callback(jobs.stop)
+        # The service reaches the registry's files through MLflow (proxied artifacts): no S3
+        # credentials of its own, as in compose.
+        serving_env = {k: v for k, v in ray.env.items() if not k.startswith(("AWS_", "MLFLOW_S3"))}
         serving = start_server(  # alive at once; ready once the alias exists (step 4)
             lambda port: [str(BIN / "waldo"), "serve", "--models", f"{MODEL}@production", "--host",
-                          "127.0.0.1", "--port", str(port), "--tracking-uri", mlflow_server,
+                          "127.0.0.1", "--port", str(port), "--tracking-uri", mlflow.url,
                           "--poll-interval-s", "2"],
             workdir=root / "serving", ready="/healthz", timeout=180,
-            env={**ray.env, "WALDO_CACHE_DIR": str(root / "model-cache")})
+            env={**serving_env, "WALDO_CACHE_DIR": str(root / "model-cache")})
         servers.callback(serving.stop)
-        yield {"jobs": jobs.url, "token": jobs_token, "serving": serving.url, "mlflow": mlflow_server,
-               "root": root, "ray": ray.dashboard, "servers": {"jobs": jobs, "serving": serving}}
+        yield {"jobs": jobs.url, "token": jobs_token, "serving": serving.url, "mlflow": mlflow.url,
+               "root": root, "ray": ray.dashboard, "servers": {"jobs": jobs, "serving": serving},
+               "bucket": bucket}
 
 
 def wait_job(client: httpx.Client, job_id: str, seconds: float = 600) -> dict:
@@ -104,6 +131,10 @@ def test_train_register_and_serve_through_the_jobs_api(stack):
     run_id = train["mlflow_run_id"]
     run = MlflowClient(stack["mlflow"]).get_run(run_id)
     assert run.info.status == "FINISHED" and run.data.metrics["test_acc"] > 0.9
+    # Its checkpoints went to the bucket, and the run says which one is best.
+    keys = [o["Key"] for o in stack["bucket"].list_objects_v2(Bucket=BUCKET)["Contents"]]
+    assert run.data.tags["waldo.best_checkpoint"].startswith(f"s3://{BUCKET}/ray/")
+    assert any(k.startswith("ray/") and k.endswith(".ckpt") for k in keys), keys
     assert train["mlflow_run_url"].startswith(stack["mlflow"]) and run_id in train["mlflow_run_url"]
 
     # 3. An export job registers version 1 under `production`.
@@ -115,6 +146,9 @@ def test_train_register_and_serve_through_the_jobs_api(stack):
     assert exported["model"] == {"model_name": MODEL, "model_version": "1",
                                  "model_uri": f"models:/{MODEL}/1", "alias": "production"}
     assert MlflowClient(stack["mlflow"]).get_model_version_by_alias(MODEL, "production").version == "1"
+    # The registered files are in the bucket, behind MLflow's artifact proxy.
+    keys = [o["Key"] for o in stack["bucket"].list_objects_v2(Bucket=BUCKET, Prefix="mlflow/")["Contents"]]
+    assert {"model.onnx", "modelcard.json"} <= {k.rsplit("/", 1)[-1] for k in keys}, keys
 
     # 4. The inference service, watching the alias, serves it.
     serving = stack["servers"]["serving"]
