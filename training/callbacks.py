@@ -103,8 +103,9 @@ class StopOnNonFinite(Callback):
 
 
 class EpochFacts(Callback):
-    """Per epoch: how many training images each rank saw (`train_samples_rank{r}`), so a
-    distributed run shows that every worker really trained, and the share of the training loop's
+    """Per epoch: how many training images each rank saw (`train_samples_rank{r}`) and how many
+    ranks there were (`workers`), so a distributed run shows that every worker really trained
+    and an elastic one how its group changed, and the share of the training loop's
     wall time spent waiting for the next batch (`data_wait_fraction`, the worst rank's; a
     GPU that starves on input shows it at once). Also runs `at_fit_start(trainer, module)` once
     (the run's data facts, `training.steps`). One callback rather than three: Lightning calls
@@ -143,6 +144,7 @@ class EpochFacts(Callback):
         if trainer.is_global_zero and trainer.logger is not None:
             metrics = {f"train_samples_rank{r}": float(v) for r, v in enumerate(gathered[:, 0].tolist())}
             metrics["data_wait_fraction"] = float(gathered[:, 1].max())
+            metrics["workers"] = float(len(gathered))  # an elastic job's group changes size
             trainer.logger.log_metrics(metrics, step=trainer.global_step)
 
 

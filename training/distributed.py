@@ -46,6 +46,11 @@ WORKER_ENV = {"RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": "600",
               "RAY_worker_niceness": "0"}
 
 
+ELASTIC_CHECK_S = 15.0  # how often an elastic job looks for room to grow
+ELASTIC_RESTARTS = 3  # restarts an elastic job allows at least (--max-failures raises it)
+ELASTIC_START_TIMEOUT_S = 60  # an elastic job's wait for a worker group it may not get
+
+
 def connect(address: str | None, min_cpus: float = 0) -> None:
     """Join the Ray cluster at `address` (or $RAY_ADDRESS), else start a local Ray with at
     least `min_cpus` logical CPUs (a job whose workers take every core still needs one for its
@@ -298,6 +303,11 @@ def train_distributed(
     for key, value in WORKER_ENV.items():  # Ray Train hands these on to its controller
         if key.startswith("RAY_TRAIN_"):
             os.environ.setdefault(key, value)
+    if spec.max_workers:
+        # Right after a node dies, Ray still counts its CPUs, so an elastic restart may ask for
+        # the old group size; it must give up on that soon (then it asks again, smaller), not
+        # after the 600 s a fixed-size job waits for slow workers.
+        os.environ["RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S"] = str(ELASTIC_START_TIMEOUT_S)
     streamed = spec.task == "classify" and spec.data in STREAMED
     data_cpus = DATA_CPUS if streamed else 0
     connect(spec.ray_address, min_cpus=spec.workers * spec.cpus_per_worker + data_cpus)
@@ -325,13 +335,20 @@ def train_distributed(
             datasets=datasets,
             dataset_config=DataConfig(datasets_to_split="all") if datasets else None,
             scaling_config=ScalingConfig(
-                num_workers=spec.workers, use_gpu=spec.gpus_per_worker > 0,
+                # Elastic (MIN-MAX): Ray Train starts with what it can place, grows the group as
+                # nodes join (checked every ELASTIC_CHECK_S) and restarts it smaller, from the last
+                # checkpoint, when a node leaves.
+                num_workers=(spec.workers, spec.max_workers) if spec.max_workers else spec.workers,
+                elastic_resize_monitor_interval_s=ELASTIC_CHECK_S,
+                use_gpu=spec.gpus_per_worker > 0,
                 resources_per_worker={"CPU": spec.cpus_per_worker,
                                       **({"GPU": spec.gpus_per_worker} if spec.gpus_per_worker else {})},
             ),
             run_config=RunConfig(
                 name=name, storage_path=root,
-                failure_config=FailureConfig(max_failures=spec.max_failures),
+                # An elastic job outlives the loss of a node (a restart): that is what it is for.
+                failure_config=FailureConfig(max_failures=max(spec.max_failures, ELASTIC_RESTARTS)
+                                             if spec.max_workers else spec.max_failures),
                 checkpoint_config=CheckpointConfig(checkpoint_score_attribute=monitor,
                                                    checkpoint_score_order=mode),
                 callbacks=list(ray_callbacks),

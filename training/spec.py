@@ -172,7 +172,12 @@ class TrainSpec(RecipeSpec):
     channels_last: bool = Field(False, description="use the channels_last memory format")
 
     # Ray (workers > 0 runs the same training as a Ray Train job).
-    workers: NonNegativeInt = Field(0, description="Ray Train workers (0: plain Lightning in-process)")
+    workers: NonNegativeInt = Field(
+        0, description="Ray Train workers (0: plain Lightning in-process), or MIN-MAX (e.g. 2-4) for "
+                       "elastic training: start with what the cluster can place, grow as nodes join, "
+                       "keep going from the last checkpoint when one leaves")
+    max_workers: PositiveInt | None = Field(
+        None, description="elastic training's upper bound on workers (what --workers MIN-MAX sets)")
     cpus_per_worker: PositiveFloat = Field(1.0, description="CPUs reserved per Ray worker")
     gpus_per_worker: NonNegativeFloat = Field(0.0, description="GPUs per Ray worker (0: CPU, gloo)")
     ray_address: str | None = Field(
@@ -227,9 +232,23 @@ class TrainSpec(RecipeSpec):
                              f"data sets for {task!r}: {', '.join(datasets_for(task))}")
         return name
 
+    @model_validator(mode="before")
+    @classmethod
+    def _elastic_range(cls, data: Any) -> Any:
+        """`workers: 2-4` (or `--workers 2-4`) is workers=2, max_workers=4."""
+        if isinstance(data, dict) and isinstance(data.get("workers"), str) and "-" in data["workers"]:
+            low, _, high = data["workers"].partition("-")
+            if not (low.strip().isdigit() and high.strip().isdigit()):
+                raise ValueError(f"workers {data['workers']!r}: give a count (2) or a range MIN-MAX (2-4)")
+            data = {**data, "workers": int(low), "max_workers": int(high)}
+        return data
+
     @model_validator(mode="after")
     def _consistent(self) -> TrainSpec:
         check_recipe(self)
+        if self.max_workers is not None and not 1 <= self.workers <= self.max_workers:
+            raise ValueError(f"workers {self.workers}-{self.max_workers}: an elastic range needs "
+                             "1 <= MIN <= MAX")
         if self.weights is not None and self.init_from is not None:
             raise ValueError("give at most one of weights (pretrained weights) and init_from "
                              "(an earlier Waldo run or model)")

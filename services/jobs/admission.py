@@ -46,7 +46,7 @@ NOT_A_PATH = {"weights": re.compile(r"[A-Z][A-Z0-9_]*"),
               "init_from": re.compile(r"[0-9a-f]{32}|models:/[^/].*")}
 
 # Spec field -> the settings field bounding it from above.
-BOUNDS = {"workers": "max_workers", "gpus_per_worker": "max_gpus_per_worker",
+BOUNDS = {"workers": "max_workers", "max_workers": "max_workers", "gpus_per_worker": "max_gpus_per_worker",
           "epochs": "max_epochs", "trials": "max_trials", "image_size": "max_image_size",
           "loader_workers": "max_loader_workers"}
 

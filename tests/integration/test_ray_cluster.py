@@ -30,3 +30,46 @@ def test_two_nodes_get_one_worker_each(two_node_cluster, tmp_path, mlflow_server
     run = client.search_runs([client.get_experiment_by_name("two-nodes").experiment_id])[0]
     nodes = {run.data.tags["ray.node.rank0"], run.data.tags["ray.node.rank1"]}
     assert len(nodes) == 2, nodes
+
+
+def test_elastic_job_keeps_training_when_a_node_dies(tmp_path, mlflow_server, waldo):
+    """`--workers 1-2` on two nodes: two workers, then one after the second node is killed
+    (its raylet and everything on it), resuming from the last checkpoint; every epoch trains."""
+    import time
+
+    from support import wait_until
+
+    epochs = 12
+    with ray_cluster(tmp_path / "ray", workers=1, num_cpus=1) as cluster:
+        job = waldo.start("train", "--model", "cnn", "--data", "digits", "--epochs", str(epochs),
+                          "--workers", "1-2", "--ray-address", cluster.address, "--tracking-uri",
+                          mlflow_server, "--experiment", "elastic", "--run-name", "elastic",
+                          "--augment", "none", "--no-progress-bar", cwd=tmp_path, env=cluster.env)
+        client = MlflowClient(mlflow_server)
+
+        def workers_logged() -> list[float]:
+            experiment = client.get_experiment_by_name("elastic")
+            runs = client.search_runs([experiment.experiment_id]) if experiment else []
+            if not runs:
+                return []
+            return [m.value for m in client.get_metric_history(runs[0].info.run_id, "workers")]
+
+        try:
+            wait_until(lambda: len(workers_logged()) >= 2, what="two epochs on two workers",
+                       timeout=300, proc=job)
+            assert job.poll() is None, job.stderr.read()[-3000:]
+            cluster.kill_node(0)
+            started = time.monotonic()
+            out, err = job.communicate(timeout=600)
+        finally:
+            if job.poll() is None:
+                job.kill()
+        assert job.returncode == 0, err[-3000:]
+    run = client.search_runs([client.get_experiment_by_name("elastic").experiment_id])[0]
+    history = sorted(client.get_metric_history(run.info.run_id, "workers"), key=lambda m: m.step)
+    counts = [m.value for m in history]
+    assert counts[0] == 2 and counts[-1] == 1, counts  # the group shrank and kept going
+    trained = {int(m.value) for m in client.get_metric_history(run.info.run_id, "epoch")}
+    assert set(range(epochs)) <= trained, trained  # every epoch, the interrupted one again
+    assert run.info.status == "FINISHED" and run.data.metrics["test_acc"] > 0.5
+    print(f"\nelastic: workers per epoch {counts}; done {time.monotonic() - started:.0f} s after the kill")

@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import contextlib
 import secrets
+import subprocess
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -45,6 +46,11 @@ class RayCluster:
     address: str  # 127.0.0.1:<GCS port>, for --ray-address and RAY_ADDRESS
     dashboard: str | None  # http://127.0.0.1:<port>: Ray's HTTP API, job submission included
     env: dict[str, str]  # the nodes' environment: a driver must share its token
+    nodes: list = field(default_factory=list)  # the worker nodes' `ray start` processes
+
+    def kill_node(self, i: int) -> None:
+        """End worker node `i` at once (its raylet and everything it runs), as a lost machine."""
+        stop_group(self.nodes[i])
 
 
 @contextlib.contextmanager
@@ -70,14 +76,13 @@ def ray_cluster(root: Path, *, workers: int = 1, num_cpus: int = 1, dashboard: b
                        proc=proc, log=log)
             if url is not None:  # token auth is on: 401/403 also means it answers
                 wait_http(f"{url}/api/version", status=(200, 401, 403), proc=proc, log=log)
-            for i in range(workers):
-                start_worker(procs, i, address, common)
-            yield RayCluster(address, url, env)
+            nodes = [start_worker(procs, i, address, common) for i in range(workers)]
+            yield RayCluster(address, url, env, nodes)
     finally:
         forget_address(gcs)
 
 
-def start_worker(procs: Processes, i: int, address: str, common: list[str]) -> None:
+def start_worker(procs: Processes, i: int, address: str, common: list[str]) -> subprocess.Popen:
     """Start worker node `i` and wait until it has joined. Ray gives a raylet a fixed 30 s to
     register with the GCS (`ray._private.node`, not configurable); on two loaded cores that wait
     has been missed once in CI, so a node that failed exactly that way is started again."""
@@ -88,7 +93,7 @@ def start_worker(procs: Processes, i: int, address: str, common: list[str]) -> N
                                                 or proc.poll() is not None),
                    what=f"ray worker node {i}", log=log)
         if STARTED in log.read_text(errors="replace"):
-            return
+            return proc
         stop_group(proc)  # its raylet may outlive the failed `ray start`
         if REGISTER_TIMEOUT not in log.read_text(errors="replace") or attempt + 1 == REGISTER_ATTEMPTS:
             pytest.fail(f"ray worker node {i}: ray exited with {proc.returncode} first\n"

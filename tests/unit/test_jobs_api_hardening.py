@@ -332,6 +332,7 @@ def test_roots_come_from_the_environment_comma_separated_and_normalized(monkeypa
 # --- the operator's bounds -------------------------------------------------------------------------
 @pytest.mark.parametrize("kind, spec, field, shown, limit", [
     ("train", {"workers": 100_000}, "workers", "100000", "16 (WALDO_JOBS_MAX_WORKERS)"),
+    ("train", {"workers": "2-64"}, "max_workers", "64", "16 (WALDO_JOBS_MAX_WORKERS)"),
     ("train", {"gpus_per_worker": 9}, "gpus_per_worker", "9", "8.0 (WALDO_JOBS_MAX_GPUS_PER_WORKER)"),
     ("train", {"epochs": 10**12}, "epochs", str(10**12), "1000 (WALDO_JOBS_MAX_EPOCHS)"),
     ("train", {"image_size": 2048}, "image_size", "2048", "1024 (WALDO_JOBS_MAX_IMAGE_SIZE)"),

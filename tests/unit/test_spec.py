@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pydantic
 import pytest
 import yaml
@@ -214,3 +216,17 @@ def test_register_in_a_file_and_a_publish_flag_together(tmp_path, flag, expected
     path = write_yaml(tmp_path, {"register": True, "export": True})
     assert spec_from_flags("--config", str(path), flag).publish is expected
     assert spec_from_flags("--config", str(path)).publish is True
+
+
+@pytest.mark.parametrize("given, workers, max_workers", [("2-4", 2, 4), ("1-1", 1, 1), (3, 3, None),
+                                                          ("3", 3, None)])
+def test_workers_take_a_count_or_an_elastic_range(given, workers, max_workers):
+    spec = TrainSpec(workers=given)
+    assert (spec.workers, spec.max_workers) == (workers, max_workers)
+
+
+@pytest.mark.parametrize("given, message", [("4-2", "1 <= MIN <= MAX"), ("0-2", "1 <= MIN <= MAX"),
+                                            ("two-4", "a count (2) or a range MIN-MAX")])
+def test_a_bad_elastic_range_is_refused(given, message):
+    with pytest.raises(pydantic.ValidationError, match=re.escape(message)):
+        TrainSpec(workers=given)
