@@ -254,6 +254,27 @@ def cmd_data_pack(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_cluster(args: argparse.Namespace) -> int:
+    from training import cluster
+
+    if args.cluster_command == "up":
+        state = cluster.up(port=args.port, dashboard_port=args.dashboard_port, num_cpus=args.num_cpus)
+        verb = "started" if state["started"] else "already running"
+        print(f"Ray head {verb} at {state['address']}, dashboard {state['dashboard']}; "
+              "waldo train --workers N and waldo sweep use it until `waldo cluster down`")
+    elif args.cluster_command == "status":
+        state = cluster.status()
+        if state is None:
+            print("no cluster running (start one with `waldo cluster up`)")
+            return 1
+        print(f"Ray head at {state['address']}, dashboard {state['dashboard']}: {state['nodes']} node(s), "
+              f"{state['cpus']:g} CPUs, {state['gpus']:g} GPUs")
+    else:
+        state = cluster.down()
+        print(f"stopped the Ray head at {state['address']}" if state else "no cluster was running")
+    return 0
+
+
 def cmd_models(args: argparse.Namespace) -> int:
     from training.models import get_model_info, list_models
 
@@ -402,6 +423,17 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--csv-file", default="labels.csv", help="localize: the labels CSV in SRC")
     q.add_argument("--shard-mb", type=float, default=64, help="encoded image MB per shard (default 64)")
     q.set_defaults(func=cmd_data_pack)
+
+    p = sub.add_parser("cluster", help="a persistent local Ray head that jobs join (fast starts)")
+    actions = p.add_subparsers(dest="cluster_command", required=True, metavar="ACTION")
+    q = actions.add_parser("up", help="start a Ray head with its dashboard, in the background")
+    q.add_argument("--port", type=int, default=6379, help="GCS port (default: %(default)s)")
+    q.add_argument("--dashboard-port", type=int, default=8265,
+                   help="dashboard and job submission (default: %(default)s, the jobs API's default)")
+    q.add_argument("--num-cpus", type=int, help="CPUs the head offers (default: all)")
+    actions.add_parser("status", help="whether it runs, its nodes, CPUs and GPUs (exit 1: none)")
+    actions.add_parser("down", help="stop the head `up` started, and nothing else")
+    p.set_defaults(func=cmd_cluster)
 
     p = sub.add_parser("models", help="list the registered networks")
     p.set_defaults(func=cmd_models)

@@ -11,6 +11,7 @@ Each runner makes the spec's relative locations absolute before it starts anythi
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -23,12 +24,25 @@ if TYPE_CHECKING:
     from training.sweep import SweepResult
 
 
+def join_cluster(spec: TrainSpec) -> TrainSpec:
+    """A Ray job that names no cluster (no ray_address, no RAY_ADDRESS) joins the head that
+    `waldo cluster up` keeps running, if one runs. Called before Ray is imported: Ray reads the
+    cluster's token settings (which this sets in the environment) when it is imported."""
+    if spec.ray_address or os.environ.get("RAY_ADDRESS"):
+        return spec
+    from training import cluster
+
+    address = cluster.address()
+    return spec.model_copy(update={"ray_address": address}) if address else spec
+
+
 def run(spec: TrainSpec, *, callbacks: Sequence[Any] = (),
         parent_run_id: str | None = None) -> TrainResult:
     """Train `spec` (in-process with `workers=0`, else as a Ray Train job) and export if asked."""
     if spec.workers > 0:
         from training.distributed import train_distributed
 
+        spec = join_cluster(spec)
         result = train_distributed(spec, callbacks=callbacks, parent_run_id=parent_run_id)
     else:
         from training.train import train
@@ -55,7 +69,7 @@ def resume(name: str, *, storage_location: str | None = None, tracking_uri: str 
         update["storage"] = storage_location
     if ray_address:
         update["ray_address"] = ray_address
-    spec = spec.model_copy(update=update)
+    spec = join_cluster(spec.model_copy(update=update))
     result = train_distributed(spec, resume_run_id=run_id)
     result.export = export_if_asked(spec, result.run_id, result.tracking_uri)
     return result
@@ -65,7 +79,7 @@ def run_sweep(spec: SweepSpec) -> SweepResult:
     """Run the sweep, then export the best trial's checkpoint when the spec asks."""
     from training.sweep import sweep
 
-    result = sweep(spec)
+    result = sweep(join_cluster(spec))
     if spec.exports and not result.best_run_id:
         raise WaldoError(f"sweep run {result.parent_run_id}: the best trial has no MLflow run "
                          "to export")
