@@ -4,14 +4,16 @@ or a bucket (`s3://...`; `AWS_ENDPOINT_URL` for MinIO or any S3-compatible store
 Millions of small objects are what makes reading images from object storage slow: every
 object is a request. `waldo data pack SRC DEST` reads a `folder` (classification) or
 `localization-folder` data set exactly as training reads it (the same unreadable files skipped,
-the same labels, the same fixed split) and writes each split as shards of about 64 MB holding
-the files' encoded bytes, unchanged, with their label and box:
+the same labels, the same fixed split) and writes each split as shards (at most 2,048 images or
+about 64 MB each, so that Ray Data decodes them in parallel) holding the files' encoded bytes,
+unchanged, with their label and box:
 
     DEST/manifest.json            format, task, labels, per split its shards (rows, sha256),
                                   a digest over all of it, the skipped files
-    DEST/train-00000.parquet      columns: image (binary), label (string), box (x, y, w, h in
-                                  pixels of the image, or null), name (the file it came from),
-                                  index (its place in the split)
+    DEST/train-00000.parquet      at most 2,048 images or about 64 MB each; columns: image
+                                  (binary), label (string), box (x, y, w, h in pixels of the
+                                  image, or null), name (the file it came from), index (its
+                                  place in the split)
 
 `--data packed` / `--data localization-packed` with `--data-dir DEST` train from it: the same
 images, labels, split and normalization statistics as training from the folder (a test proves
@@ -41,6 +43,7 @@ from training.errors import WaldoError
 FORMAT = "waldo-packed/1"
 MANIFEST = "manifest.json"
 SHARD_BYTES = 64 * 2**20  # encoded image bytes per shard, about
+SHARD_ROWS = 2048  # images per shard at most: Ray Data reads (and decodes) a shard per task
 SPLITS = ("train", "val", "test")
 
 
@@ -90,8 +93,8 @@ def _write_shard(fs, path: str, rows: list[dict]) -> Shard:
 
 
 def _chunks(records: list, labels: list[str], localize: bool, shard_bytes: int):
-    """A split's records as shard rows, about `shard_bytes` of encoded images at a time (one
-    shard, perhaps empty, at least)."""
+    """A split's records as shard rows, about `shard_bytes` of encoded images or SHARD_ROWS
+    images at a time, whichever comes first (one shard, perhaps empty, at least)."""
     rows, size = [], 0
     for index, record in enumerate(records):
         if localize:
@@ -103,7 +106,7 @@ def _chunks(records: list, labels: list[str], localize: bool, shard_bytes: int):
             blob = f.read()
         rows.append({"image": blob, "label": label, "box": box, "name": str(source), "index": index})
         size += len(blob)
-        if size >= shard_bytes:
+        if size >= shard_bytes or len(rows) >= SHARD_ROWS:
             yield rows
             rows, size = [], 0
     if rows or not records:

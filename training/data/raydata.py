@@ -37,6 +37,7 @@ from training.errors import WaldoError
 
 STREAMED = ("folder", "packed")  # data sets that a distributed run reads through Ray Data
 DATA_CPUS = 1.0  # CPUs a job keeps free beside its workers for its Ray Data tasks
+DECODE_BATCH = 256  # images a Ray Data task decodes at a time
 SPLITS = ("train", "val", "test")
 _STATS_SAMPLE = 512  # as training.data.folder
 
@@ -148,7 +149,8 @@ def plan(dm: ImageDataModule, augment: str, random_erasing: float) -> tuple[Inge
         training = split == "train"
         decode = DecodeBatch(dm.labels, dm.image_size, augment if training else "none", dm.kind,
                              random_erasing if training else 0.0)
-        decoded[split] = ds.map_batches(decode)
+        # Batches, not whole blocks: decoded images stream to the workers as they are made.
+        decoded[split] = ds.map_batches(decode, batch_size=DECODE_BATCH)
     return Ingest(dm.state_dict(), facts, counts), decoded
 
 
