@@ -5,6 +5,7 @@ MLflow tracking server on 127.0.0.1, and a repository of exported models."""
 from __future__ import annotations
 
 import io
+import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,6 +26,9 @@ from support import (
     start_waldo,
     waldo_command,
 )
+
+# Runs in this process never join a `waldo cluster up` the developer has running.
+os.environ["WALDO_CLUSTER_FILE"] = os.devnull
 
 
 @pytest.fixture

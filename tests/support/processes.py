@@ -24,13 +24,15 @@ STARTUP_TIMEOUT_S = 120  # 2 loaded cores, and other test runs beside us
 # --- environment and ports --------------------------------------------------------------------
 def clean_env(**extra: str) -> dict[str, str]:
     """This process's environment for a child, minus what would point it elsewhere: no
-    inherited tracking server, Ray address or WALDO_* settings. Unbuffered, uncoloured output;
-    the venv's bin first on PATH, so `python`, `ray` and `waldo` there are this interpreter's.
+    inherited tracking server, Ray address, running `waldo cluster` or WALDO_* settings.
+    Unbuffered, uncoloured output; the venv's bin first on PATH, so `python`, `ray` and `waldo`
+    there are this interpreter's.
     `extra` is added last."""
     dropped = {"MLFLOW_TRACKING_URI", "RAY_ADDRESS"}
     env = {k: v for k, v in os.environ.items() if k not in dropped and not k.startswith("WALDO_")}
     env.update(PATH=f"{BIN}{os.pathsep}{env.get('PATH', '')}", PYTHONUNBUFFERED="1", NO_COLOR="1",
-               RAY_USAGE_STATS_ENABLED="0")
+               RAY_USAGE_STATS_ENABLED="0",
+               WALDO_CLUSTER_FILE=os.devnull)  # never join a `waldo cluster up` of the developer's
     env.update(extra)
     return env
 
