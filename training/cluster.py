@@ -153,6 +153,9 @@ def _end(sid: int, timeout: float = 30.0) -> None:
             os.kill(pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
+    deadline = time.monotonic() + 10
+    while _session(sid) and time.monotonic() < deadline:  # killed processes take a moment to go
+        time.sleep(0.1)
 
 
 def down() -> dict | None:
