@@ -11,7 +11,6 @@ from typing import Annotated
 from fastapi import Depends, Path, Request
 
 from serving.auth import Credentials, check_bearer
-from serving.errors import ApiError
 from serving.manager import ModelManager, ServedModel
 from serving.metrics import Metrics
 from serving.settings import Settings
@@ -35,11 +34,7 @@ MetricsDep = Annotated[Metrics, Depends(_metrics)]
 
 
 async def _served(manager: ManagerDep, name: Annotated[str, Path(description="model name")]) -> ServedModel:
-    served = manager.models.get(name)
-    if served is None:
-        known = ", ".join(sorted(manager.models)) or "none"
-        raise ApiError(404, "unknown_model", f"unknown model {name!r}; served models: {known}")
-    return served
+    return manager.served(name)
 
 
 ServedDep = Annotated[ServedModel, Depends(_served)]

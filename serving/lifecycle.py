@@ -102,6 +102,10 @@ class Lifecycle:
         self.batcher: Batcher | None = None  # started with the first version, kept across reloads
         self.error: str | None = None  # why the last load failed, or why the model is unloaded
 
+    def statistics(self) -> dict:
+        """This model's entry of the v2 statistics extension."""
+        return self.stats.as_v2(self.name, self.model.version if self.model else "")
+
     # -- stages -------------------------------------------------------------------------------
     def loaded(self) -> LoadedModel:
         """The served version, or 503 with why there is none."""

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from serving import repository, runtime
 from serving.batching import Batcher
+from serving.errors import ApiError
 from serving.lifecycle import Lifecycle
 from serving.metrics import Metrics
 from serving.repository import ModelVersion, RepositoryError
@@ -121,6 +122,27 @@ class ModelManager:
         for served in self.models.values():
             if served.batcher is not None:
                 await served.batcher.stop()
+
+    def served(self, name: str) -> ServedModel:
+        """The model called `name`; 404 naming the served ones if there is none."""
+        served = self.models.get(name)
+        if served is None:
+            known = ", ".join(sorted(self.models)) or "none"
+            raise ApiError(404, "unknown_model", f"unknown model {name!r}; served models: {known}")
+        return served
+
+    async def load_or_refuse(self, name: str) -> None:
+        """`load` for the repository extension (HTTP and gRPC): 404 for a name no source holds,
+        400 when the version fails (what is served stays, and the message says so)."""
+        try:
+            await self.load(name)
+        except KeyError:
+            raise ApiError(404, "unknown_model", f"no model source holds a model named {name!r}") from None
+        except (LoadError, RepositoryError) as exc:
+            served = self.models.get(name)
+            still = (f"v{served.model.version} is still served" if served and served.model
+                     else "nothing is served")
+            raise ApiError(400, "load_failed", f"{exc} ({still})") from None
 
     @property
     def ready(self) -> bool:

@@ -14,9 +14,6 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, Valida
 from starlette.concurrency import run_in_threadpool
 
 from serving.deps import ManagerDep, ServedDep, require_admin, require_user
-from serving.errors import ApiError
-from serving.repository import RepositoryError
-from serving.runtime import LoadError
 from serving.v2 import protocol
 from serving.v2.protocol import InferRequest, InferResponse, InputTensor, RequestedOutput
 
@@ -140,8 +137,7 @@ async def server_metadata() -> dict:
 # -- models (the statistics of all first: "stats" is not a model name) -------------------------
 @router.get("/models/stats", summary="Statistics of every model")
 async def all_stats(manager: ManagerDep) -> dict:
-    return {"model_stats": [s.stats.as_v2(name, s.model.version if s.model else "")
-                            for name, s in manager.models.items()]}
+    return {"model_stats": [s.statistics() for s in manager.models.values()]}
 
 
 @router.get("/models/{name}", summary="Model metadata: inputs and outputs")
@@ -183,7 +179,7 @@ async def infer(request: Request, served: ServedDep, version: str | None = None)
 @router.get("/models/{name}/versions/{version}/stats", summary="Statistics of one version")
 async def model_stats(served: ServedDep, version: str | None = None) -> dict:
     protocol.check_version(served, version)
-    return {"model_stats": [served.stats.as_v2(served.name, served.model.version if served.model else "")]}
+    return {"model_stats": [served.statistics()]}
 
 
 # -- the model repository -----------------------------------------------------------------------
@@ -200,14 +196,7 @@ async def repository_index(manager: ManagerDep,
 @router.post("/repository/models/{name}/load", dependencies=[Depends(require_admin)],
              summary="Load (or reload) a model; a version that fails leaves the served one")
 async def load(name: str, manager: ManagerDep) -> dict:
-    try:
-        await manager.load(name)
-    except KeyError:
-        raise ApiError(404, "unknown_model", f"no model source holds a model named {name!r}") from None
-    except (LoadError, RepositoryError) as exc:
-        served = manager.models.get(name)
-        still = f"v{served.model.version} is still served" if served and served.model else "nothing is served"
-        raise ApiError(400, "load_failed", f"{exc} ({still})") from None
+    await manager.load_or_refuse(name)
     return {}
 
 

@@ -22,8 +22,6 @@ from tritonclient.grpc import service_pb2_grpc as pb_grpc
 from serving.auth import check_authorization
 from serving.errors import ApiError
 from serving.manager import ModelManager, ServedModel
-from serving.repository import RepositoryError
-from serving.runtime import LoadError
 from serving.settings import Settings
 from serving.v2 import protocol
 from serving.v2.protocol import InferRequest, InputTensor, RequestedOutput
@@ -88,11 +86,7 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
         self.manager, self.settings = manager, settings
 
     def _served(self, name: str) -> ServedModel:
-        served = self.manager.models.get(name)
-        if served is None:
-            known = ", ".join(sorted(self.manager.models)) or "none"
-            raise ApiError(404, "unknown_model", f"unknown model {name!r}; served models: {known}")
-        return served
+        return self.manager.served(name)
 
     def _auth(self, context, admin: bool = False) -> None:
         token = (self.settings.admin_key or self.settings.api_key) if admin else self.settings.api_key
@@ -157,7 +151,7 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
             models = {request.name: served}
         else:
             models = self.manager.models
-        stats = [s.stats.as_v2(name, s.model.version if s.model else "") for name, s in models.items()]
+        stats = [s.statistics() for s in models.values()]
         return json_format.ParseDict({"model_stats": stats}, pb.ModelStatisticsResponse())
 
     @_rpc
@@ -168,12 +162,7 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
     @_rpc
     async def RepositoryModelLoad(self, request, context):
         self._auth(context, admin=True)
-        try:
-            await self.manager.load(request.model_name)
-        except KeyError:
-            raise ApiError(404, "unknown_model", f"no model source holds {request.model_name!r}") from None
-        except (LoadError, RepositoryError) as exc:
-            raise ApiError(400, "load_failed", f"{exc} (the served version, if any, is kept)") from None
+        await self.manager.load_or_refuse(request.model_name)
         return pb.RepositoryModelLoadResponse()
 
     @_rpc
