@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
 from support import S3_BUCKET
-from support.images import photo_folder
+from support.images import photo_folder, upload_folder
 
 from training.data.folder import FolderDataModule
 from training.data.packed import PackedDataModule, pack
@@ -41,12 +41,14 @@ def _fingerprints(rows) -> list[tuple[int, float]]:
     return sorted((int(y), float(np.asarray(x, dtype=np.float64).sum())) for x, y in rows)
 
 
-def test_the_plan_is_the_in_process_data(ray_with_room, photos, tmp_path) -> None:
+def test_the_plan_is_the_in_process_data(ray_with_room, photos, s3, tmp_path) -> None:
     from training.data.raydata import plan
 
     pack(FolderDataModule(data_dir=photos, image_size=32), str(tmp_path / "p"))
+    bucket_folder = upload_folder(s3, photos, S3_BUCKET, "plan/photos")
     for source in (FolderDataModule(data_dir=photos, image_size=32),
-                   PackedDataModule(data_dir=str(tmp_path / "p"), image_size=32)):
+                   PackedDataModule(data_dir=str(tmp_path / "p"), image_size=32),
+                   FolderDataModule(data_dir=bucket_folder, image_size=32)):
         reference = FolderDataModule(data_dir=photos, image_size=32)
         reference.setup("fit")
         ingest, datasets = plan(source, augment="basic", random_erasing=0.0)
@@ -59,18 +61,21 @@ def test_the_plan_is_the_in_process_data(ray_with_room, photos, tmp_path) -> Non
         for split, expected in (("val", reference.val_set), ("test", reference.test_set)):
             rows = [(r["x"], r["y"]) for r in datasets[split].take_all()]
             assert _fingerprints(rows) == _fingerprints([expected[i] for i in range(len(expected))]), split
+        if source.data_location == bucket_folder:  # listed, checked and read, never copied
+            assert source.skipped_images == [f"{bucket_folder}/c0/broken.jpg"]
+            assert source._mirror is None
         train = datasets["train"].take(4)
         assert train[0]["x"].shape == (3, 32, 32) and train[0]["x"].dtype == np.uint8
 
 
-def test_two_workers_train_from_a_folder_and_from_packs_local_and_in_a_bucket(
+def test_two_workers_train_from_a_folder_local_and_in_a_bucket_and_from_packed_shards(
         ray_with_room, photos, s3, tmp_path) -> None:
     from training.pipeline import run
     from training.spec import TrainSpec
 
-    local_pack, bucket_pack = str(tmp_path / "p"), f"s3://{S3_BUCKET}/photos-packed"
-    for dest in (local_pack, bucket_pack):
-        pack(FolderDataModule(data_dir=photos, image_size=32), dest)
+    bucket_pack = f"s3://{S3_BUCKET}/photos-packed"
+    pack(FolderDataModule(data_dir=photos, image_size=32), bucket_pack)
+    bucket_folder = upload_folder(s3, photos, S3_BUCKET, "photos")
     tracking = f"sqlite:///{tmp_path / 'mlflow.db'}"
     base = dict(model="cnn", epochs=2, image_size=32, workers=2, tracking_uri=tracking,
                 storage=str(tmp_path / "runs"), experiment="ray-data", progress_bar=False, seed=0)
@@ -80,7 +85,7 @@ def test_two_workers_train_from_a_folder_and_from_packs_local_and_in_a_bucket(
     share = len(reference.train_set) // 2  # Ray Train splits evenly (equal shards)
     accuracy = {}
     for name, data in (("folder", dict(data="folder", data_dir=str(photos))),
-                       ("packed", dict(data="packed", data_dir=local_pack)),
+                       ("folder in a bucket", dict(data="folder", data_dir=bucket_folder)),
                        ("packed in a bucket", dict(data="packed", data_dir=bucket_pack))):
         result = run(TrainSpec(**base, **data))
         metrics = client.get_run(result.run_id).data.metrics
@@ -89,3 +94,19 @@ def test_two_workers_train_from_a_folder_and_from_packs_local_and_in_a_bucket(
         assert metrics["train_samples_rank0"] == metrics["train_samples_rank1"] == share, name
         assert 0.0 <= metrics["data_wait_fraction"] <= 1.0
     assert max(accuracy.values()) - min(accuracy.values()) <= 0.01, accuracy
+
+
+def test_a_pack_unlike_its_manifest_stops_the_plan_with_one_line(ray_with_room, photos, s3, tmp_path) -> None:
+    from training.data.raydata import plan
+    from training.errors import WaldoError
+
+    cut, changed = tmp_path / "cut", f"s3://{S3_BUCKET}/changed"
+    for dest in (str(cut), changed):
+        pack(FolderDataModule(data_dir=photos, image_size=32), dest)
+    (cut / "test-00000.parquet").unlink()
+    s3.put_object(Bucket=S3_BUCKET, Key="changed/val-00000.parquet", Body=b"cut short")
+    for location, expected in ((str(cut), "test-00000.parquet is listed in"),
+                               (changed, f"{changed}/val-00000.parquet does not match")):
+        with pytest.raises(WaldoError) as caught:
+            plan(PackedDataModule(data_dir=location, image_size=32), augment="none", random_erasing=0.0)
+        assert expected in str(caught.value) and "\n" not in str(caught.value)

@@ -60,3 +60,10 @@ def photo_folder(root: Path, per_class: int = 20) -> Path:
             Image.fromarray(pixels).save(root / f"c{c}" / f"{i}.jpg", quality=90)
     truncated_jpeg(root / "c0" / "broken.jpg")
     return root
+
+
+def upload_folder(client, root: Path, bucket: str, prefix: str) -> str:
+    """Every file under `root` as s3://bucket/prefix/<relative path>; returns that URL."""
+    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+        client.upload_file(str(path), bucket, f"{prefix}/{path.relative_to(root).as_posix()}")
+    return f"s3://{bucket}/{prefix}"

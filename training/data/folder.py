@@ -6,9 +6,16 @@ given; otherwise one folder of classes is split with fixed fractions. Images are
 to `--image-size` (64 by default) as they load, so batches collate. Every image of every split
 is decoded once before training; unreadable ones are skipped with a warning each
 (`training.data.images.skip_unreadable`) and listed in `skipped_images`.
+
+`--data-dir s3://bucket/prefix` holds the same tree in a bucket: in-process training reads a
+local copy of it (`training.data.objects.mirror`), a distributed run streams it through Ray
+Data (`training.data.raydata`); both see the same labels and splits.
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
 
 import torch
 from torch.utils.data import Dataset, Subset, random_split
@@ -17,7 +24,8 @@ from torchvision.transforms import v2
 
 from training.data.augment import Augmented
 from training.data.base import SPLIT_SEED, ImageDataModule, channel_stats
-from training.data.images import load_image, skip_unreadable
+from training.data.images import check_images, load_image, skip_unreadable
+from training.data.objects import SPLIT_FOLDERS, is_object_store, mirror
 from training.errors import WaldoError
 
 # Normalization statistics come from at most this many training images.
@@ -29,6 +37,7 @@ class FolderDataModule(ImageDataModule):
     kind = "photos"
     native_size = 64
     in_channels = 3
+    _mirror: Path | None = None  # the local copy of an s3:// --data-dir (in-process)
 
     def to_uint8(self) -> v2.Transform:
         """A decoded image -> uint8 (C, image_size, image_size), as every split is read."""
@@ -40,12 +49,15 @@ class FolderDataModule(ImageDataModule):
             ds = datasets.ImageFolder(str(root), transform=self.to_uint8(), loader=load_image)
         except (FileNotFoundError, RuntimeError) as exc:
             raise WaldoError(
-                f"no images found in {str(root)!r}: expected one sub-folder per class "
+                f"no images found in {self.display_name(root)!r}: expected one sub-folder per class "
                 f"holding .jpg/.png files ({exc})"
             ) from None
-        paths = [path for path, _ in ds.samples]
+        names = [self.display_name(path) for path, _ in ds.samples]
         groups = [f"class {ds.classes[target]!r}" for _, target in ds.samples]
-        readable, skipped = skip_unreadable(paths, groups, where=root, mode="RGB")
+        checks = check_images([path for path, _ in ds.samples], mode="RGB")
+        readable, skipped = skip_unreadable(
+            names, groups, where=self.display_name(root), mode="RGB",
+            checks={name: checks[str(path)] for name, (path, _) in zip(names, ds.samples)})
         if skipped:
             ds.samples = [s for s, ok in zip(ds.samples, readable) if ok]
             ds.imgs = ds.samples  # ImageFolder's alias of `samples`
@@ -56,24 +68,40 @@ class FolderDataModule(ImageDataModule):
     def load(self):
         if self.data_dir is None:
             raise WaldoError("data set 'folder' needs --data-dir: a folder with one sub-folder per class")
-        root = self.resolve_dir()
         self.skipped_images = []
-        if (root / "train").is_dir():
-            train = self._image_folder(root / "train")
-            val = self._image_folder(root / "val") if (root / "val").is_dir() else None
-            test = self._image_folder(root / "test") if (root / "test").is_dir() else None
-            classes = train.classes
-            if val is None:
-                train, val = self._split(train, self.val_fraction)
-            test = test if test is not None else val
+        if is_object_store(self.data_location):
+            # In-process: a local copy of the bucket's folder, refreshed (`objects.mirror`).
+            self._mirror = mirror(self.data_location)
+            root = self._mirror
         else:
-            full = self._image_folder(root)
-            classes = full.classes
-            rest, test = self._split(full, 0.2)
-            train, val = self._split(rest, self.val_fraction)
-        self.labels = list(classes)
+            root = self.resolve_dir()
+        parts = ({split: self._image_folder(root / split) for split in SPLIT_FOLDERS
+                  if (root / split).is_dir()}
+                 if (root / "train").is_dir() else {"all": self._image_folder(root)})
+        self.labels = list((parts.get("train") or parts["all"]).classes)
+        train, val, test = self.arrange(parts)
         self.mean, self.std = channel_stats(_sample_images(train, _STATS_SAMPLE))
         return train, val, test
+
+    def arrange(self, parts: dict[str, Sequence]) -> tuple[Sequence, Sequence, Sequence]:
+        """(train, val, test) from the folders found ({"all": ..} or some of "train", "val",
+        "test"): what is missing is held out of what is there, with fixed fractions and seed.
+        Works on ImageFolders and on plain lists of samples alike (`training.data.raydata`
+        splits a bucket's listing with it, so both paths get the same split)."""
+        if "all" in parts:
+            rest, test = self._split(parts["all"], 0.2)
+            train, val = self._split(rest, self.val_fraction)
+            return train, val, test
+        train, val, test = parts["train"], parts.get("val"), parts.get("test")
+        if val is None:
+            train, val = self._split(train, self.val_fraction)
+        return train, val, test if test is not None else val
+
+    def display_name(self, path: str | Path) -> str:
+        """How messages name a file: for a bucket's folder, the object's URL, not its copy."""
+        if self._mirror is not None:
+            return f"{self.data_location.rstrip('/')}/{Path(path).relative_to(self._mirror).as_posix()}"
+        return str(path)
 
     def records(self) -> tuple[list[str], dict[str, list[tuple[str, int]]]]:
         """The classes and each split's (image file, class index), split as training splits
@@ -96,9 +124,11 @@ class FolderDataModule(ImageDataModule):
         return kept, held
 
 
-def _samples(ds: Dataset) -> list[tuple[str, int]]:
-    """(file, class index) of an ImageFolder or of (nested) Subsets of one, in order (through
-    the training set's augmentation wrapper)."""
+def _samples(ds: Dataset | Sequence) -> list[tuple[str, int]]:
+    """(file, class index) of an ImageFolder (or a list of samples) or of (nested) Subsets of
+    one, in order (through the training set's augmentation wrapper)."""
+    if isinstance(ds, list):
+        return list(ds)
     if isinstance(ds, Subset):
         inner = _samples(ds.dataset)
         return [inner[i] for i in ds.indices]

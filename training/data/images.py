@@ -46,13 +46,14 @@ class ImageCheck:
     problem: str | None = None
 
 
-def check_image(path: str | Path, mode: str = "RGB") -> ImageCheck:
-    """Open and fully decode `path` (JPEGs at reduced size) and convert it to `mode`, as
-    training will; never raises for a bad file."""
+def check_image(source: str | Path | bytes, mode: str = "RGB") -> ImageCheck:
+    """Open and fully decode `source`, a file or its bytes (JPEGs at reduced size), and
+    convert it to `mode`, as training will; never raises for a bad file."""
     try:
-        if os.path.getsize(path) == 0:
+        encoded = isinstance(source, bytes | bytearray | memoryview)
+        if (len(source) if encoded else os.path.getsize(source)) == 0:
             return ImageCheck(None, "empty file (0 bytes)")
-        with Image.open(path) as image:
+        with Image.open(open_source(source)) as image:
             size = image.size
             if image.format == "JPEG":  # decode at 1/8 scale: cheaper, still reads every byte
                 image.draft(image.mode, (max(1, size[0] // 8), max(1, size[1] // 8)))

@@ -167,6 +167,30 @@ def read_manifest(location: str, task: str) -> Manifest:
     return manifest
 
 
+def check_shards(location: str, manifest: Manifest) -> None:
+    """Every shard the manifest lists exists and holds the rows it says, read from the Parquet
+    footers alone: what a distributed run checks on its driver before Ray Data tasks read the
+    images (`read_pack` hashes whole shards instead, as it reads them anyway)."""
+    import pyarrow.parquet as pq
+
+    fs, root = storage.filesystem(location)
+    where = storage.join(location, MANIFEST)
+    for split in SPLITS:
+        for shard in manifest.splits[split].shards:
+            path = storage.join(location, shard.file)
+            try:
+                with fs.open(storage.join(root, shard.file), "rb") as f:
+                    rows = pq.read_metadata(f).num_rows
+            except FileNotFoundError:
+                raise WaldoError(f"{path} is listed in {where} but does not exist") from None
+            except Exception as exc:
+                raise WaldoError(f"{path} does not match {where} (not a readable Parquet shard: "
+                                 f"{_one_line(exc)}); pack again") from None
+            if rows != shard.rows:
+                raise WaldoError(f"{path} does not match {where} ({rows} rows, the manifest says "
+                                 f"{shard.rows}); pack again")
+
+
 def read_pack(location: str, task: str) -> tuple[Manifest, dict[str, list[BoxRecord]]]:
     """The manifest and each split's (encoded image, box or None, label), every shard checked
     against the manifest; a WaldoError naming the object for anything wrong."""

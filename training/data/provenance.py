@@ -14,6 +14,7 @@ import torch
 from torch.utils.data import Dataset, Subset, TensorDataset
 
 from training.data.base import ImageDataModule
+from training.data.objects import is_object_store
 
 _SAMPLED_ITEMS = 64  # raw items hashed per split when the data set is neither tensors nor files
 
@@ -34,7 +35,9 @@ def describe(dm: ImageDataModule) -> DataFacts:
         return dm.facts
     splits = {"train": dm.train_set, "val": dm.val_set, "test": dm.test_set}
     sizes = {k: len(ds) if ds is not None else 0 for k, ds in splits.items()}
-    source = getattr(dm, "source", None) or str((dm.data_dir or dm.resolve_dir()).resolve())
+    source = getattr(dm, "source", None) or (
+        dm.data_location if is_object_store(dm.data_location)  # a bucket's folder, as given
+        else str((dm.data_dir or dm.resolve_dir()).resolve()))
     h = hashlib.sha256(f"{dm.name}|{dm.labels}|{dm.image_size}".encode())
     for split, ds in splits.items():
         h.update(split.encode())

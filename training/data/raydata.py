@@ -1,5 +1,5 @@
 """Ray Data ingest for distributed runs (`--workers N`) of the user's image classification data:
-`folder` and `packed` (local, or `s3://` for packed).
+`folder` and `packed`, each from a local folder or from `s3://`.
 
 Where each stage runs:
 
@@ -20,8 +20,8 @@ in-process training gets (tests/integration/test_ray_data.py).
 
 from __future__ import annotations
 
+import hashlib
 import math
-import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,7 +31,8 @@ import torch
 from training import storage
 from training.data.augment import per_image_transform
 from training.data.base import ImageDataModule, channel_stats
-from training.data.images import load_image, open_source
+from training.data.images import ImageCheck, check_image, load_image, open_source, skip_unreadable
+from training.data.objects import is_object_store, list_tree, read_objects, s3_filesystem
 from training.data.provenance import DataFacts, describe
 from training.errors import WaldoError
 
@@ -79,30 +80,16 @@ class DecodeBatch:
         return out
 
 
-def _s3_filesystem():
-    """pyarrow's S3 filesystem as the environment configures it (AWS_ENDPOINT_URL for MinIO or
-    another S3-compatible store); credentials travel with it to the read tasks."""
-    from pyarrow import fs
-
-    options: dict[str, Any] = {}
-    if os.environ.get("AWS_ENDPOINT_URL"):
-        options["endpoint_override"] = os.environ["AWS_ENDPOINT_URL"]
-    if os.environ.get("AWS_ACCESS_KEY_ID"):
-        options["access_key"] = os.environ["AWS_ACCESS_KEY_ID"]
-        options["secret_key"] = os.environ.get("AWS_SECRET_ACCESS_KEY", "")
-    options["region"] = os.environ.get("AWS_DEFAULT_REGION", os.environ.get("AWS_REGION", "us-east-1"))
-    return fs.S3FileSystem(**options)
-
-
 def _packed(dm: ImageDataModule) -> tuple[dict, DataFacts, dict[str, int], tuple[tuple, tuple]]:
     import ray.data
 
-    from training.data.packed import read_manifest
+    from training.data.packed import check_shards, read_manifest
 
     location = dm.data_location
     manifest = read_manifest(location, "classify")
+    check_shards(location, manifest)
     if storage.is_remote(location):
-        filesystem, base = _s3_filesystem(), location.split("://", 1)[1]
+        filesystem, base = s3_filesystem(), location.split("://", 1)[1]
     else:
         filesystem, base = None, location
     datasets = {}
@@ -126,11 +113,69 @@ def _packed(dm: ImageDataModule) -> tuple[dict, DataFacts, dict[str, int], tuple
 def _folder(dm: ImageDataModule) -> tuple[dict, DataFacts, dict[str, int], tuple[tuple, tuple]]:
     import ray.data
 
+    if is_object_store(dm.data_location):
+        return _bucket_folder(dm)
     labels, splits = dm.records()  # the in-process listing, unreadable files and split
     datasets = {split: ray.data.from_items([{"path": str(path), "label": labels[target]}
                                             for path, target in splits[split]])
                 for split in SPLITS}
     return datasets, describe(dm), {s: len(splits[s]) for s in SPLITS}, (dm.mean, dm.std)
+
+
+def fetch_objects(batch: dict[str, np.ndarray], filesystem) -> dict[str, np.ndarray]:
+    """A Ray Data batch of object URLs (`path`) -> their bytes (`image`), labels passed on."""
+    data = read_objects(list(batch["path"]), filesystem)
+    return {"image": np.array(data, dtype=object), "label": batch["label"]}
+
+
+def check_objects(batch: dict[str, np.ndarray], filesystem) -> dict[str, np.ndarray]:
+    """A Ray Data batch of object URLs -> why each one cannot be decoded ("" when it can)."""
+    data = read_objects(list(batch["path"]), filesystem)
+    return {"path": batch["path"],
+            "problem": np.asarray([check_image(blob).problem or "" for blob in data], dtype=object)}
+
+
+def _bucket_folder(dm) -> tuple[dict, DataFacts, dict[str, int], tuple[tuple, tuple]]:
+    """A folder in a bucket, never copied to one node: the driver lists it (in ImageFolder's
+    order); Ray Data tasks read and decode-check every object, and only the problems come back;
+    the driver skips the unreadable ones and splits the rest as in-process training does
+    (`FolderDataModule.arrange`); the statistics come from the same sampled training images,
+    decoded by Ray Data tasks."""
+    import ray.data
+
+    from training.data.folder import _STATS_SAMPLE as STATS, _samples
+
+    parts, filesystem = list_tree(dm.data_location), s3_filesystem()
+    urls = [url for folder in parts.values() for url, _ in folder.samples]
+    checked = (ray.data.from_items([{"path": url} for url in urls])
+               .map_batches(check_objects, fn_kwargs={"filesystem": filesystem},
+                            batch_size=DECODE_BATCH).take_all())
+    problems = {row["path"]: row["problem"] for row in checked}
+    kept, dm.skipped_images = {}, []
+    for name, folder in parts.items():
+        names = [url for url, _ in folder.samples]
+        readable, skipped = skip_unreadable(
+            names, [f"class {folder.classes[t]!r}" for _, t in folder.samples], where=folder.where,
+            checks={url: ImageCheck(None, problems[url]) if problems[url] else ImageCheck((0, 0))
+                    for url in names})
+        kept[name] = [sample for sample, ok in zip(folder.samples, readable) if ok]
+        dm.skipped_images.extend(skipped)
+    dm.labels = list((parts.get("train") or parts["all"]).classes)
+    splits = dict(zip(SPLITS, (_samples(s) for s in dm.arrange(kept)), strict=True))
+
+    def objects(samples: list[tuple[str, int]]):
+        items = [{"path": url, "label": dm.labels[target]} for url, target in samples]
+        return ray.data.from_items(items).map_batches(
+            fetch_objects, fn_kwargs={"filesystem": filesystem}, batch_size=DECODE_BATCH)
+
+    step = max(1, len(splits["train"]) // STATS)  # the images the in-process path samples
+    sample = objects(splits["train"][::step][:STATS])
+    rows = sample.map_batches(DecodeBatch(dm.labels, dm.image_size), batch_size=DECODE_BATCH).take_all()
+    stats = channel_stats(torch.from_numpy(np.stack([row["x"] for row in rows])))
+    digest = hashlib.sha256(repr([(split, splits[split]) for split in SPLITS]).encode())
+    counts = {split: len(splits[split]) for split in SPLITS}
+    facts = DataFacts(dm.name, dm.data_location, digest.hexdigest()[:16], counts)
+    return {split: objects(splits[split]) for split in SPLITS}, facts, counts, stats
 
 
 def plan(dm: ImageDataModule, augment: str, random_erasing: float) -> tuple[Ingest, dict]:
