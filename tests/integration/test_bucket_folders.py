@@ -26,11 +26,13 @@ def test_a_bucket_folder_is_the_local_folder_through_a_mirror(s3, tmp_path, monk
     monkeypatch.setenv("WALDO_DATA_CACHE", str(tmp_path / "cache"))
     photos = photo_folder(tmp_path / "photos", per_class=12)
     url = upload_folder(s3, photos, S3_BUCKET, "users/photos")
-    local, remote = FolderDataModule(data_dir=photos, image_size=32), FolderDataModule(data_dir=url, image_size=32)
+    local = FolderDataModule(data_dir=photos, image_size=32)
+    remote = FolderDataModule(data_dir=url, image_size=32)
     (local_labels, local_splits), (labels, splits) = local.records(), remote.records()
     assert labels == local_labels == ["c0", "c1", "c2"]
     for split in ("train", "val", "test"):
-        assert _relative(splits[split], str(remote._mirror)) == _relative(local_splits[split], str(photos)), split
+        mirrored = _relative(splits[split], str(remote._mirror))
+        assert mirrored == _relative(local_splits[split], str(photos)), split
     np.testing.assert_allclose(remote.mean, local.mean, atol=1e-7)
     np.testing.assert_allclose(remote.std, local.std, atol=1e-7)
     assert remote.skipped_images == [f"{url}/c0/broken.jpg"]  # named by its object, not its copy
@@ -72,14 +74,16 @@ def test_bad_buckets_are_one_line_with_exit_2(s3, s3_with_auth, tmp_path, waldo)
     env = clean_env(WALDO_DATA_CACHE=str(tmp_path / "cache"))
     cases = {  # case: (argv, environment, what the one line must say)
         "no bucket": ([*train, "s3://no-such-bucket/p"], env, "cannot list s3://no-such-bucket/p"),
-        "empty prefix": ([*train, f"s3://{S3_BUCKET}/nothing"], env, f"s3://{S3_BUCKET}/nothing holds no objects"),
+        "empty prefix": ([*train, f"s3://{S3_BUCKET}/nothing"], env,
+                         f"s3://{S3_BUCKET}/nothing holds no objects"),
         "wrong credentials": ([*train, f"s3://{S3_BUCKET}/p"], {**env, "AWS_ENDPOINT_URL": s3_with_auth},
                               "access denied (check AWS_ACCESS_KEY_ID"),
         "no server": ([*train, f"s3://{S3_BUCKET}/p"],
                       {**env, "AWS_ENDPOINT_URL": f"http://127.0.0.1:{free_port()}"}, f"cannot list s3://{S3_BUCKET}/p"),
     }
     started = time.monotonic()
-    procs = {case: waldo.start(*argv, cwd=tmp_path, env=case_env) for case, (argv, case_env, _) in cases.items()}
+    procs = {case: waldo.start(*argv, cwd=tmp_path, env=case_env)
+             for case, (argv, case_env, _) in cases.items()}
     for case, proc in procs.items():
         out, err = proc.communicate(timeout=120)
         lines = err.strip().splitlines()

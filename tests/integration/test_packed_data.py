@@ -4,41 +4,18 @@ the folder they came from, read from a local folder or from an S3 server (moto_s
 
 from __future__ import annotations
 
-import csv
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
 from support import S3_BUCKET
-from support.images import COLORS, photo_folder
+from support.images import box_folder, photo_folder
 
 from training.data.folder import FolderDataModule
 from training.data.localization import LocalizationFolderDataModule
 from training.data.packed import LocalizationPackedDataModule, PackedDataModule, pack
 
 pytestmark = pytest.mark.slow
-
-def box_folder(root: Path, count: int = 30) -> Path:
-    """Images with one coloured square each (or nothing), and labels.csv."""
-    rng = np.random.default_rng(1)
-    root.mkdir(parents=True)
-    with (root / "labels.csv").open("w", newline="") as f:
-        out = csv.writer(f)
-        out.writerow(["image", "x", "y", "w", "h", "label"])
-        for i in range(count):
-            pixels = np.full((60, 80, 3), 30, np.uint8)
-            name = f"img{i}.png"
-            if i % 5 == 4:
-                out.writerow([name, "", "", "", "", ""])
-            else:
-                c = i % 3
-                x, y, s = int(rng.integers(0, 50)), int(rng.integers(0, 30)), int(rng.integers(10, 30))
-                pixels[y:y + s, x:x + s] = COLORS[c]
-                out.writerow([name, x, y, s, s, f"k{c}"])
-            Image.fromarray(pixels).save(root / name)
-    return root
 
 
 def assert_same_data(a, b) -> None:

@@ -11,10 +11,11 @@ import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
 from support import S3_BUCKET
-from support.images import photo_folder, upload_folder
+from support.images import box_folder, photo_folder, upload_folder
 
 from training.data.folder import FolderDataModule
-from training.data.packed import PackedDataModule, pack
+from training.data.localization import LocalizationFolderDataModule
+from training.data.packed import LocalizationPackedDataModule, PackedDataModule, pack
 
 pytestmark = pytest.mark.slow
 
@@ -110,3 +111,45 @@ def test_a_pack_unlike_its_manifest_stops_the_plan_with_one_line(ray_with_room, 
         with pytest.raises(WaldoError) as caught:
             plan(PackedDataModule(data_dir=location, image_size=32), augment="none", random_erasing=0.0)
         assert expected in str(caught.value) and "\n" not in str(caught.value)
+
+
+def _box_fingerprints(rows) -> list[tuple]:
+    """Order-free identity of decoded (image, target vector) rows."""
+    return sorted((tuple(np.round(np.asarray(y, dtype=np.float64), 5)),
+                   float(np.asarray(x, dtype=np.float64).sum())) for x, y in rows)
+
+
+def test_localization_streams_with_its_boxes_and_trains_on_two_workers(ray_with_room, tmp_path) -> None:
+    from mlflow.tracking import MlflowClient
+
+    from training.data.raydata import plan
+    from training.pipeline import run
+    from training.spec import TrainSpec
+
+    boxes = box_folder(tmp_path / "boxes", count=40)
+    pack(LocalizationFolderDataModule(data_dir=boxes, image_size=32), str(tmp_path / "packed"))
+    reference = LocalizationFolderDataModule(data_dir=boxes, image_size=32)
+    reference.setup("fit")
+    for source in (LocalizationFolderDataModule(data_dir=boxes, image_size=32),
+                   LocalizationPackedDataModule(data_dir=str(tmp_path / "packed"), image_size=32)):
+        ingest, datasets = plan(source, augment="basic", random_erasing=0.0)
+        assert ingest.state["labels"] == reference.labels == ["k0", "k1", "k2"], source.name
+        np.testing.assert_allclose(ingest.state["mean"], reference.mean, rtol=0, atol=1e-6)
+        np.testing.assert_allclose(ingest.state["std"], reference.std, rtol=0, atol=1e-6)
+        assert ingest.counts == {"train": len(reference.train_set), "val": len(reference.val_set),
+                                 "test": len(reference.test_set)}
+        for split, expected in (("val", reference.val_set), ("test", reference.test_set)):
+            rows = [(r["x"], r["y"]) for r in datasets[split].take_all()]
+            assert _box_fingerprints(rows) == _box_fingerprints(
+                [expected[i] for i in range(len(expected))]), (source.name, split)
+        row = datasets["train"].take(1)[0]
+        assert row["x"].shape == (3, 32, 32) and row["y"].shape == (8,) and row["y"].dtype == np.float32
+
+    tracking = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    result = run(TrainSpec(task="localize", model="cnn", data="localization-folder", data_dir=str(boxes),
+                           epochs=1, image_size=32, workers=2, tracking_uri=tracking, seed=0,
+                           storage=str(tmp_path / "runs"), experiment="ray-data-boxes", progress_bar=False))
+    metrics = MlflowClient(tracking).get_run(result.run_id).data.metrics
+    share = len(reference.train_set) // 2
+    assert metrics["train_samples_rank0"] == metrics["train_samples_rank1"] == share
+    assert "test_iou" in metrics or "test_loss" in metrics

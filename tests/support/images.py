@@ -3,6 +3,7 @@ zero-byte file, a truncated JPEG, a text file named .jpg)."""
 
 from __future__ import annotations
 
+import csv
 import io
 from pathlib import Path
 
@@ -67,3 +68,24 @@ def upload_folder(client, root: Path, bucket: str, prefix: str) -> str:
     for path in sorted(p for p in root.rglob("*") if p.is_file()):
         client.upload_file(str(path), bucket, f"{prefix}/{path.relative_to(root).as_posix()}")
     return f"s3://{bucket}/{prefix}"
+
+
+def box_folder(root: Path, count: int = 30) -> Path:
+    """Images with one coloured square each (or nothing), and labels.csv."""
+    rng = np.random.default_rng(1)
+    root.mkdir(parents=True)
+    with (root / "labels.csv").open("w", newline="") as f:
+        out = csv.writer(f)
+        out.writerow(["image", "x", "y", "w", "h", "label"])
+        for i in range(count):
+            pixels = np.full((60, 80, 3), 30, np.uint8)
+            name = f"img{i}.png"
+            if i % 5 == 4:
+                out.writerow([name, "", "", "", "", ""])
+            else:
+                c = i % 3
+                x, y, s = int(rng.integers(0, 50)), int(rng.integers(0, 30)), int(rng.integers(10, 30))
+                pixels[y:y + s, x:x + s] = COLORS[c]
+                out.writerow([name, x, y, s, s, f"k{c}"])
+            Image.fromarray(pixels).save(root / name)
+    return root

@@ -29,7 +29,7 @@ from training.data.objects import SPLIT_FOLDERS, is_object_store, mirror
 from training.errors import WaldoError
 
 # Normalization statistics come from at most this many training images.
-_STATS_SAMPLE = 512
+STATS_SAMPLE = 512
 
 
 class FolderDataModule(ImageDataModule):
@@ -80,7 +80,7 @@ class FolderDataModule(ImageDataModule):
                  if (root / "train").is_dir() else {"all": self._image_folder(root)})
         self.labels = list((parts.get("train") or parts["all"]).classes)
         train, val, test = self.arrange(parts)
-        self.mean, self.std = channel_stats(_sample_images(train, _STATS_SAMPLE))
+        self.mean, self.std = channel_stats(_sample_images(train, STATS_SAMPLE))
         return train, val, test
 
     def arrange(self, parts: dict[str, Sequence]) -> tuple[Sequence, Sequence, Sequence]:
@@ -109,7 +109,7 @@ class FolderDataModule(ImageDataModule):
         if self.train_set is None:
             self.setup("fit")
         splits = {"train": self.train_set, "val": self.val_set, "test": self.test_set}
-        return self.labels, {name: _samples(ds) for name, ds in splits.items()}
+        return self.labels, {name: samples_of(ds) for name, ds in splits.items()}
 
     def _split(self, ds: Dataset, fraction: float) -> tuple[Subset, Subset]:
         n_out = max(1, round(len(ds) * fraction))
@@ -124,16 +124,16 @@ class FolderDataModule(ImageDataModule):
         return kept, held
 
 
-def _samples(ds: Dataset | Sequence) -> list[tuple[str, int]]:
+def samples_of(ds: Dataset | Sequence) -> list[tuple[str, int]]:
     """(file, class index) of an ImageFolder (or a list of samples) or of (nested) Subsets of
     one, in order (through the training set's augmentation wrapper)."""
     if isinstance(ds, list):
         return list(ds)
     if isinstance(ds, Subset):
-        inner = _samples(ds.dataset)
+        inner = samples_of(ds.dataset)
         return [inner[i] for i in ds.indices]
     if isinstance(ds, Augmented):
-        return _samples(ds.dataset)
+        return samples_of(ds.dataset)
     return list(ds.samples)
 
 

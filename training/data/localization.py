@@ -29,6 +29,7 @@ from training.errors import WaldoError
 RawItem = tuple[torch.Tensor, "torch.Tensor | None", int]
 # a user's labelled image: (the file, or its encoded bytes from a pack; box in pixels or None; label)
 BoxRecord = tuple["Path | bytes", "list[float] | None", str]
+STATS_IMAGES = 256  # normalization statistics of a user's localization data: its first training images
 
 
 class BoxDataset(Dataset):
@@ -203,6 +204,7 @@ class LocalizationFolderDataModule(BoxDataModule):
             raise WaldoError(f"csv_file {csv_file!r} must be a file name inside --data-dir, "
                              "e.g. labels.csv (no folders)")
         self.csv_file, self.hflip = csv_file, hflip
+        self.splits: dict[str, list[BoxRecord]] | None = None  # set by `load`
 
     def _read_rows(self, root: Path) -> list[tuple[Path, list[float] | None, str]]:
         """The CSV's rows as (image, box in pixels or None, label), every one checked.
@@ -257,26 +259,31 @@ class LocalizationFolderDataModule(BoxDataModule):
 
     def load(self):
         self.labels, splits = self.records()
+        self.splits = splits  # the rows of each split, for a distributed run's Ray Data ingest
         index = {label: i for i, label in enumerate(self.labels)}
-        resize = v2.Resize((self.image_size, self.image_size), antialias=True)
-
-        def get(rows: list[BoxRecord], i: int) -> RawItem:
-            source, box, label = rows[i]
-            image = tv_tensors.Image(v2.functional.pil_to_tensor(load_image(open_source(source), "RGB")))
-            if box is None:
-                return resize(image).as_subclass(torch.Tensor), None, -1
-            boxes = tv_tensors.BoundingBoxes([box], format="XYWH", canvas_size=image.shape[-2:])
-            image, boxes = resize(image, boxes)
-            return image.as_subclass(torch.Tensor), boxes[0].as_subclass(torch.Tensor), index[label]
-
+        size = self.image_size
         k = len(self.labels)
         out = {}
         for split, rows in splits.items():
             transform = self.box_augmentation(self.hflip) if split == "train" else None
-            out[split] = BoxDataset(lambda i, rows=rows: get(rows, i), len(rows), k, transform)
-        sample = torch.stack([get(splits["train"], j)[0] for j in range(min(256, len(splits["train"])))])
-        self.mean, self.std = channel_stats(sample)
+            out[split] = BoxDataset(lambda i, rows=rows: read_box_record(rows[i], index, size),
+                                    len(rows), k, transform)
+        first = splits["train"][:STATS_IMAGES]
+        self.mean, self.std = channel_stats(torch.stack([read_box_record(r, index, size)[0] for r in first]))
         return out["train"], out["val"], out["test"]
+
+
+def read_box_record(record: BoxRecord, index: dict[str, int], size: int) -> RawItem:
+    """A user's labelled image (its file or encoded bytes, box in pixels or None, label) as a
+    raw item: the RGB image resized to `size` x `size`, the box with it."""
+    source, box, label = record
+    image = tv_tensors.Image(v2.functional.pil_to_tensor(load_image(open_source(source), "RGB")))
+    resize = v2.Resize((size, size), antialias=True)
+    if box is None:
+        return resize(image).as_subclass(torch.Tensor), None, -1
+    boxes = tv_tensors.BoundingBoxes([box], format="XYWH", canvas_size=image.shape[-2:])
+    image, boxes = resize(image, boxes)
+    return image.as_subclass(torch.Tensor), boxes[0].as_subclass(torch.Tensor), index[label]
 
 
 # A box may overhang its image by up to this many pixels, and is then clipped to it: tools

@@ -31,16 +31,18 @@ import torch
 from training import storage
 from training.data.augment import per_image_transform
 from training.data.base import ImageDataModule, channel_stats
+from training.data.folder import STATS_SAMPLE, samples_of
 from training.data.images import ImageCheck, check_image, load_image, open_source, skip_unreadable
 from training.data.objects import is_object_store, list_tree, read_objects, s3_filesystem
 from training.data.provenance import DataFacts, describe
+from training.data.raydata_boxes import STREAMED_BOXES, plan_boxes
 from training.errors import WaldoError
 
-STREAMED = ("folder", "packed")  # data sets that a distributed run reads through Ray Data
+# Data sets that a distributed run reads through Ray Data.
+STREAMED = ("folder", "packed", *STREAMED_BOXES)
 DATA_CPUS = 1.0  # CPUs a job keeps free beside its workers for its Ray Data tasks
 DECODE_BATCH = 256  # images a Ray Data task decodes at a time
 SPLITS = ("train", "val", "test")
-_STATS_SAMPLE = 512  # as training.data.folder
 
 
 @dataclass
@@ -82,6 +84,7 @@ class DecodeBatch:
 
 def _packed(dm: ImageDataModule) -> tuple[dict, DataFacts, dict[str, int], tuple[tuple, tuple]]:
     import ray.data
+    from ray.data.expressions import col
 
     from training.data.packed import check_shards, read_manifest
 
@@ -99,9 +102,10 @@ def _packed(dm: ImageDataModule) -> tuple[dict, DataFacts, dict[str, int], tuple
                                                 columns=["image", "label", "index"])
     counts = {s: manifest.splits[s].count for s in SPLITS}
     # Statistics from the training images the in-process path samples: every step-th one.
-    step = max(1, counts["train"] // _STATS_SAMPLE)
-    limit = step * _STATS_SAMPLE
-    picked = datasets["train"].filter(fn=lambda row: row["index"] % step == 0 and row["index"] < limit)
+    step = max(1, counts["train"] // STATS_SAMPLE)
+    limit = step * STATS_SAMPLE
+    index = col("index")
+    picked = datasets["train"].filter(expr=(index % step == 0) & (index < limit))
     rows = picked.map_batches(DecodeBatch(manifest.labels, dm.image_size, keep_index=True)).take_all()
     rows.sort(key=lambda row: row["index"])
     stats = channel_stats(torch.from_numpy(np.stack([r["x"] for r in rows])))
@@ -143,8 +147,6 @@ def _bucket_folder(dm) -> tuple[dict, DataFacts, dict[str, int], tuple[tuple, tu
     decoded by Ray Data tasks."""
     import ray.data
 
-    from training.data.folder import _STATS_SAMPLE as STATS, _samples
-
     parts, filesystem = list_tree(dm.data_location), s3_filesystem()
     urls = [url for folder in parts.values() for url, _ in folder.samples]
     checked = (ray.data.from_items([{"path": url} for url in urls])
@@ -161,15 +163,15 @@ def _bucket_folder(dm) -> tuple[dict, DataFacts, dict[str, int], tuple[tuple, tu
         kept[name] = [sample for sample, ok in zip(folder.samples, readable) if ok]
         dm.skipped_images.extend(skipped)
     dm.labels = list((parts.get("train") or parts["all"]).classes)
-    splits = dict(zip(SPLITS, (_samples(s) for s in dm.arrange(kept)), strict=True))
+    splits = dict(zip(SPLITS, (samples_of(s) for s in dm.arrange(kept)), strict=True))
 
     def objects(samples: list[tuple[str, int]]):
         items = [{"path": url, "label": dm.labels[target]} for url, target in samples]
         return ray.data.from_items(items).map_batches(
             fetch_objects, fn_kwargs={"filesystem": filesystem}, batch_size=DECODE_BATCH)
 
-    step = max(1, len(splits["train"]) // STATS)  # the images the in-process path samples
-    sample = objects(splits["train"][::step][:STATS])
+    step = max(1, len(splits["train"]) // STATS_SAMPLE)  # the images the in-process path samples
+    sample = objects(splits["train"][::step][:STATS_SAMPLE])
     rows = sample.map_batches(DecodeBatch(dm.labels, dm.image_size), batch_size=DECODE_BATCH).take_all()
     stats = channel_stats(torch.from_numpy(np.stack([row["x"] for row in rows])))
     digest = hashlib.sha256(repr([(split, splits[split]) for split in SPLITS]).encode())
@@ -184,23 +186,26 @@ def plan(dm: ImageDataModule, augment: str, random_erasing: float) -> tuple[Inge
     if dm.name not in STREAMED:
         raise WaldoError(f"data set {dm.name!r} is not read through Ray Data; those that are: "
                          f"{', '.join(STREAMED)}")
-    datasets, facts, counts, (mean, std) = (_packed if dm.name == "packed" else _folder)(dm)
+    if dm.task == "localize":  # boxes travel with their images (training.data.raydata_boxes)
+        decoded, facts, counts, (mean, std) = plan_boxes(dm, augment, DECODE_BATCH)
+    else:
+        datasets, facts, counts, (mean, std) = (_packed if dm.name == "packed" else _folder)(dm)
+        decoded = {}
+        for split, ds in datasets.items():
+            training = split == "train"
+            decode = DecodeBatch(dm.labels, dm.image_size, augment if training else "none", dm.kind,
+                                 random_erasing if training else 0.0)
+            # Batches, not whole blocks: decoded images stream to the workers as they are made.
+            decoded[split] = ds.map_batches(decode, batch_size=DECODE_BATCH)
     dm.mean, dm.std = tuple(mean), tuple(std)
     for split, count in counts.items():
         if count == 0:
             raise WaldoError(f"{dm.data_location}: the {split} split is empty")
-    decoded = {}
-    for split, ds in datasets.items():
-        training = split == "train"
-        decode = DecodeBatch(dm.labels, dm.image_size, augment if training else "none", dm.kind,
-                             random_erasing if training else 0.0)
-        # Batches, not whole blocks: decoded images stream to the workers as they are made.
-        decoded[split] = ds.map_batches(decode, batch_size=DECODE_BATCH)
     return Ingest(dm.state_dict(), facts, counts), decoded
 
 
 class ShardLoader:
-    """One worker's shard of a split as (uint8 images, labels) torch batches. Its length is
+    """One worker's shard of a split as (uint8 images, targets) torch batches. Its length is
     what Lightning shows and schedules by: the shard's rows (the split divided evenly among the
     workers, as Ray Train splits it) in batches."""
 
@@ -216,8 +221,8 @@ class ShardLoader:
 
         shard = ray.train.get_dataset_shard(self.split)
         buffer = 4 * self.batch_size if self.shuffle else None
-        for batch in shard.iter_torch_batches(batch_size=self.batch_size, local_shuffle_buffer_size=buffer,
-                                              dtypes={"x": torch.uint8, "y": torch.int64}):
+        # dtypes as the decoders make them: uint8 images; int64 classes or float32 box targets.
+        for batch in shard.iter_torch_batches(batch_size=self.batch_size, local_shuffle_buffer_size=buffer):
             yield batch["x"], batch["y"]
 
 
