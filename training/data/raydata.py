@@ -3,13 +3,14 @@
 
 Where each stage runs:
 
-    driver          lists the data (the folder's files, or the pack's manifest), decides labels,
-                    split and normalization statistics exactly as the in-process data module
-                    does (the statistics of a pack come from the same sampled training images,
-                    decoded by Ray Data tasks), and hands the worker loop only those facts
-    Ray Data tasks  read the files or Parquet shards (pyarrow; S3 through AWS_ENDPOINT_URL),
-                    decode, resize and apply the recipe's per-image augmentation, on any node's
-                    CPUs, streaming
+    driver          lists the data (the folder's files, a bucket's objects, or the pack's
+                    manifest), decides labels, split and normalization statistics exactly as the
+                    in-process data module does (for a pack or a bucket, from the same sampled
+                    training images, decoded by Ray Data tasks), and hands the worker loop only
+                    those facts
+    Ray Data tasks  read the files, objects or Parquet shards (pyarrow; S3 through
+                    AWS_ENDPOINT_URL), check a bucket's images before training, decode, resize
+                    and apply the recipe's per-image augmentation, on any node's CPUs, streaming
     each worker     iterates its own shard (`ray.train.get_dataset_shard`, split evenly) as
                     torch batches of uint8 images, which the data module's batch transform
                     normalizes on the worker's device, as in-process
