@@ -233,7 +233,8 @@ def main(argv: list[str] | None = None) -> int:
 
     from training.data.folder import FolderDataModule
     from training.data.packed import PackedDataModule, pack
-    from training.data.raydata import DecodeBatch, _s3_filesystem, plan
+    from training.data.objects import s3_filesystem
+    from training.data.raydata import DecodeBatch, plan
     from training.distributed import WORKER_ENV, start_local_ray
     from training.spec import TrainSpec
 
@@ -302,7 +303,7 @@ def main(argv: list[str] | None = None) -> int:
         measure("b_local", "local (plan: _folder)", stream(datasets["train"]),
                 f"plan {since(t)} after the folder's {listing}")
         t = time.perf_counter()
-        files = ray.data.read_binary_files(f"s3://{BUCKET}/folder/", filesystem=_s3_filesystem(),
+        files = ray.data.read_binary_files(f"s3://{BUCKET}/folder/", filesystem=s3_filesystem(),
                                            include_paths=True)
         listed = since(t)
         measure("b_s3", "s3 (read_binary_files + DecodeBatch)",

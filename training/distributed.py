@@ -66,7 +66,7 @@ def connect(address: str | None, min_cpus: float = 0) -> None:
         # on a cluster the images have it installed.
         if address:
             ray.init(address=address, log_to_driver=False, logging_level="ERROR",
-                     runtime_env={"env_vars": WORKER_ENV})
+                     runtime_env=None if _own_head(address) else {"env_vars": WORKER_ENV})
         else:
             cores = os.cpu_count() or 1
             start_local_ray(num_cpus=None if min_cpus <= cores else math.ceil(min_cpus))
@@ -75,6 +75,20 @@ def connect(address: str | None, min_cpus: float = 0) -> None:
         raise WaldoError(f"cannot connect to Ray at {where!r}: {' '.join(str(exc).split())[:200]}"
                          " (check --ray-address / RAY_ADDRESS, and RAY_AUTH_MODE=token with "
                          "the cluster's token)") from None
+    configure_ray_data()
+
+
+def _own_head(address: str) -> bool:
+    """Whether `address` is the head that `waldo cluster up` keeps running. Its processes, and
+    so all its Ray workers, have WORKER_ENV in their environment already (training.cluster.up),
+    so a job joins it without a runtime env of its own: a job's runtime env makes Ray start
+    every actor of the job (the Train controller, its helpers, the workers) in a new worker
+    process set up for that env, 0.8-0.9 s each here, where without one the actor takes one of
+    the head's idle workers (0.1-0.5 s)."""
+    from training import cluster
+
+    state = cluster.running()
+    return state is not None and state["address"] == address
 
 
 def start_local_ray(num_cpus: int | None = None):
@@ -94,9 +108,29 @@ def start_local_ray(num_cpus: int | None = None):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     env = {**WORKER_ENV, "RAY_API_SERVER_ADDRESS": f"http://127.0.0.1:{port}"}
-    return ray.init(address="local", num_cpus=num_cpus, dashboard_host="127.0.0.1",
-                    dashboard_port=port, log_to_driver=False, logging_level="ERROR",
-                    runtime_env={"env_vars": env})
+    context = ray.init(address="local", num_cpus=num_cpus, dashboard_host="127.0.0.1",
+                       dashboard_port=port, log_to_driver=False, logging_level="ERROR",
+                       runtime_env={"env_vars": env})
+    configure_ray_data()
+    return context
+
+
+def configure_ray_data() -> None:
+    """Ray Data settings of this driver's jobs, in its DataContext: datasets made after this
+    (`training.data.raydata.plan`) carry them, also when a Train worker's split coordinator
+    executes them again.
+
+    - Parquet through Ray Data's V1 datasource. A training split is executed again every epoch
+      (its augmentation is fresh each time), and the V2 datasource (Ray 2.60's default) lists
+      the files again on every execution: it starts a pool of 32 footer-reading actors (new
+      worker processes) and kills it afterwards, about 1.5-3 s on 2 cores before the first
+      batch of each epoch, while the training worker waits. V1 reads the footers once, when
+      the dataset is made, and an execution starts its read tasks at once (0.2-0.4 s to the
+      first batch, measured with bench/ingest.py's packs).
+    """
+    from ray.data import DataContext
+
+    DataContext.get_current().use_datasource_v2 = False
 
 
 def _check_reachable(address: str | None, timeout: float = 5.0) -> None:
@@ -308,7 +342,7 @@ def train_distributed(
         # the old group size; it must give up on that soon (then it asks again, smaller), not
         # after the 600 s a fixed-size job waits for slow workers.
         os.environ["RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S"] = str(ELASTIC_START_TIMEOUT_S)
-    streamed = spec.task == "classify" and spec.data in STREAMED
+    streamed = spec.data in STREAMED
     data_cpus = DATA_CPUS if streamed else 0
     connect(spec.ray_address, min_cpus=spec.workers * spec.cpus_per_worker + data_cpus)
     _check_capacity(spec, data_cpus)
@@ -376,4 +410,5 @@ def train_distributed(
                        run.ui_hint)
 
 
-__all__ = ["connect", "load_job", "start_local_ray", "train_distributed", "train_loop_per_worker"]
+__all__ = ["configure_ray_data", "connect", "load_job", "start_local_ray", "train_distributed",
+           "train_loop_per_worker"]
