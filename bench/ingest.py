@@ -5,11 +5,10 @@ On a generated folder of 64x64 JPEGs in 10 classes (`--images`, default 20,000; 
 under /tmp and reused), images/s of the training split read as uint8 batches of 256:
 
     (a) torch DataLoader over FolderDataModule's train set (in-process), 0 and 2 loader workers
-    (b) Ray Data from the folder: `training.data.raydata.plan` of the FolderDataModule, local.
-        From S3: `plan` reads local folders only, so the split's files are uploaded as
-        s3://BUCKET/folder/<class>/<file> and read with `ray.data.read_binary_files(...,
-        include_paths=True)` through the pyarrow S3 filesystem `plan` uses, labelled by their
-        parent "folder" and decoded by the same `DecodeBatch`: one request per image
+    (b) Ray Data from the folder: `training.data.raydata.plan` of the FolderDataModule, local,
+        and from S3: the splits uploaded as s3://BUCKET/folder/{train,val,test}/<class>/<file>
+        and planned as `--data folder --data-dir s3://BUCKET/folder` is (one request per image,
+        8 in flight per task)
     (c) Ray Data from packed shards (`waldo data pack`): `plan` of a PackedDataModule, from a
         local folder and from s3://BUCKET/packed
 
@@ -124,21 +123,16 @@ def start_moto(workdir: Path) -> subprocess.Popen:
     raise RuntimeError(f"moto_server did not answer on port {port}")
 
 
-def upload(records, labels) -> None:
-    """The files as s3://BUCKET/folder/<class>/<file>, 8 at a time."""
+def upload(splits, labels) -> None:
+    """Each split's files as s3://BUCKET/folder/<split>/<class>/<file> (the folder layout with
+    its own train/val/test), 8 at a time."""
     import boto3
 
     client = boto3.client("s3")
+    items = [(path, f"folder/{split}/{labels[target]}/{Path(path).name}")
+             for split, records in splits.items() for path, target in records]
     with ThreadPoolExecutor(8) as pool:
-        list(pool.map(lambda r: client.upload_file(str(r[0]), BUCKET,
-                                                   f"folder/{labels[r[1]]}/{Path(r[0]).name}"),
-                      records))
-
-
-def s3_folder_rows(batch: dict) -> dict:
-    """read_binary_files' rows (bytes, path) -> DecodeBatch's (image, label of the parent)."""
-    return {"image": batch["bytes"],
-            "label": np.array([p.rsplit("/", 2)[-2] for p in batch["path"]])}
+        list(pool.map(lambda item: client.upload_file(str(item[0]), BUCKET, item[1]), items))
 
 
 def train_worker(config: dict) -> None:
@@ -233,8 +227,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from training.data.folder import FolderDataModule
     from training.data.packed import PackedDataModule, pack
-    from training.data.objects import s3_filesystem
-    from training.data.raydata import DecodeBatch, plan
+    from training.data.raydata import plan
     from training.distributed import WORKER_ENV, start_local_ray
     from training.spec import TrainSpec
 
@@ -285,7 +278,7 @@ def main(argv: list[str] | None = None) -> int:
             pack(dm, dest)
             times[where] = since(t)
         t = time.perf_counter()
-        upload(splits["train"], labels)
+        upload(splits, labels)
         uploaded = since(t)
 
         for key, value in WORKER_ENV.items():  # as training.distributed does for Ray Train
@@ -303,12 +296,11 @@ def main(argv: list[str] | None = None) -> int:
         measure("b_local", "local (plan: _folder)", stream(datasets["train"]),
                 f"plan {since(t)} after the folder's {listing}")
         t = time.perf_counter()
-        files = ray.data.read_binary_files(f"s3://{BUCKET}/folder/", filesystem=s3_filesystem(),
-                                           include_paths=True)
-        listed = since(t)
-        measure("b_s3", "s3 (read_binary_files + DecodeBatch)",
-                stream(files.map_batches(s3_folder_rows).map_batches(DecodeBatch(labels, SIZE))),
-                f"upload {uploaded}, listing {listed}")
+        _, datasets = plan(FolderDataModule(data_dir=f"s3://{BUCKET}/folder", image_size=SIZE),
+                           "none", 0.0)
+        measure("b_s3", "s3 (plan: _bucket_folder)", stream(datasets["train"]),
+                f"upload {uploaded}, plan (listing, every object read and checked, "
+                f"statistics) {since(t)}")
 
         print("(c) Ray Data from packed shards")
         for where, dest in packs.items():

@@ -2,7 +2,10 @@
 # run in the training image on the Ray cluster, not here.
 #
 #   docker build -f infra/docker/jobs.Dockerfile -t waldo/jobs:0.1.0 .
-FROM python:3.11.14-slim-bookworm
+# The base image. The default is the official one; a machine without a registry passes a local
+# stand-in with the same Debian and Python (scripts/stack.sh: --build-arg PYTHON_IMAGE=...).
+ARG PYTHON_IMAGE=python:3.11.14-slim-bookworm
+FROM ${PYTHON_IMAGE}
 
 ENV PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \

@@ -2,7 +2,10 @@
 # (psycopg2), artifacts proxied to MinIO/S3 (boto3). docker-compose.yml gives the command line.
 #
 #   docker build -f infra/docker/mlflow.Dockerfile -t waldo/mlflow:0.1.0 .
-FROM python:3.11.14-slim-bookworm
+# The base image. The default is the official one; a machine without a registry passes a local
+# stand-in with the same Debian and Python (scripts/stack.sh: --build-arg PYTHON_IMAGE=...).
+ARG PYTHON_IMAGE=python:3.11.14-slim-bookworm
+FROM ${PYTHON_IMAGE}
 
 # MLFLOW_VERSION must equal the mlflow pin in pyproject.toml (tests/unit/test_infra.py checks).
 ARG MLFLOW_VERSION=3.17.2

@@ -6,7 +6,10 @@
 #
 # Without a GPU the same image runs on the CPU (onnxruntime-gpu falls back, and /v1/models says
 # which providers are in effect); WALDO_REQUIRE_GPU=true makes that an error instead.
-FROM python:3.11.14-slim-bookworm
+# The base image. The default is the official one; a machine without a registry passes a local
+# stand-in with the same Debian and Python (scripts/stack.sh: --build-arg PYTHON_IMAGE=...).
+ARG PYTHON_IMAGE=python:3.11.14-slim-bookworm
+FROM ${PYTHON_IMAGE}
 
 ENV PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \

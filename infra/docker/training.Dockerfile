@@ -9,7 +9,10 @@
 # second source of versions beside pyproject.toml. Here every version comes from
 # pyproject.toml, on the same Python and Debian as the serving and jobs images. The GPU host
 # needs only the NVIDIA driver and container toolkit.
-FROM python:3.11.14-slim-bookworm
+# The base image. The default is the official one; a machine without a registry passes a local
+# stand-in with the same Debian and Python (scripts/stack.sh: --build-arg PYTHON_IMAGE=...).
+ARG PYTHON_IMAGE=python:3.11.14-slim-bookworm
+FROM ${PYTHON_IMAGE}
 
 # The extras to install; a job that needs more (e.g. "training distributed bench") can add them.
 ARG EXTRAS="training distributed"

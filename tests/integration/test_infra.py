@@ -246,9 +246,13 @@ def test_images_are_pinned(services):
         assert repository and "/" not in tag, f"{name}: {image} has no tag"
         assert tag != "latest" and re.search(r"\d", tag), f"{name}: {image} is not pinned"
     for dockerfile in DOCKERFILES:
+        defaults = {}  # ARG NAME=default: a base image given as a build argument
         for word, args in _instructions(dockerfile):
+            if word == "ARG" and "=" in args:
+                key, _, value = args.partition("=")
+                defaults[key.strip()] = value.strip().strip('"')
             if word == "FROM":
-                image = args.split()[0]
+                image = re.sub(r"\$\{(\w+)\}", lambda m: defaults.get(m[1], m[0]), args.split()[0])
                 assert re.fullmatch(r"[\w./-]+:[\w.-]*\d[\w.-]*(@sha256:[0-9a-f]{64})?", image) \
                     and ":latest" not in image, f"{dockerfile.name}: FROM {image} is not pinned"
 
