@@ -6,9 +6,14 @@
 #   scripts/stack.sh engine   # install and configure podman + runc, start the Docker-API socket
 #   scripts/stack.sh bases    # local base images (Debian minbase, Python 3.11), built once, cached
 #   scripts/stack.sh build    # the project's images from infra/docker/, on the local bases
-#
-# Bringing docker-compose.yml up on podman (up, smoke, down) is the open part of issue 17: podman
-# 4.3 splits exec-form health checks it receives over the Docker API (containers/podman#26519).
+#   scripts/stack.sh up [ARGS]  # docker-compose.yml + infra/compose/local.yml + a generated
+#                               # health-check override, `up -d ARGS` (no --build), every service
+#                               # healthy; secrets in $WALDO_STACK_DIR/stack.env (made once, mode 600)
+#   scripts/stack.sh smoke    # endpoints; a CPU train job through the jobs API (Ray, S3
+#                             # checkpoints, MLflow run, @production); serving picks it up and
+#                             # classifies a digit; --scale ray-worker=2 adds a Ray node
+#   scripts/stack.sh down     # `down -v`, checks that no container or volume of the project is left
+#   scripts/stack.sh engine-stop  # stop the API socket and the health-check loop `engine` started
 #
 # Each step does what the previous ones left undone, so `build` alone works on a bare machine.
 # Every heavy command runs under `nice -n 19 ionice -c3` (WALDO_STACK_NICE to change it): these
@@ -21,6 +26,10 @@
 #                        them all, and `up --build` through the socket could not mount the
 #                        build volumes that pip needs here)
 #   WALDO_IMAGE_PREFIX, WALDO_IMAGE_TAG   as in docker-compose.yml (waldo, 0.1.0)
+#   WALDO_STACK_PROJECT  compose project name for up/smoke/down (waldo)
+#   WALDO_STACK_TIMEOUT  seconds `up` waits for every service to turn healthy (900)
+#   WALDO_POLL_INTERVAL_S, WALDO_PUBLIC_BIND   written into stack.env when it is made (5 s,
+#                        127.0.0.1: netavark 1.4 cannot forward ports published on 0.0.0.0)
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -151,139 +160,8 @@ cmd_engine() {
         "for docker-compose: export DOCKER_HOST=unix://$SOCKET"
 }
 
-# --- bases -------------------------------------------------------------------------------------
-
-debian_base() {
-    have_image "$DEBIAN_IMAGE" && return
-    local tarball="$STATE/rootfs/debian-bookworm-minbase.tar"
-    if [[ ! -f $tarball ]]; then
-        local dir="$STATE/rootfs/debian-bookworm" mirror
-        mirror=$(debian_mirror)
-        say "debootstrap --variant=minbase bookworm from $mirror (about 2 minutes)"
-        rm -rf "$dir"
-        mkdir -p "$dir"
-        heavy debootstrap --variant=minbase bookworm "$dir" "$mirror" > "$STATE/debootstrap.log" 2>&1 \
-            || die "debootstrap failed (see $STATE/debootstrap.log)"
-        # The updates and security suites, as the official debian:bookworm image has them.
-        cat > "$dir/etc/apt/sources.list" <<EOF
-deb $mirror bookworm main
-deb $mirror bookworm-updates main
-deb ${mirror%/debian}/debian-security bookworm-security main
-EOF
-        rm -rf "$dir"/var/cache/apt/archives/*.deb "$dir"/var/lib/apt/lists/*
-        heavy tar -C "$dir" -cf "$tarball.part" . && mv "$tarball.part" "$tarball"
-        rm -rf "$dir"
-    fi
-    say "importing $tarball as $DEBIAN_IMAGE"
-    heavy podman import --change 'CMD ["bash"]' "$tarball" "$DEBIAN_IMAGE" >/dev/null
-}
-
-python_base() {
-    have_image "$PYTHON_IMAGE" && return
-    # What the Dockerfiles use from python:3.11.x-slim-bookworm: `python` (3.11, with venv and
-    # ensurepip, so `python -m venv` gives a venv with pip), CA certificates, tzdata, netbase,
-    # useradd (passwd, already in minbase), ldconfig (libc-bin). Debian's python3.11 is 3.11.2,
-    # the official image's is 3.11.14.
-    local dir="$STATE/python-base"
-    mkdir -p "$dir"
-    cat > "$dir/Containerfile" <<'EOF'
-ARG DEBIAN_IMAGE
-FROM ${DEBIAN_IMAGE}
-ENV LANG=C.UTF-8
-RUN apt-get update \
- && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
-        python3.11 python3.11-venv python-is-python3 ca-certificates netbase tzdata \
- && rm -rf /var/lib/apt/lists/* \
- && python --version
-CMD ["python3"]
-EOF
-    say "building $PYTHON_IMAGE from Debian's python3.11"
-    heavy podman build --network host --build-arg "DEBIAN_IMAGE=$DEBIAN_IMAGE" \
-        -t "$PYTHON_IMAGE" -f "$dir/Containerfile" "$dir" >&2
-}
-
-postgres_standin() {
-    have_image "$POSTGRES_IMAGE" && return
-    # For compose's postgres:16.10-bookworm: Debian's PostgreSQL (15 on bookworm; 16 is not
-    # packaged there) with the few things of the official image's entrypoint that the stack
-    # uses: POSTGRES_USER / POSTGRES_PASSWORD / POSTGRES_DB on first start, data in
-    # /var/lib/postgresql/data, password logins over the network, pg_isready on PATH.
-    local dir="$STATE/postgres"
-    mkdir -p "$dir"
-    cat > "$dir/entrypoint.sh" <<'EOF'
-#!/bin/sh
-# First start: a cluster owned by POSTGRES_USER with POSTGRES_PASSWORD, and database POSTGRES_DB.
-set -eu
-: "${PGDATA:=/var/lib/postgresql/data}" "${POSTGRES_USER:=postgres}" "${POSTGRES_DB:=$POSTGRES_USER}"
-if [ ! -s "$PGDATA/PG_VERSION" ]; then
-    [ -n "${POSTGRES_PASSWORD:-}" ] || { echo "postgres: POSTGRES_PASSWORD is not set" >&2; exit 1; }
-    pwfile=$(mktemp)
-    printf '%s\n' "$POSTGRES_PASSWORD" > "$pwfile"
-    initdb -D "$PGDATA" -U "$POSTGRES_USER" --pwfile="$pwfile" --auth-local=trust --auth-host=scram-sha-256
-    rm -f "$pwfile"
-    echo "host all all all scram-sha-256" >> "$PGDATA/pg_hba.conf"
-    pg_ctl -D "$PGDATA" -o "-c listen_addresses=''" -w start
-    if [ "$POSTGRES_DB" != postgres ]; then createdb -U "$POSTGRES_USER" "$POSTGRES_DB"; fi
-    pg_ctl -D "$PGDATA" -m fast -w stop
-fi
-exec postgres -D "$PGDATA" -c listen_addresses='*' "$@"
-EOF
-    cat > "$dir/Containerfile" <<'EOF'
-ARG DEBIAN_IMAGE
-FROM ${DEBIAN_IMAGE}
-ENV LANG=C.UTF-8 PATH=/usr/lib/postgresql/15/bin:$PATH PGDATA=/var/lib/postgresql/data
-RUN mkdir -p /etc/postgresql-common \
- && echo "create_main_cluster = false" > /etc/postgresql-common/createcluster.conf \
- && apt-get update \
- && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends postgresql-15 \
- && rm -rf /var/lib/apt/lists/* \
- && mkdir -p /var/lib/postgresql/data /var/run/postgresql \
- && chown postgres:postgres /var/lib/postgresql/data /var/run/postgresql \
- && chmod 700 /var/lib/postgresql/data
-COPY --chmod=755 entrypoint.sh /usr/local/bin/postgres-entrypoint
-USER postgres
-EXPOSE 5432
-STOPSIGNAL SIGINT
-ENTRYPOINT ["/usr/local/bin/postgres-entrypoint"]
-EOF
-    say "building $POSTGRES_IMAGE from Debian's postgresql-15"
-    heavy podman build --network host --build-arg "DEBIAN_IMAGE=$DEBIAN_IMAGE" \
-        -t "$POSTGRES_IMAGE" -f "$dir/Containerfile" "$dir" > "$STATE/build-postgres.log" 2>&1 \
-        || { tail -n 30 "$STATE/build-postgres.log" >&2; die "postgres stand-in failed"; }
-}
-
-s3_standin() {
-    have_image "$S3_IMAGE" && return
-    # For compose's minio and minio-init (no MinIO package here): moto's S3 server and boto3.
-    local dir="$STATE/s3" volumes
-    mkdir -p "$dir"
-    cat > "$dir/Containerfile" <<'EOF'
-ARG PYTHON_IMAGE
-FROM ${PYTHON_IMAGE}
-ENV VIRTUAL_ENV=/opt/venv PATH=/opt/venv/bin:$PATH PIP_DISABLE_PIP_VERSION_CHECK=1
-RUN python -m venv /opt/venv \
- && pip install --no-cache-dir "moto[server]==5.2.5" "boto3>=1.34" \
- && useradd --create-home --uid 1000 --user-group s3
-USER 1000:1000
-EXPOSE 9000
-CMD ["moto_server", "-H", "0.0.0.0", "-p", "9000"]
-EOF
-    mapfile -t volumes < <(pip_volumes)
-    say "building $S3_IMAGE (moto_server)"
-    heavy podman build --network host "${volumes[@]}" --build-arg "PYTHON_IMAGE=$PYTHON_IMAGE" \
-        -t "$S3_IMAGE" -f "$dir/Containerfile" "$dir" > "$STATE/build-s3.log" 2>&1 \
-        || { tail -n 30 "$STATE/build-s3.log" >&2; die "S3 stand-in failed"; }
-}
-
-cmd_bases() {
-    cmd_engine
-    mkdir -p "$STATE/rootfs"
-    debian_base
-    python_base
-    postgres_standin
-    s3_standin
-    podman images --format '{{.Repository}}:{{.Tag}} {{.Size}}' | grep waldo-local >&2
-}
+# shellcheck source=scripts/stack/bases.sh
+source "$ROOT/scripts/stack/bases.sh"
 
 # --- build -------------------------------------------------------------------------------------
 
@@ -303,9 +181,9 @@ pip_volumes() {
             > "$STATE/pip.conf"
         volumes+=(-v "$STATE/pip.conf:/etc/pip.conf:ro")
         # a local index's pages link to ../../files/: mount the folder above simple/
-        for path in $(grep -h -o -E '(file://)?/[^ ]+' "$conf" | sed -e 's#^file://##' -e 's#/simple/*$##'); do
+        while read -r path; do
             if [[ -d $path ]]; then volumes+=(-v "$path:$path:ro"); fi
-        done
+        done < <(grep -h -o -E '(file://)?/[^ ]+' "$conf" | sed -e 's#^file://##' -e 's#/simple/*$##')
     fi
     printf '%s\n' "${volumes[@]}"
 }
@@ -330,14 +208,190 @@ cmd_build() {
     local name
     for name in ${WALDO_IMAGES:-serving jobs mlflow training}; do build_image "$name"; done
 }
+# --- up, smoke, down ---------------------------------------------------------------------------
+
+PROJECT="${WALDO_STACK_PROJECT:-waldo}"
+ENV_FILE="$STATE/stack.env"
+HC_OVERRIDE="$STATE/healthchecks.override.yml"
+
+compose_files() {
+    DOCKER_HOST="unix://$SOCKET" docker-compose -p "$PROJECT" --project-directory "$ROOT" \
+        --env-file "$ENV_FILE" -f "$ROOT/docker-compose.yml" -f "$ROOT/infra/compose/local.yml" "$@"
+}
+compose() { compose_files -f "$HC_OVERRIDE" "$@"; }
+
+# Secrets for this machine's stack, made once and kept outside the repository (postgres keeps
+# the first password it sees, so they must not change while its volume lives; `down` removes
+# the volumes and this file together). Hex only (POSTGRES_PASSWORD goes into a URI).
+secret() { od -An -N24 -tx1 /dev/urandom | tr -d ' \n'; }
+write_env_file() {
+    [[ -s $ENV_FILE ]] && return
+    mkdir -p "$STATE"
+    (
+        umask 077
+        cat > "$ENV_FILE.part" <<EOF
+# Written by scripts/stack.sh up: secrets for the local stack (never commit; removed by down).
+POSTGRES_PASSWORD=$(secret)
+MINIO_ROOT_USER=waldo-admin
+MINIO_ROOT_PASSWORD=$(secret)
+WALDO_S3_ACCESS_KEY=waldo
+WALDO_S3_SECRET_KEY=$(secret)
+RAY_AUTH_TOKEN=$(secret)
+WALDO_JOBS_TOKEN=$(secret)
+# serving polls the registry for cnn@production this often (compose's default: 30 s)
+WALDO_POLL_INTERVAL_S=${WALDO_POLL_INTERVAL_S:-5}
+# serving and the jobs API on this host only. Also a must with netavark 1.4 (podman 4.3): a
+# port published on host IP 0.0.0.0 (compose's default here) gets DNAT rules for destination
+# 0.0.0.0/32, which match nothing, so nothing reaches it. Set an address of this host to share.
+WALDO_PUBLIC_BIND=${WALDO_PUBLIC_BIND:-127.0.0.1}
+EOF
+        mv "$ENV_FILE.part" "$ENV_FILE"
+    )
+    say "wrote $ENV_FILE (random secrets, mode 600)"
+}
+
+# podman 4.3's Docker-compatible API joins an exec-form health test (["CMD", args...]) with
+# spaces and splits it again on whitespace (containers/podman#26519, fixed long after 4.3), so
+# `python -c "import urllib.request as u; ..."` runs as `python -c import`. One string
+# (["CMD-SHELL", "..."]) survives. This override is generated from the merged configuration on
+# every `up`, so it cannot drift from docker-compose.yml: the same arguments, shell-quoted, run
+# by /bin/sh; interval, timeout, retries and start period stay the files' own.
+# shellcheck disable=SC2016  # Python, not shell
+HC_REWRITE='
+import shlex, sys, yaml
+config = yaml.safe_load(sys.stdin)
+services = {}
+for name, service in sorted((config.get("services") or {}).items()):
+    test = (service.get("healthcheck") or {}).get("test")
+    if isinstance(test, list) and test and test[0] == "CMD":
+        shell = shlex.join(test[1:]).replace("$", "$$")  # compose interpolates this file too
+        services[name] = {"healthcheck": {"test": ["CMD-SHELL", shell]}}
+with open(sys.argv[1], "w") as out:
+    out.write("# Generated by scripts/stack.sh up from `docker-compose config`; do not edit.\n"
+              "# podman 4.3 splits exec-form health tests received over its Docker API on spaces\n"
+              "# (containers/podman#26519). The one change: each [\"CMD\", args...] test becomes\n"
+              "# [\"CMD-SHELL\", the same args shell-quoted]; interval, timeout, retries stay.\n"
+              "# Rewritten: " + (", ".join(services) or "none") + "\n")
+    yaml.safe_dump({"services": services}, out, sort_keys=True, width=1000)
+'
+write_healthcheck_override() {
+    # the merged configuration holds the secrets: piped, never written out
+    compose_files config | python3 -c "$HC_REWRITE" "$HC_OVERRIDE" \
+        || die "could not generate $HC_OVERRIDE"
+}
+
+# "name|status" for each of the project's containers (podman's own listing: compose's `ps`
+# asks every container's health over the API, slowly)
+project_containers() {
+    podman ps -a --filter "label=com.docker.compose.project=$PROJECT" --format '{{.Names}}|{{.Status}}|{{.ID}}'
+}
+
+# Until every container is healthy (or, without a health check, exited 0), printing each one's
+# time to healthy as it happens: the order is the one the health-gated depends_on imposes.
+# $1: the pid of a running `compose up -d`, which has to finish too.
+wait_healthy() {
+    local up_pid=${1:-} start=$SECONDS timeout=${WALDO_STACK_TIMEOUT:-900} name status id what
+    declare -A seen=()  # container ids already reported (or healthy before we began)
+    while IFS='|' read -r name status id; do
+        [[ $status == *"(healthy)"* || $status == "Exited (0)"* ]] && seen[$id]=1
+    done < <(project_containers)
+    while true; do
+        local pending=0
+        while IFS='|' read -r name status id; do
+            [[ -n $name ]] || continue
+            case $status in
+                *"(healthy)"*|"Exited (0)"*)
+                    what=healthy; [[ $status == Exited* ]] && what=finished
+                    [[ -n ${seen[$id]:-} ]] || { seen[$id]=1; say "$(printf '%-22s %-9s after %4d s' \
+                        "$name" "$what" $((SECONDS - start)))"; } ;;
+                *"(unhealthy)"*|Exited*)
+                    say "$name: $status"; podman logs --tail 30 "$name" >&2 || true
+                    die "$name failed (podman healthcheck run $name; podman logs $name)" ;;
+                *) pending=$((pending + 1)) ;;
+            esac
+        done < <(project_containers)
+        if [[ -n $up_pid ]] && ! kill -0 "$up_pid" 2>/dev/null; then
+            wait "$up_pid" || die "docker-compose up failed"
+            up_pid=""
+        fi
+        [[ -z $up_pid && $pending -eq 0 ]] && return
+        (( SECONDS - start < timeout )) || die "not healthy after $timeout s: $(project_containers | tr '\n' ' ')"
+        sleep 2
+    done
+}
+
+timed() {  # timed LABEL command...: run it, then print its wall time
+    local label=$1 start=$SECONDS; shift
+    "$@"
+    say "$(printf '%-34s %4d s   (load %s)' "$label" $((SECONDS - start)) "$(cut -d' ' -f1-3 /proc/loadavg)")"
+}
+
+ensure_images() {
+    cmd_bases
+    local name
+    for name in serving jobs mlflow training; do
+        have_image "$PREFIX/$name:$TAG" || build_image "$name"
+    done
+}
+
+cmd_up() {
+    local start=$SECONDS
+    timed "engine + bases + images" ensure_images
+    timed "env file" write_env_file
+    timed "health-check override" write_healthcheck_override
+    say "docker-compose -p $PROJECT --env-file $ENV_FILE -f docker-compose.yml -f infra/compose/local.yml -f $HC_OVERRIDE up -d $*"
+    # no --build: `scripts/stack.sh build` made the images with the volumes pip needs here
+    compose up -d "$@" > "$STATE/up.log" 2>&1 &
+    timed "up -d, every service healthy" wait_healthy $!
+    say "stack up in $((SECONDS - start)) s; compose: DOCKER_HOST=unix://$SOCKET docker-compose -p $PROJECT" \
+        "--env-file $ENV_FILE -f docker-compose.yml -f infra/compose/local.yml -f $HC_OVERRIDE ..."
+}
+
+cmd_down() {
+    socket_alive || start_socket
+    [[ -f $ENV_FILE ]] || { say "no $ENV_FILE: nothing was brought up by stack.sh"; }
+    if [[ -f $ENV_FILE && -f $HC_OVERRIDE ]]; then
+        timed "down -v" compose down -v --remove-orphans
+    fi
+    local left
+    left=$(project_containers)
+    [[ -z $left ]] || die "containers left: $left"
+    left=$(podman volume ls -q --filter "label=com.docker.compose.project=$PROJECT")
+    [[ -z $left ]] || die "volumes left: $left"
+    rm -f "$ENV_FILE" "$HC_OVERRIDE"  # the secrets go with the volumes that used them
+    say "down: no container or volume of project $PROJECT left"
+}
+
+# Stop what `engine` started (the API socket, the health-check loop), by their pids.
+cmd_engine_stop() {
+    local pidfile pid
+    for pidfile in "$STATE/healthchecks.pid" "$STATE/podman-service.pid"; do
+        [[ -f $pidfile ]] || continue
+        pid=$(cat "$pidfile")
+        if kill -0 "$pid" 2>/dev/null; then
+            say "stopping pid $pid ($(basename "$pidfile" .pid))"
+            kill "$pid"
+            for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.2; done
+        fi
+        rm -f "$pidfile"
+    done
+    rm -f "$SOCKET"
+}
+
+# shellcheck source=scripts/stack/smoke.sh
+source "$ROOT/scripts/stack/smoke.sh"
 
 main() {
     case "${1:-}" in
         engine) cmd_engine ;;
         bases) cmd_bases ;;
         build) cmd_build ;;
+        up) shift; cmd_up "$@" ;;
+        smoke) cmd_smoke ;;
+        down) cmd_down ;;
+        engine-stop) cmd_engine_stop ;;
         _healthchecks) healthcheck_loop ;;
-        *) echo "usage: $0 engine|bases|build" >&2; exit 2 ;;
+        *) echo "usage: $0 engine|bases|build|up|smoke|down|engine-stop" >&2; exit 2 ;;
     esac
 }
 

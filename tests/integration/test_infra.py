@@ -259,7 +259,8 @@ def test_images_are_pinned(services):
 
 def test_mlflow_server_uses_postgres_proxied_s3_and_known_hosts(services):
     command = " ".join(services["mlflow"]["command"])
-    assert "--backend-store-uri=postgresql://" in command
+    # The driver named: SQLAlchemy 2.1 reads a bare postgresql:// as psycopg 3, which the image lacks.
+    assert "--backend-store-uri=postgresql+psycopg2://" in command
     assert "--artifacts-destination=s3://waldo/" in command
     allowed = re.search(r"--allowed-hosts=(\S+)", _with_defaults(command))[1].split(",")
     assert {"mlflow", "mlflow:*"} <= set(allowed)
