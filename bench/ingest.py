@@ -228,8 +228,9 @@ def main(argv: list[str] | None = None) -> int:
     from training.data.folder import FolderDataModule
     from training.data.packed import PackedDataModule, pack
     from training.data.raydata import plan
-    from training.distributed import WORKER_ENV, start_local_ray
+    from training.distributed import start_local_ray
     from training.spec import TrainSpec
+    from training.workerenv import WORKER_ENV
 
     warnings.filterwarnings("ignore")
     for name in ["pytorch_lightning", "lightning.pytorch", "lightning_fabric", "ray", "ray.data",

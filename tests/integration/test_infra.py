@@ -252,7 +252,7 @@ def test_images_are_pinned(services):
                 key, _, value = args.partition("=")
                 defaults[key.strip()] = value.strip().strip('"')
             if word == "FROM":
-                image = re.sub(r"\$\{(\w+)\}", lambda m: defaults.get(m[1], m[0]), args.split()[0])
+                image = re.sub(r"\$\{(\w+)\}", lambda m, d=defaults: d.get(m[1], m[0]), args.split()[0])
                 assert re.fullmatch(r"[\w./-]+:[\w.-]*\d[\w.-]*(@sha256:[0-9a-f]{64})?", image) \
                     and ":latest" not in image, f"{dockerfile.name}: FROM {image} is not pinned"
 
