@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from training.errors import WaldoError
+from training.errors import WaldoError, one_line
 
 # torchvision.datasets.folder.IMG_EXTENSIONS, compared in lower case as ImageFolder does.
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
@@ -60,8 +60,9 @@ def _key(url: str) -> str:
     return url.split("://", 1)[1].strip("/")
 
 
-def _one_line(exc: Exception) -> str:
-    text = " ".join(str(exc).split()) or type(exc).__name__
+def _problem(exc: Exception) -> str:
+    """An S3 failure on one line, saying so when it is the credentials."""
+    text = one_line(exc)
     if "ACCESS_DENIED" in text or "InvalidAccessKeyId" in text or "SignatureDoesNotMatch" in text:
         return f"access denied (check AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY): {text}"
     return text
@@ -114,7 +115,7 @@ def list_tree(location: str) -> dict[str, Folder]:
             raise WaldoError(f"cannot list {location}: bucket {bucket!r} does not exist")
         infos = filesystem.get_file_info(fs.FileSelector(base, recursive=True, allow_not_found=True))
     except OSError as exc:  # pyarrow raises OSError for every S3 failure
-        raise WaldoError(f"cannot list {location}: {_one_line(exc)}") from None
+        raise WaldoError(f"cannot list {location}: {_problem(exc)}") from None
     files = {info.path[len(base) + 1:]: info.size for info in infos if info.type == fs.FileType.File}
     if not files:
         raise WaldoError(f"{location} holds no objects: --data-dir must be a folder of images "
@@ -140,7 +141,7 @@ def read_objects(urls: list[str], filesystem=None) -> list[bytes]:
             with filesystem.open_input_stream(_key(url)) as stream:
                 return stream.readall()
         except Exception as exc:
-            raise WaldoError(f"cannot read {url}: {_one_line(exc)}") from None
+            raise WaldoError(f"cannot read {url}: {_problem(exc)}") from None
 
     if len(urls) <= 1:
         return [read(u) for u in urls]

@@ -38,7 +38,7 @@ from training.data.base import channel_stats
 from training.data.folder import FolderDataModule, _sample_images
 from training.data.images import load_image
 from training.data.localization import BoxRecord, LocalizationFolderDataModule
-from training.errors import WaldoError
+from training.errors import WaldoError, one_line
 
 FORMAT = "waldo-packed/1"
 MANIFEST = "manifest.json"
@@ -70,10 +70,6 @@ class Manifest(BaseModel):
     def compute_digest(self) -> str:
         body = self.model_dump(exclude={"digest"})
         return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
-
-
-def _one_line(exc: Exception) -> str:
-    return " ".join(str(exc).split()) or type(exc).__name__
 
 
 # -- writing --------------------------------------------------------------------------------------
@@ -121,7 +117,7 @@ def pack(module, dest: str, *, shard_bytes: int = SHARD_BYTES) -> Manifest:
     try:
         fs.makedirs(root, exist_ok=True)
     except Exception as exc:
-        raise WaldoError(f"cannot write to {dest}: {_one_line(exc)}") from None
+        raise WaldoError(f"cannot write to {dest}: {one_line(exc)}") from None
     written: dict[str, Split] = {}
     for split in SPLITS:
         shards: list[Shard] = []
@@ -149,12 +145,12 @@ def read_manifest(location: str, task: str) -> Manifest:
         raise WaldoError(f"{where} does not exist: --data-dir must be a folder made by "
                          f"`waldo data pack SRC DEST`") from None
     except Exception as exc:  # no bucket, no access, no endpoint: botocore/aiohttp errors
-        raise WaldoError(f"cannot read {where}: {_one_line(exc)}") from None
+        raise WaldoError(f"cannot read {where}: {one_line(exc)}") from None
     try:
         manifest = Manifest.model_validate_json(text)
     except ValidationError as exc:
         raise WaldoError(f"{where} is not a Waldo pack manifest ({FORMAT}): "
-                         f"{_one_line(exc).split(' For further')[0]}") from None
+                         f"{one_line(exc).split(' For further')[0]}") from None
     if manifest.digest != manifest.compute_digest():
         raise WaldoError(f"{where}: its digest does not match its contents; it was edited "
                          "after packing (pack again)")
@@ -185,10 +181,27 @@ def check_shards(location: str, manifest: Manifest) -> None:
                 raise WaldoError(f"{path} is listed in {where} but does not exist") from None
             except Exception as exc:
                 raise WaldoError(f"{path} does not match {where} (not a readable Parquet shard: "
-                                 f"{_one_line(exc)}); pack again") from None
+                                 f"{one_line(exc)}); pack again") from None
             if rows != shard.rows:
                 raise WaldoError(f"{path} does not match {where} ({rows} rows, the manifest says "
                                  f"{shard.rows}); pack again")
+
+
+def shard_datasets(location: str, task: str, columns: list[str]) -> tuple[Manifest, dict]:
+    """The pack at `location` as a Ray Dataset of `columns` per split, for a distributed run's
+    Ray Data ingest: the manifest is read and the shards' footers checked first."""
+    import ray.data
+
+    from training.data.objects import s3_filesystem
+
+    manifest = read_manifest(location, task)
+    check_shards(location, manifest)
+    remote = storage.is_remote(location)
+    base = location.split("://", 1)[1] if remote else location
+    filesystem = s3_filesystem() if remote else None
+    return manifest, {split: ray.data.read_parquet(
+        [storage.join(base, shard.file) for shard in manifest.splits[split].shards],
+        filesystem=filesystem, columns=columns) for split in SPLITS}
 
 
 def read_pack(location: str, task: str) -> tuple[Manifest, dict[str, list[BoxRecord]]]:
@@ -209,7 +222,7 @@ def read_pack(location: str, task: str) -> tuple[Manifest, dict[str, list[BoxRec
             except FileNotFoundError:
                 raise WaldoError(f"{path} is listed in {where} but does not exist") from None
             except Exception as exc:
-                raise WaldoError(f"cannot read {path}: {_one_line(exc)}") from None
+                raise WaldoError(f"cannot read {path}: {one_line(exc)}") from None
             if hashlib.sha256(data).hexdigest() != shard.sha256:
                 raise WaldoError(f"{path} does not match {where} (sha256 differs): the shard was "
                                  "changed or cut short; pack again")

@@ -29,7 +29,6 @@ from typing import Any
 import numpy as np
 import torch
 
-from training import storage
 from training.data.augment import per_image_transform
 from training.data.base import ImageDataModule, channel_stats
 from training.data.folder import STATS_SAMPLE, samples_of
@@ -84,23 +83,12 @@ class DecodeBatch:
 
 
 def _packed(dm: ImageDataModule) -> tuple[dict, DataFacts, dict[str, int], tuple[tuple, tuple]]:
-    import ray.data
     from ray.data.expressions import col
 
-    from training.data.packed import check_shards, read_manifest
+    from training.data.packed import shard_datasets
 
     location = dm.data_location
-    manifest = read_manifest(location, "classify")
-    check_shards(location, manifest)
-    if storage.is_remote(location):
-        filesystem, base = s3_filesystem(), location.split("://", 1)[1]
-    else:
-        filesystem, base = None, location
-    datasets = {}
-    for split in SPLITS:
-        paths = [storage.join(base, shard.file) for shard in manifest.splits[split].shards]
-        datasets[split] = ray.data.read_parquet(paths, filesystem=filesystem,
-                                                columns=["image", "label", "index"])
+    manifest, datasets = shard_datasets(location, "classify", ["image", "label", "index"])
     counts = {s: manifest.splits[s].count for s in SPLITS}
     # Statistics from the training images the in-process path samples: every step-th one.
     step = max(1, counts["train"] // STATS_SAMPLE)

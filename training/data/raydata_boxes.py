@@ -16,7 +16,6 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from training import storage
 from training.data.base import channel_stats
 from training.data.localization import (
     STATS_IMAGES,
@@ -25,7 +24,6 @@ from training.data.localization import (
     box_augmentation,
     read_box_record,
 )
-from training.data.objects import s3_filesystem
 from training.data.provenance import DataFacts, describe
 
 SPLITS = ("train", "val", "test")
@@ -59,21 +57,12 @@ def _folder(dm: LocalizationFolderDataModule):
 
 
 def _packed(dm: LocalizationFolderDataModule):
-    import ray.data
     from ray.data.expressions import col
 
-    from training.data.packed import check_shards, read_manifest
+    from training.data.packed import shard_datasets
 
     location = dm.data_location
-    manifest = read_manifest(location, "localize")
-    check_shards(location, manifest)
-    remote = storage.is_remote(location)
-    base = location.split("://", 1)[1] if remote else location
-    datasets = {split: ray.data.read_parquet(
-                    [storage.join(base, shard.file) for shard in manifest.splits[split].shards],
-                    filesystem=s3_filesystem() if remote else None,
-                    columns=["image", "box", "label", "index"])
-                for split in SPLITS}
+    manifest, datasets = shard_datasets(location, "localize", ["image", "box", "label", "index"])
     first = datasets["train"].filter(expr=col("index") < STATS_IMAGES)
     rows = first.map_batches(decode_boxes, fn_kwargs={"labels": manifest.labels,
                                                       "size": dm.image_size}).take_all()
