@@ -14,6 +14,11 @@
 #                             # classifies a digit; --scale ray-worker=2 adds a Ray node
 #   scripts/stack.sh down     # `down -v`, checks that no container or volume of the project is left
 #   scripts/stack.sh engine-stop  # stop the API socket and the health-check loop `engine` started
+#   scripts/stack.sh ci       # what .ci/run needs for tests/integration/test_images.py: podman,
+#                             # the bases and the serving, jobs and mlflow images (no socket, no
+#                             # stack). Exits 0 with one message when this machine cannot run a
+#                             # container at all (not root, no apt, no podman, no Debian mirror):
+#                             # those tests then skip. A failed image build fails it.
 #
 # Each step does what the previous ones left undone, so `build` alone works on a bare machine.
 # Every heavy command runs under `nice -n 19 ionice -c3` (WALDO_STACK_NICE to change it): these
@@ -378,6 +383,25 @@ cmd_engine_stop() {
     rm -f "$SOCKET"
 }
 
+# .ci/run's part: can this machine run containers at all? Then build what the image tests use.
+can_run_containers() {
+    install_packages && configure_podman && debian_base \
+        && podman run --rm --network none "$DEBIAN_IMAGE" true
+}
+
+cmd_ci() {
+    local start=$SECONDS log="$STATE/ci-probe.log"
+    mkdir -p "$STATE"
+    if ! ( can_run_containers ) > "$log" 2>&1; then
+        say "this machine cannot run containers ($(tail -n 1 "$log")); the image tests will skip"
+        return 0
+    fi
+    python_base
+    local name
+    for name in ${WALDO_IMAGES:-serving jobs mlflow}; do build_image "$name"; done
+    say "engine, bases and images (${WALDO_IMAGES:-serving jobs mlflow}) ready in $((SECONDS - start)) s"
+}
+
 # shellcheck source=scripts/stack/smoke.sh
 source "$ROOT/scripts/stack/smoke.sh"
 
@@ -390,8 +414,9 @@ main() {
         smoke) cmd_smoke ;;
         down) cmd_down ;;
         engine-stop) cmd_engine_stop ;;
+        ci) cmd_ci ;;
         _healthchecks) healthcheck_loop ;;
-        *) echo "usage: $0 engine|bases|build|up|smoke|down|engine-stop" >&2; exit 2 ;;
+        *) echo "usage: $0 engine|bases|build|up|smoke|down|engine-stop|ci" >&2; exit 2 ;;
     esac
 }
 
