@@ -40,6 +40,33 @@ def test_light_modules_import_no_heavy_stack(module, loaded_modules):
     assert not loaded & forbidden, f"{module} pulled in {sorted(loaded & forbidden)}"
 
 
+def test_ray_data_decode_task_needs_neither_torch_nor_lightning(loaded_modules, tmp_path):
+    """What a fresh Ray Data worker does with a distributed run's decoder: unpickle it (made on
+    the driver) and decode a batch of JPEGs. Importing Lightning there cost 6-7 s per worker."""
+    import io
+    import pickle
+
+    from PIL import Image
+
+    from training.data.decode import DecodeBatch
+
+    jpegs = []
+    for shade in (40, 200):
+        buffer = io.BytesIO()
+        Image.new("RGB", (16, 16), (shade, 0, 0)).save(buffer, "JPEG")
+        jpegs.append(buffer.getvalue())
+    (tmp_path / "decoder.pkl").write_bytes(pickle.dumps(DecodeBatch(["dark", "light"], 16)))
+    script = ("import pickle, numpy as np\n"
+              f"decode = pickle.loads(open({str(tmp_path / 'decoder.pkl')!r}, 'rb').read())\n"
+              f"batch = {{'image': np.array({jpegs!r}, dtype=object), "
+              "'label': np.array(['light', 'dark'])}\n"
+              "out = decode(batch)\n"
+              "assert out['x'].shape == (2, 3, 16, 16) and out['x'].dtype == np.uint8, out['x'].shape\n"
+              "assert out['y'].tolist() == [1, 0] and out['x'][0, 0].mean() < out['x'][1, 0].mean()\n")
+    loaded = loaded_modules(script)
+    assert {"training", "numpy", "PIL"} <= loaded
+    assert not loaded & HEAVY, f"the decode task pulled in {sorted(loaded & HEAVY)}"
+
 
 def test_every_family_module_registers_a_model(loaded_modules):
     """A family file that `training.models` never imports registers nothing, silently.

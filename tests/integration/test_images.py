@@ -87,7 +87,8 @@ def test_serving_image_serves_a_model_folder(model_repo, tmp_path: Path, digits)
                 assert response.status_code == 200, response.text
                 right += response.json()["predictions"][0]["label"] == str(label)
             assert right >= 8, f"{right} of 10 digits right"
-            bad = client.post("/v1/models/cnn/predict", files={"file": ("x.png", b"not an image", "image/png")})
+            bad = client.post("/v1/models/cnn/predict",
+                              files={"file": ("x.png", b"not an image", "image/png")})
             assert bad.status_code == 400 and bad.json()["error"]["code"] == "bad_image"
             assert client.get("/v2/health/ready").status_code == 200
             metrics = client.get("/metrics")

@@ -98,16 +98,28 @@ def test_two_workers_train_from_a_folder_local_and_in_a_bucket_and_from_packed_s
 
 
 def test_a_pack_unlike_its_manifest_stops_the_plan_with_one_line(ray_with_room, photos, s3, tmp_path) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
     from training.data.raydata import plan
     from training.errors import WaldoError
 
-    cut, changed = tmp_path / "cut", f"s3://{S3_BUCKET}/changed"
-    for dest in (str(cut), changed):
+    cut, changed, altered = tmp_path / "cut", f"s3://{S3_BUCKET}/changed", tmp_path / "altered"
+    for dest in (str(cut), changed, str(altered)):
         pack(FolderDataModule(data_dir=photos, image_size=32), dest)
     (cut / "test-00000.parquet").unlink()
     s3.put_object(Bucket=S3_BUCKET, Key="changed/val-00000.parquet", Body=b"cut short")
+    # One image broken inside a shard that still parses, with the rows the manifest says.
+    shard = altered / "train-00000.parquet"
+    table = pq.read_table(shard)
+    images = table.column("image").to_pylist()
+    table = table.set_column(table.schema.get_field_index("image"), "image",
+                             pa.array([b"not an image", *images[1:]], type=table.schema.field("image").type))
+    pq.write_table(table, shard)
     for location, expected in ((str(cut), "test-00000.parquet is listed in"),
-                               (changed, f"{changed}/val-00000.parquet does not match")):
+                               (changed, f"{changed}/val-00000.parquet does not match"),
+                               (str(altered), f"{shard} does not match {altered}/manifest.json "
+                                              "(sha256 differs)")):
         with pytest.raises(WaldoError) as caught:
             plan(PackedDataModule(data_dir=location, image_size=32), augment="none", random_erasing=0.0)
         assert expected in str(caught.value) and "\n" not in str(caught.value)

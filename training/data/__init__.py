@@ -1,14 +1,32 @@
-"""Data modules, chosen by name."""
+"""Data modules, chosen by name.
+
+Importing this package is light (no torch, no Lightning): Ray Data's worker processes import
+`training.data.decode` through it. The data modules and their helpers load on first use.
+"""
 
 from __future__ import annotations
 
 import inspect
+from typing import TYPE_CHECKING
 
-from training.data.base import ImageDataModule
-from training.data.provenance import DataFacts
-from training.data.provenance import describe as describe_data
 from training.errors import WaldoError, unknown_choice
-from training.spec import DataSpec
+
+if TYPE_CHECKING:
+    from training.data.base import ImageDataModule
+    from training.spec import DataSpec
+
+_LAZY = {"ImageDataModule": ("training.data.base", "ImageDataModule"),
+         "DataFacts": ("training.data.provenance", "DataFacts"),
+         "describe_data": ("training.data.provenance", "describe")}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        module, attribute = _LAZY[name]
+        return getattr(importlib.import_module(module), attribute)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def _registry() -> dict[str, type[ImageDataModule]]:
@@ -38,6 +56,8 @@ def list_datasets() -> list[str]:
 
 def create_datamodule(data: DataSpec) -> ImageDataModule:
     """Build the data module that `data.name` names (a job spec's `data_spec()`)."""
+    from training.data.base import ImageDataModule
+
     registry = _registry()
     if data.name not in registry:
         raise unknown_choice("data set", data.name, registry)

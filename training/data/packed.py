@@ -165,8 +165,9 @@ def read_manifest(location: str, task: str) -> Manifest:
 
 def check_shards(location: str, manifest: Manifest) -> None:
     """Every shard the manifest lists exists and holds the rows it says, read from the Parquet
-    footers alone: what a distributed run checks on its driver before Ray Data tasks read the
-    images (`read_pack` hashes whole shards instead, as it reads them anyway)."""
+    footers alone: what a distributed run's driver checks first, so that a missing or cut
+    shard is named before any Ray Data task starts (`read_pack` hashes whole shards instead,
+    as it reads them anyway)."""
     import pyarrow.parquet as pq
 
     fs, root = storage.filesystem(location)
@@ -187,9 +188,35 @@ def check_shards(location: str, manifest: Manifest) -> None:
                                  f"{shard.rows}); pack again")
 
 
+def changed_shard(path: str, where: str) -> WaldoError:
+    return WaldoError(f"{path} does not match {where} (sha256 differs): the shard was changed "
+                      "or cut short; pack again")
+
+
+def hash_shards(location: str, manifest: Manifest, base: str, filesystem) -> None:
+    """Every shard's sha256 against the manifest's, each shard read and hashed by a Ray Data
+    task on whichever node runs it (the driver reads no image): an image changed inside a
+    shard stops the run here, with one line, as it does in-process (`read_pack`)."""
+    import ray.data
+
+    from training.data.decode import shard_digest
+
+    shards = {shard.file: shard for split in SPLITS for shard in manifest.splits[split].shards}
+    if not shards:
+        return
+    files = ray.data.read_binary_files([storage.join(base, file) for file in shards],
+                                       filesystem=filesystem, include_paths=True)
+    where = storage.join(location, MANIFEST)
+    for row in files.map(shard_digest).take_all():
+        file = next(f for f in shards if row["path"].endswith("/" + f) or row["path"] == f)
+        if row["sha256"] != shards[file].sha256:
+            raise changed_shard(storage.join(location, file), where)
+
+
 def shard_datasets(location: str, task: str, columns: list[str]) -> tuple[Manifest, dict]:
     """The pack at `location` as a Ray Dataset of `columns` per split, for a distributed run's
-    Ray Data ingest: the manifest is read and the shards' footers checked first."""
+    Ray Data ingest: the manifest is read, the shards' footers checked, then their digests
+    (`hash_shards`)."""
     import ray.data
 
     from training.data.objects import s3_filesystem
@@ -199,6 +226,7 @@ def shard_datasets(location: str, task: str, columns: list[str]) -> tuple[Manife
     remote = storage.is_remote(location)
     base = location.split("://", 1)[1] if remote else location
     filesystem = s3_filesystem() if remote else None
+    hash_shards(location, manifest, base, filesystem)
     return manifest, {split: ray.data.read_parquet(
         [storage.join(base, shard.file) for shard in manifest.splits[split].shards],
         filesystem=filesystem, columns=columns) for split in SPLITS}
@@ -224,8 +252,7 @@ def read_pack(location: str, task: str) -> tuple[Manifest, dict[str, list[BoxRec
             except Exception as exc:
                 raise WaldoError(f"cannot read {path}: {one_line(exc)}") from None
             if hashlib.sha256(data).hexdigest() != shard.sha256:
-                raise WaldoError(f"{path} does not match {where} (sha256 differs): the shard was "
-                                 "changed or cut short; pack again")
+                raise changed_shard(path, where)
             table = pq.read_table(io.BytesIO(data)).to_pydict()
             records += [(blob, box, label) for blob, box, label
                         in zip(table["image"], table["box"], table["label"])]

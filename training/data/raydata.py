@@ -29,11 +29,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from training.data.augment import per_image_transform
 from training.data.base import ImageDataModule, channel_stats
+from training.data.decode import DECODE_BATCH, DecodeBatch, check_objects, fetch_objects
 from training.data.folder import STATS_SAMPLE, samples_of
-from training.data.images import ImageCheck, check_image, load_image, open_source, skip_unreadable
-from training.data.objects import is_object_store, list_tree, read_objects, s3_filesystem
+from training.data.images import ImageCheck, skip_unreadable
+from training.data.objects import is_object_store, list_tree, s3_filesystem
 from training.data.provenance import DataFacts, describe
 from training.data.raydata_boxes import STREAMED_BOXES, plan_boxes
 from training.errors import WaldoError
@@ -41,7 +41,6 @@ from training.errors import WaldoError
 # Data sets that a distributed run reads through Ray Data.
 STREAMED = ("folder", "packed", *STREAMED_BOXES)
 DATA_CPUS = 1.0  # CPUs a job keeps free beside its workers for its Ray Data tasks
-DECODE_BATCH = 256  # images a Ray Data task decodes at a time
 SPLITS = ("train", "val", "test")
 
 
@@ -52,34 +51,6 @@ class Ingest:
     state: dict[str, Any]  # ImageDataModule.state_dict(): labels, mean, std, image size
     facts: DataFacts
     counts: dict[str, int]
-
-
-class DecodeBatch:
-    """A Ray Data batch of encoded images (`image`: bytes, or `path`) and labels -> `x` uint8
-    (N, C, S, S) and `y` int64, decoded and resized as the folder data module decodes its files;
-    the training split also gets the recipe's per-image augmentation."""
-
-    def __init__(self, labels: list[str], size: int, augment: str = "none", kind: str = "photos",
-                 random_erasing: float = 0.0, keep_index: bool = False):
-        self.index = {label: i for i, label in enumerate(labels)}
-        self.keep_index = keep_index  # pass a pack's `index` column on (the statistics sample)
-        self.size = size
-        self.augment = per_image_transform(augment, kind, size, random_erasing)
-
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        from torchvision.transforms import v2
-
-        resize = v2.Resize((self.size, self.size), antialias=True)
-        sources = batch["image"] if "image" in batch else batch["path"]
-        images = []
-        for source in sources:
-            image = resize(v2.functional.pil_to_tensor(load_image(open_source(source), "RGB")))
-            images.append(self.augment(image) if self.augment is not None else image)
-        labels = [self.index[str(label)] for label in batch["label"]]
-        out = {"x": torch.stack(images).numpy(), "y": np.asarray(labels, dtype=np.int64)}
-        if self.keep_index:
-            out["index"] = np.asarray(batch["index"])
-        return out
 
 
 def _packed(dm: ImageDataModule) -> tuple[dict, DataFacts, dict[str, int], tuple[tuple, tuple]]:
@@ -113,19 +84,6 @@ def _folder(dm: ImageDataModule) -> tuple[dict, DataFacts, dict[str, int], tuple
                                             for path, target in splits[split]])
                 for split in SPLITS}
     return datasets, describe(dm), {s: len(splits[s]) for s in SPLITS}, (dm.mean, dm.std)
-
-
-def fetch_objects(batch: dict[str, np.ndarray], filesystem) -> dict[str, np.ndarray]:
-    """A Ray Data batch of object URLs (`path`) -> their bytes (`image`), labels passed on."""
-    data = read_objects(list(batch["path"]), filesystem)
-    return {"image": np.array(data, dtype=object), "label": batch["label"]}
-
-
-def check_objects(batch: dict[str, np.ndarray], filesystem) -> dict[str, np.ndarray]:
-    """A Ray Data batch of object URLs -> why each one cannot be decoded ("" when it can)."""
-    data = read_objects(list(batch["path"]), filesystem)
-    return {"path": batch["path"],
-            "problem": np.asarray([check_image(blob).problem or "" for blob in data], dtype=object)}
 
 
 def _bucket_folder(dm) -> tuple[dict, DataFacts, dict[str, int], tuple[tuple, tuple]]:
