@@ -383,10 +383,11 @@ cmd_engine_stop() {
     rm -f "$SOCKET"
 }
 
-# .ci/run's part: can this machine run containers at all? Then build what the image tests use.
+# .ci/run's part: can this machine run containers at all (and make the local bases: Debian's
+# packages through its mirror)? Then build what the image tests use.
 can_run_containers() {
     install_packages && configure_podman && debian_base \
-        && podman run --rm --network none "$DEBIAN_IMAGE" true
+        && podman run --rm --network none "$DEBIAN_IMAGE" true && python_base
 }
 
 cmd_ci() {
@@ -396,7 +397,6 @@ cmd_ci() {
         say "this machine cannot run containers ($(tail -n 1 "$log")); the image tests will skip"
         return 0
     fi
-    python_base
     local name
     for name in ${WALDO_IMAGES:-serving jobs mlflow}; do build_image "$name"; done
     say "engine, bases and images (${WALDO_IMAGES:-serving jobs mlflow}) ready in $((SECONDS - start)) s"
