@@ -69,6 +69,29 @@ def test_the_plan_is_the_in_process_data(ray_with_room, photos, s3, tmp_path) ->
         assert train[0]["x"].shape == (3, 32, 32) and train[0]["x"].dtype == np.uint8
 
 
+def test_decoded_images_are_cached_when_they_fit_and_augmented_anew_every_epoch(
+        ray_with_room, photos, tmp_path) -> None:
+    from ray.data.dataset import MaterializedDataset
+
+    from training.data.raydata import cache_decoded, plan
+
+    pack(FolderDataModule(data_dir=photos, image_size=32), str(tmp_path / "p"))
+    assert cache_decoded({"train": 1000}, 32) and not cache_decoded({"train": 10**9}, 224)
+    source = PackedDataModule(data_dir=str(tmp_path / "p"), image_size=32)
+    _, cached = plan(source, augment="basic", random_erasing=0.0)  # small: cached by default
+    _, streamed = plan(PackedDataModule(data_dir=str(tmp_path / "p"), image_size=32),
+                       augment="basic", random_erasing=0.0, cache=False)
+    assert isinstance(cached["val"], MaterializedDataset)
+    assert not isinstance(streamed["val"], MaterializedDataset)
+    for split in ("val", "test"):  # the same images either way
+        assert _fingerprints([(r["x"], r["y"]) for r in cached[split].take_all()]) == \
+            _fingerprints([(r["x"], r["y"]) for r in streamed[split].take_all()])
+    # The training split's augmentation runs after the cache: each epoch draws again.
+    first, second = ([(r["x"], r["y"]) for r in cached["train"].take_all()] for _ in range(2))
+    assert sorted(int(y) for _, y in first) == sorted(int(y) for _, y in second)
+    assert _fingerprints(first) != _fingerprints(second)
+
+
 def test_two_workers_train_from_a_folder_local_and_in_a_bucket_and_from_packed_shards(
         ray_with_room, photos, s3, tmp_path) -> None:
     from training.pipeline import run

@@ -3,7 +3,7 @@ objects, check that they decode, decode and resize them, hash a pack's shards
 (`training.data.raydata` and `training.data.packed` plan the datasets on the driver).
 
 These functions are pickled by reference, so every Ray Data worker process imports this module.
-It imports neither Lightning nor torch unless an image is augmented: a fresh worker is ready
+It imports neither Lightning nor torch unless an image is resized or augmented: a fresh worker is ready
 in well under a second instead of the 6-7 s that importing Lightning costs, and keeps that
 memory. (`tests/integration/test_fresh_imports.py` holds it to that.)
 """
@@ -11,62 +11,61 @@ memory. (`tests/integration/test_fresh_imports.py` holds it to that.)
 from __future__ import annotations
 
 import hashlib
-from typing import TYPE_CHECKING
 
 import numpy as np
 
 from training.data.images import check_image, load_image, open_source
 from training.data.objects import read_objects
 
-if TYPE_CHECKING:
-    import torch
-
 DECODE_BATCH = 256  # images a Ray Data task decodes at a time
 
 
 class DecodeBatch:
     """A Ray Data batch of encoded images (`image`: bytes, or `path`) and labels -> `x` uint8
-    (N, C, S, S) and `y` int64, decoded and resized as the folder data module decodes its files;
-    the training split also gets the recipe's per-image augmentation."""
+    (N, C, S, S) and `y` int64, decoded and resized as the folder data module decodes its files.
+    A resize happens only when the size differs (torchvision's resize returns an image of the
+    asked size unchanged, so the pixels are the same either way); skipping the tensor round trip
+    keeps a task's cost near the JPEG decoder's own."""
 
-    def __init__(self, labels: list[str], size: int, augment: str = "none", kind: str = "photos",
-                 random_erasing: float = 0.0, keep_index: bool = False):
+    def __init__(self, labels: list[str], size: int, keep_index: bool = False):
         self.index = {label: i for i, label in enumerate(labels)}
         self.keep_index = keep_index  # pass a pack's `index` column on (the statistics sample)
         self.size = size
-        from training.data.augment import per_image_transform  # on the driver: torchvision
-
-        self.augment = per_image_transform(augment, kind, size, random_erasing)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         sources = batch["image"] if "image" in batch else batch["path"]
-        images = [self.decode(source) for source in sources]
-        if self.augment is None:  # (N, H, W, C) arrays, as PIL gives them, to (N, C, H, W)
-            x = np.ascontiguousarray(np.stack(images).transpose(0, 3, 1, 2))
-        else:
-            import torch
-
-            x = torch.stack(images).numpy()
-        labels = [self.index[str(label)] for label in batch["label"]]
-        out = {"x": x, "y": np.asarray(labels, dtype=np.int64)}
+        images = [self.decode(source) for source in sources]  # (H, W, C) each, as PIL gives them
+        out = {"x": np.ascontiguousarray(np.stack(images).transpose(0, 3, 1, 2)),
+               "y": np.asarray([self.index[str(label)] for label in batch["label"]], dtype=np.int64)}
         if self.keep_index:
             out["index"] = np.asarray(batch["index"])
         return out
 
-    def decode(self, source) -> np.ndarray | torch.Tensor:
-        """One image: an (H, W, C) uint8 array, or a (C, H, W) tensor when it is augmented. A
-        resize happens only when the size differs (torchvision's resize returns an image of
-        the asked size unchanged, so the pixels are the same either way); skipping the tensor
-        round trip keeps a task's cost near the JPEG decoder's own."""
+    def decode(self, source) -> np.ndarray:
         image = load_image(open_source(source), "RGB")
-        if image.size == (self.size, self.size) and self.augment is None:
+        if image.size == (self.size, self.size):
             return np.asarray(image)
         from torchvision.transforms.v2 import functional as F
 
-        tensor = F.resize(F.pil_to_tensor(image), [self.size, self.size], antialias=True)
-        if self.augment is not None:
-            return self.augment(tensor)
-        return tensor.permute(1, 2, 0).numpy()
+        resized = F.resize(F.pil_to_tensor(image), [self.size, self.size], antialias=True)
+        return resized.permute(1, 2, 0).numpy()
+
+
+class AugmentBatch:
+    """The recipe's per-image augmentation of decoded training images (`x` uint8 (N, C, S, S)),
+    a new draw every epoch; a separate stage so that it runs after a cache of the decoded
+    images (`training.data.raydata.plan`)."""
+
+    def __init__(self, augment: str, kind: str, size: int, random_erasing: float = 0.0):
+        from training.data.augment import per_image_transform  # on the driver: torchvision
+
+        self.transform = per_image_transform(augment, kind, size, random_erasing)
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        import torch
+
+        images = torch.from_numpy(np.require(batch["x"], requirements="W"))  # a read-only block: copied
+        return {**batch, "x": torch.stack([self.transform(image) for image in images]).numpy()}
 
 
 def fetch_objects(batch: dict[str, np.ndarray], filesystem) -> dict[str, np.ndarray]:
@@ -87,4 +86,5 @@ def shard_digest(row: dict) -> dict:
     return {"path": row["path"], "sha256": hashlib.sha256(row["bytes"]).hexdigest()}
 
 
-__all__ = ["DECODE_BATCH", "DecodeBatch", "check_objects", "fetch_objects", "shard_digest"]
+__all__ = ["DECODE_BATCH", "AugmentBatch", "DecodeBatch", "check_objects", "fetch_objects",
+           "shard_digest"]

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from training.data.base import ImageDataModule, channel_stats
-from training.data.decode import DECODE_BATCH, DecodeBatch, check_objects, fetch_objects
+from training.data.decode import DECODE_BATCH, AugmentBatch, DecodeBatch, check_objects, fetch_objects
 from training.data.folder import STATS_SAMPLE, samples_of
 from training.data.images import ImageCheck, skip_unreadable
 from training.data.objects import is_object_store, list_tree, s3_filesystem
@@ -41,6 +41,9 @@ from training.errors import WaldoError
 # Data sets that a distributed run reads through Ray Data.
 STREAMED = ("folder", "packed", *STREAMED_BOXES)
 DATA_CPUS = 1.0  # CPUs a job keeps free beside its workers for its Ray Data tasks
+# The share of the cluster's object store memory that a run's decoded images may take to be
+# kept decoded between epochs (the rest stays for the blocks in flight and other jobs).
+CACHE_SHARE = 0.25
 SPLITS = ("train", "val", "test")
 
 
@@ -127,9 +130,22 @@ def _bucket_folder(dm) -> tuple[dict, DataFacts, dict[str, int], tuple[tuple, tu
     return {split: objects(splits[split]) for split in SPLITS}, facts, counts, stats
 
 
-def plan(dm: ImageDataModule, augment: str, random_erasing: float) -> tuple[Ingest, dict]:
+def cache_decoded(counts: dict[str, int], size: int) -> bool:
+    """Whether the decoded images (uint8, 3 channels) of every split fit in CACHE_SHARE of the
+    cluster's object store memory: then they are decoded once and kept there, spread over the
+    nodes whose tasks decoded them, instead of again every epoch (Ray Data's "cache the
+    preprocessed dataset"; the per-epoch augmentation runs after it). Larger data sets stream."""
+    import ray
+
+    store = ray.cluster_resources().get("object_store_memory", 0)
+    return sum(counts.values()) * 3 * size * size <= CACHE_SHARE * store
+
+
+def plan(dm: ImageDataModule, augment: str, random_erasing: float,
+         cache: bool | None = None) -> tuple[Ingest, dict]:
     """On the driver: the facts for the workers and the Ray Datasets they read ({split: Dataset}
-    of `x`, `y` rows, decoded by Ray Data tasks)."""
+    of `x`, `y` rows, decoded by Ray Data tasks). Classification images are kept decoded between
+    epochs when `cache` says so, by default when they fit (`cache_decoded`)."""
     if dm.name not in STREAMED:
         raise WaldoError(f"data set {dm.name!r} is not read through Ray Data; those that are: "
                          f"{', '.join(STREAMED)}")
@@ -137,13 +153,14 @@ def plan(dm: ImageDataModule, augment: str, random_erasing: float) -> tuple[Inge
         decoded, facts, counts, (mean, std) = plan_boxes(dm, augment, DECODE_BATCH)
     else:
         datasets, facts, counts, (mean, std) = (_packed if dm.name == "packed" else _folder)(dm)
-        decoded = {}
-        for split, ds in datasets.items():
-            training = split == "train"
-            decode = DecodeBatch(dm.labels, dm.image_size, augment if training else "none", dm.kind,
-                                 random_erasing if training else 0.0)
-            # Batches, not whole blocks: decoded images stream to the workers as they are made.
-            decoded[split] = ds.map_batches(decode, batch_size=DECODE_BATCH)
+        decode = DecodeBatch(dm.labels, dm.image_size)
+        # Batches, not whole blocks: decoded images stream to the workers as they are made.
+        decoded = {split: ds.map_batches(decode, batch_size=DECODE_BATCH) for split, ds in datasets.items()}
+        if cache if cache is not None else cache_decoded(counts, dm.image_size):
+            decoded = {split: ds.materialize() for split, ds in decoded.items()}
+        train = AugmentBatch(augment, dm.kind, dm.image_size, random_erasing)
+        if train.transform is not None:  # a new draw every epoch, after the cache
+            decoded["train"] = decoded["train"].map_batches(train, batch_size=DECODE_BATCH)
     dm.mean, dm.std = tuple(mean), tuple(std)
     for split, count in counts.items():
         if count == 0:
