@@ -4,7 +4,9 @@ feeding a Ray worker through Ray Data costs its training against feeding it from
 On a generated folder of 64x64 JPEGs in 10 classes (`--images`, default 20,000; made once
 under /tmp and reused), images/s of the training split read as uint8 batches of 256:
 
-    (a) torch DataLoader over FolderDataModule's train set (in-process), 0 and 2 loader workers
+    (a) torch DataLoader over FolderDataModule's train set (in-process), 0 and 2 loader workers;
+        from S3 the same over the bucket folder (b) uses, which in-process training mirrors to
+        local disk first (the mirror's download is its setup)
     (b) Ray Data from the folder: `training.data.raydata.plan` of the FolderDataModule, local,
         and from S3: the splits uploaded as s3://BUCKET/folder/{train,val,test}/<class>/<file>
         and planned as `--data folder --data-dir s3://BUCKET/folder` is (one request per image,
@@ -285,6 +287,22 @@ def main(argv: list[str] | None = None) -> int:
         t = time.perf_counter()
         upload(splits, labels)
         uploaded = since(t)
+
+        # In-process training reads a bucket's folder through a local mirror (objects.mirror):
+        # a fresh one here, so its setup is the whole download.
+        os.environ["WALDO_DATA_CACHE"] = str(tmp / "mirror")
+        t = time.perf_counter()
+        bucket = FolderDataModule(data_dir=f"s3://{BUCKET}/folder", image_size=SIZE)
+        bucket.setup("fit")
+        mirrored = since(t)
+        print(f"(a) from S3: the same DataLoader over the bucket folder's mirror "
+              f"({len(bucket.train_set)} images)")
+        for workers in (0, 2):
+            loader = DataLoader(bucket.train_set, batch_size=args.batch_size, num_workers=workers,
+                                persistent_workers=workers > 0)
+            measure(f"a{workers}_s3", f"num_workers={workers}", lambda loader=loader: loader,
+                    f"mirror (listing, download of every object), check, split, statistics "
+                    f"{mirrored}")
 
         for key, value in WORKER_ENV.items():  # as training.distributed does for Ray Train
             if key.startswith("RAY_TRAIN_"):

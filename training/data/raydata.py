@@ -9,13 +9,17 @@ Where each stage runs:
                     training images, decoded by Ray Data tasks), and hands the worker loop only
                     those facts
     Ray Data tasks  read the files, objects or Parquet shards (pyarrow; S3 through
-                    AWS_ENDPOINT_URL), check a bucket's images before training, decode, resize
-                    and apply the recipe's per-image augmentation, on any node's CPUs, streaming
+                    AWS_ENDPOINT_URL), check a bucket's images and hash a pack's shards before
+                    training, decode and resize (`training.data.decode`), on any node's CPUs,
+                    streaming; then the recipe's per-image augmentation of training images
+    object store    the decoded images between epochs, when they fit in CACHE_SHARE of it
+                    (`cache_decoded`; the augmentation runs after it, anew every epoch); larger
+                    data sets are decoded again every epoch
     each worker     iterates its own shard (`ray.train.get_dataset_shard`, split evenly) as
                     torch batches of uint8 images, which the data module's batch transform
                     normalizes on the worker's device, as in-process
 
-No node materializes the data set. Labels, split, statistics and so the ModelCard are the ones
+The driver never holds the images. Labels, split, statistics and so the ModelCard are the ones
 in-process training gets (tests/integration/test_ray_data.py).
 """
 
@@ -156,7 +160,8 @@ def plan(dm: ImageDataModule, augment: str, random_erasing: float,
         decode = DecodeBatch(dm.labels, dm.image_size)
         # Batches, not whole blocks: decoded images stream to the workers as they are made.
         decoded = {split: ds.map_batches(decode, batch_size=DECODE_BATCH) for split, ds in datasets.items()}
-        if cache if cache is not None else cache_decoded(counts, dm.image_size):
+        keep = cache_decoded(counts, dm.image_size) if cache is None else cache
+        if keep:
             decoded = {split: ds.materialize() for split, ds in decoded.items()}
         train = AugmentBatch(augment, dm.kind, dm.image_size, random_erasing)
         if train.transform is not None:  # a new draw every epoch, after the cache
