@@ -208,7 +208,7 @@ def hash_shards(location: str, manifest: Manifest, base: str, filesystem) -> Non
                                        filesystem=filesystem, include_paths=True)
     where = storage.join(location, MANIFEST)
     for row in files.map(shard_digest).take_all():
-        file = next(f for f in shards if row["path"].endswith("/" + f) or row["path"] == f)
+        file = row["path"].rsplit("/", 1)[-1]  # shards lie at the pack's root (`_write_shard`)
         if row["sha256"] != shards[file].sha256:
             raise changed_shard(storage.join(location, file), where)
 

@@ -163,9 +163,9 @@ def plan(dm: ImageDataModule, augment: str, random_erasing: float,
         keep = cache_decoded(counts, dm.image_size) if cache is None else cache
         if keep:
             decoded = {split: ds.materialize() for split, ds in decoded.items()}
-        train = AugmentBatch(augment, dm.kind, dm.image_size, random_erasing)
-        if train.transform is not None:  # a new draw every epoch, after the cache
-            decoded["train"] = decoded["train"].map_batches(train, batch_size=DECODE_BATCH)
+        augment_batch = AugmentBatch(augment, dm.kind, dm.image_size, random_erasing)
+        if augment_batch.transform is not None:  # a new draw every epoch, after the cache
+            decoded["train"] = decoded["train"].map_batches(augment_batch, batch_size=DECODE_BATCH)
     dm.mean, dm.std = tuple(mean), tuple(std)
     for split, count in counts.items():
         if count == 0:
