@@ -11,9 +11,12 @@ from __future__ import annotations
 import gc
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
+from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
+from fastapi.responses import HTMLResponse, JSONResponse
 
 from serving import errors
+from serving.deps import require_info
 from serving.manager import ModelManager
 from serving.metrics import Metrics
 from serving.middleware import BodyLimit
@@ -45,8 +48,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 await grpc_server.stop(grace=2)
             await manager.stop()
 
+    # With protect_info, FastAPI's own schema and docs routes are replaced by the same ones
+    # behind the key (`_protected_docs`).
+    docs = {} if not settings.protect_info else {"docs_url": None, "redoc_url": None, "openapi_url": None}
     app = FastAPI(title="Waldo inference", version="0.1.0", lifespan=lifespan,
-                  description="Classify and localize images with Waldo's ONNX models.")
+                  description="Classify and localize images with Waldo's ONNX models.", **docs)
     app.state.settings = settings
     app.state.metrics = Metrics()
     app.state.manager = ModelManager(settings, app.state.metrics)
@@ -54,4 +60,25 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     for router in (health.router, models.router, predict.router, v2.router, page.router):
         app.include_router(router)
+    if settings.protect_info:
+        _protected_docs(app)
     return app
+
+
+def _protected_docs(app: FastAPI) -> None:
+    """/openapi.json, /docs and /redoc behind `require_info`, as FastAPI's documentation does it
+    for docs behind a login. A browser does not send a bearer token when Swagger UI fetches the
+    schema: with protect_info, tools fetch /openapi.json with the key instead."""
+    info = [Depends(require_info)]
+
+    @app.get("/openapi.json", include_in_schema=False, dependencies=info)
+    async def openapi() -> JSONResponse:
+        return JSONResponse(app.openapi())
+
+    @app.get("/docs", include_in_schema=False, dependencies=info)
+    async def swagger() -> HTMLResponse:
+        return get_swagger_ui_html(openapi_url="/openapi.json", title=f"{app.title} - docs")
+
+    @app.get("/redoc", include_in_schema=False, dependencies=info)
+    async def redoc() -> HTMLResponse:
+        return get_redoc_html(openapi_url="/openapi.json", title=f"{app.title} - ReDoc")

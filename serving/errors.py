@@ -10,6 +10,7 @@ onto the contract by passing `translations` (the jobs API's unknown job becomes 
 from __future__ import annotations
 
 import logging
+import reprlib
 from collections.abc import Callable, Mapping
 
 from fastapi import FastAPI, Request
@@ -39,6 +40,23 @@ HTTP_CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "n
 
 def code_for(status: int) -> str:
     return HTTP_CODES.get(status, "error")
+
+
+_SHORT = reprlib.Repr()
+_SHORT.maxlevel, _SHORT.maxlist, _SHORT.maxtuple, _SHORT.maxdict = 2, 8, 8, 4
+_SHORT.maxstring = _SHORT.maxother = 64
+
+
+def shown(value: object, limit: int = 64) -> str:
+    """Client text (a model, input or output name, a version, an id, a shape) as a message
+    echoes it: its repr, cut to `limit` characters with the full length said. A 1 MB model name
+    echoed whole would turn a 404 into a 1 MB answer, and over gRPC into a failure to send the
+    status at all (its message travels in 8 KiB of metadata)."""
+    if isinstance(value, str | bytes):
+        if len(value) <= limit:
+            return repr(value)
+        return f"{value[:limit]!r}... ({len(value)} {'characters' if isinstance(value, str) else 'bytes'})"
+    return _SHORT.repr(value)  # lists and the rest: reprlib cuts them at every level
 
 
 # The Open Inference Protocol has its own error shape: `{"error": "<message>"}`.

@@ -23,6 +23,20 @@ class, the h11 protocol plus a `Guard` that:
 
 Repeated identical log lines (a flood of bad requests, `accept()` out of file descriptors) are
 rate-limited by `RateLimitFilter`.
+
+One budget of connections covers both front ends of the inference service: `max_connections`,
+lowered to fit the open-file limit, less the share gRPC keeps (`connection_budget`). grpcio's
+core accepts and owns the gRPC sockets, out of Python's sight, so the gRPC share is enforced
+by the core itself through channel arguments (`serving.v2.grpc.connection_options`):
+`grpc.max_allowed_incoming_connections` closes a gRPC connection past the share as soon as it
+is accepted, and `grpc.server_handshake_timeout_ms` (the header timeout) closes one that has not
+sent its HTTP/2 preface and SETTINGS by then, so silent or preface-only connections free their
+slot as an HTTP connection without headers does. Together the two caps fit the file limit, and
+a gRPC flood cannot take the files `/healthz` needs. The alternative, an asyncio TCP proxy in
+front of gRPC that the Guard would count, was not taken: it copies every byte through Python
+(latency on every call) and holds three descriptors per gRPC connection instead of one, while
+the core's two arguments bound what a flood can hold at the same place (measured in
+bench/serving_limits.py: `/healthz` stays fast under 600 idle gRPC connections with 512 files).
 """
 
 from __future__ import annotations
@@ -54,11 +68,15 @@ class ConnectionLimits:
     keepalive_timeout_s: float = 5.0
     max_connections: int = 1024
     drain_bytes: int = 64 * 2**20
+    grpc_connections: int = 0  # the part of max_connections a gRPC front end keeps (0: none)
 
     @classmethod
     def of(cls, settings) -> ConnectionLimits:
-        """The limits from a settings object with fields of the same names."""
-        return cls(**{name: getattr(settings, name) for name in cls.__dataclass_fields__})
+        """The limits from a settings object with fields of the same names; gRPC's share is its
+        `grpc_max_connections` when it serves gRPC (`grpc_port` set)."""
+        grpc = settings.grpc_max_connections if getattr(settings, "grpc_port", None) else 0
+        return cls(**{name: getattr(settings, name) for name in cls.__dataclass_fields__
+                      if name != "grpc_connections"}, grpc_connections=grpc)
 
 
 def connection_cap(wanted: int, reserved: int = RESERVED_FDS) -> int:
@@ -68,6 +86,16 @@ def connection_cap(wanted: int, reserved: int = RESERVED_FDS) -> int:
         return wanted
     room = soft - reserved if soft > 2 * reserved else soft // 2
     return max(1, min(wanted, room))
+
+
+def connection_budget(max_connections: int, grpc_connections: int = 0) -> tuple[int, int]:
+    """(HTTP's cap, gRPC's cap): one budget of `max_connections` for both front ends, lowered
+    to fit the open-file limit, of which gRPC keeps `grpc_connections` (scaled down with it)."""
+    total = connection_cap(max_connections)
+    if grpc_connections <= 0:
+        return total, 0
+    grpc = max(1, grpc_connections * total // max_connections)
+    return max(1, total - grpc), grpc
 
 
 def _json_response(status: int, reason: str, code: str, message: str) -> bytes:
@@ -168,7 +196,7 @@ class Guard:
 
     def __init__(self, limits: ConnectionLimits):
         self.limits = limits
-        self.cap = connection_cap(limits.max_connections)
+        self.cap, self.grpc_cap = connection_budget(limits.max_connections, limits.grpc_connections)
         self.connections: dict[GuardedProtocol, None] = {}  # oldest first
 
     def protocol_class(self) -> type[GuardedProtocol]:
@@ -287,8 +315,9 @@ def serve(app, *, host: str, port: int, limits: ConnectionLimits, log_level: str
                             backlog=min(2048, max(64, guard.cap // 2)))
     server = uvicorn.Server(config)
     install_log_rate_limit()
-    log.info("connections: at most %d open; headers within %g s, bodies within %g s",
-             guard.cap, limits.header_timeout_s, limits.body_timeout_s)
+    log.info("connections: at most %d open (HTTP %d, gRPC %d); headers within %g s, bodies within %g s",
+             guard.cap + guard.grpc_cap, guard.cap, guard.grpc_cap, limits.header_timeout_s,
+             limits.body_timeout_s)
 
     async def main() -> None:
         sweeper = asyncio.create_task(guard.run())

@@ -7,21 +7,29 @@ Two ways in, as the predict endpoint documents them:
 
 Images are decoded with Pillow from an allow-list of formats, after checking the pixel count in
 the header, so a decompression bomb is refused before it is expanded.
+
+JSON is parsed within a memory budget (`load_json`), and tensor values, from JSON here and in
+the Open Inference Protocol (JSON or gRPC's typed contents), are checked value by value before
+any array is built (`float32_values`): a number (no boolean, string or null), finite and within
+FP32's range, or a client error naming the input and the position of the first bad value.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import io
 import json
-from typing import Annotated, Any
+from collections.abc import Callable
+from typing import Annotated, Any, TypeVar
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from starlette.concurrency import run_in_threadpool
 
-from serving.errors import ApiError
+from serving.errors import ApiError, shown
 from serving.modelcard import ModelCard
 from serving.processing import preprocess
 
@@ -153,14 +161,167 @@ class Inputs:
         return np.concatenate(rows)
 
 
-def parse_json(body: bytes, card: ModelCard, max_images: int) -> list[Item]:
-    """A JSON predict body -> its instances: (name, encoded image) or a checked (C, H, W) array."""
+# -- JSON and tensor values -------------------------------------------------------------------
+FP32_MAX = float(np.finfo(np.float32).max)
+# JSON integers longer than this are read as floats (inf past float64's range): none of them is
+# an FP32 value or a sane shape, and int() refuses those over 4,300 digits (a ValueError mid-parse).
+_INT_DIGITS = 40
+_NUMBERS = {int, float}  # by exact type: bool is an int subclass, and is refused
+# Bodies this small are parsed on the event loop; JSON larger than LARGE_JSON_BYTES is parsed
+# under `max_concurrent_json` (parse_off_loop).
+INLINE_BYTES, LARGE_JSON_BYTES = 16 * 1024, 2**20
+T = TypeVar("T")
+
+
+def _json_int(text: str) -> int | float:
+    return int(text) if len(text) <= _INT_DIGITS else float(text)
+
+
+def json_values(body: bytes) -> int:
+    """An upper bound of the values a JSON text holds, before parsing it: every value but the
+    first opens a list, follows a comma or follows a colon (and these characters inside strings
+    only raise the count). bytes.count runs at memory speed."""
+    return 1 + sum(body.count(c) for c in b"[{,:")
+
+
+def load_json(body: bytes, max_values: int) -> Any:
+    """A JSON body -> Python values, 400 when it is not JSON, 413 when it holds more than
+    `max_values` values (`max_json_values`).
+
+    The byte limit alone does not bound what parsing costs: Python's json makes an object per
+    value, up to ~100 bytes each once held in a list (a float is 24 bytes and its list slot 8,
+    `{}` is 64, `{"":{}}` 250 for two). 16 MiB of `{},` became 5.6 million dicts: a fresh
+    server peaked at 550 MB, and at 1.1 to 1.5 GB with four such bodies at once
+    (`bench/serving_limits.py --only json-memory`). Counting the values from the bytes first
+    (at memory speed) refuses that before a value is made: 2**20 values cost ~100 MB at worst,
+    and hold a tensor of 4 MiB, far more than JSON tensors are for (binary data and images carry
+    large inputs, at 4 bytes a value instead of ~10 in JSON text). The count is a bound, not the
+    exact number: commas and colons inside strings count too, which base64 never holds.
+    Integers too long for a float32 parse as floats (`_json_int`), so that no number makes the
+    parser or numpy raise.
+    """
+    values = json_values(body)
+    if values > max_values:
+        raise ApiError(413, "too_large", f"the JSON body holds up to {values} values (counted from its "
+                                         f"commas, colons and brackets); the limit is {max_values}: "
+                                         "send large tensors as binary data or images")
     try:
-        raw = json.loads(body)
+        return json.loads(body, parse_int=_json_int)
     except RecursionError:
         raise ApiError(400, "bad_json", "JSON nested too deeply") from None
     except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError
         raise ApiError(400, "bad_json", f"body is not valid JSON: {exc}") from None
+
+
+async def parse_off_loop(parse: Callable[[], T], *, size: int, json_size: int, slots: asyncio.Semaphore,
+                        timeout_s: float) -> T:
+    """`parse()` a request body of `size` bytes, `json_size` of them JSON: on the event loop when
+    small (cheaper than the hop to a worker thread), else on a worker thread, and for more than
+    LARGE_JSON_BYTES of JSON only while holding one of the service's JSON slots
+    (`max_concurrent_json`; 503 when none frees within `timeout_s`).
+
+    The slots bound what JSON costs the service together: within `max_json_values`, one body
+    under the 16 MiB limit still takes up to ~200 MB while it is parsed (its text decoded at up
+    to 4 bytes a character, its strings as much again, ~90 bytes a value), and four at once
+    took 810 MB (`bench/serving_limits.py --only json-memory`). Bodies of 1 MiB or less, the
+    JSON that clients of this service send, never wait."""
+    if size <= INLINE_BYTES:
+        return parse()
+    if json_size <= LARGE_JSON_BYTES:
+        return await run_in_threadpool(parse)
+    try:
+        await asyncio.wait_for(slots.acquire(), timeout_s)
+    except TimeoutError:
+        raise ApiError(503, "overloaded", f"no JSON slot free within {timeout_s} s (large JSON bodies are "
+                                          "parsed one at a time); retry shortly, or send tensors as binary "
+                                          "data", headers={"Retry-After": "1"}) from None
+    try:
+        return await run_in_threadpool(parse)
+    finally:
+        slots.release()
+
+
+def flatten(data: list) -> list:
+    """Nested lists -> their leaves in row-major order (without recursion: no depth limit)."""
+    out, stack = [], [iter(data)]
+    while stack:
+        for value in stack[-1]:
+            if isinstance(value, list):
+                stack.append(iter(value))
+                break
+            out.append(value)
+        else:
+            stack.pop()
+    return out
+
+
+def nested_index(data: list, index: int) -> list[int]:
+    """Where the `index`-th leaf of `flatten(data)` sits in `data`, as [i, j, ...] (for messages)."""
+    stack, seen = [(iter(data), -1)], 0
+    while stack:
+        items, _ = stack[-1]
+        for value in items:
+            stack[-1] = (items, stack[-1][1] + 1)
+            if isinstance(value, list):
+                stack.append((iter(value), -1))
+                break
+            if seen == index:
+                return [i for _, i in stack]
+            seen += 1
+        else:
+            stack.pop()
+    return []
+
+
+def _kind(value: object) -> str:
+    if value is None or isinstance(value, bool):
+        return json.dumps(value)  # null, true, false: as the client wrote them
+    if isinstance(value, str | bytes):
+        return f"the string {shown(value, 16)}"
+    return "an object" if isinstance(value, dict) else f"a {type(value).__name__}"
+
+
+def check_numbers(values: list, where: Callable[[int], str], status: int = 400) -> None:
+    """Every value is a number by type: a boolean, string or null is refused (numpy would take
+    True as 1.0 and "1.5" as 1.5), the error (`status`, `invalid_input`) naming `where(i)` of the
+    first. JSON integers are at most 40 digits (`_json_int`), so numpy can hold every number."""
+    if not set(map(type, values)) <= _NUMBERS:
+        i = next(i for i, v in enumerate(values) if type(v) not in _NUMBERS)
+        raise ApiError(status, "invalid_input", f"{where(i)} is {_kind(values[i])}; FP32 values are "
+                                                "numbers (not booleans, strings or null)")
+
+
+def float32_values(values: list, where: Callable[[int], str], status: int = 400) -> np.ndarray:
+    """Flat tensor values (from JSON, or gRPC's typed contents) -> a flat float32 array, each
+    checked before an array is built (`check_numbers`), then finite and within FP32's range (a
+    300-digit integer made numpy raise OverflowError: a 500)."""
+    check_numbers(values, where, status)
+    return finite_float32(np.array(values, dtype=np.float64), where, status)
+
+
+def finite_float32(x: np.ndarray, where: Callable[[int], str], status: int = 400) -> np.ndarray:
+    """`x` (any float dtype, any shape) as float32 once every value is finite and within FP32's
+    range; else the error names `where(flat index)` of the first that is not."""
+    bad = ~(np.abs(x) <= FP32_MAX)  # NaN compares False
+    if bad.any():
+        i = int(np.argmax(bad))
+        raise ApiError(status, "invalid_input", f"{where(i)} is {x.flat[i]:.6g}; FP32 values are finite "
+                                                f"numbers within ±{FP32_MAX:.8g}")
+    return x.astype(np.float32, copy=False)
+
+
+def check_answer_bytes(size: int, limit: int) -> None:
+    """413 when the answer a request asks for would exceed `max_response_bytes`: every front end
+    reckons its answer's size from the request before any work, and refuses here."""
+    if size > limit:
+        raise ApiError(413, "too_large", f"the answer to this request would take up to {size} bytes; "
+                                         f"the limit is {limit} (max_response_bytes): ask for fewer rows "
+                                         "or outputs, or a smaller classification count")
+
+
+def parse_json(body: bytes, card: ModelCard, max_images: int, *, max_values: int) -> list[Item]:
+    """A JSON predict body -> its instances: (name, encoded image) or a checked (C, H, W) array."""
+    raw = load_json(body, max_values)
     count = len(raw["instances"]) if isinstance(raw, dict) and isinstance(raw.get("instances"), list) else 0
     if count > max_images:
         raise ApiError(413, "too_many", f"{count} instances; the limit is {max_images}")
@@ -184,8 +345,12 @@ def parse_json(body: bytes, card: ModelCard, max_images: int) -> list[Item]:
             except (binascii.Error, ValueError):
                 raise ApiError(400, "bad_image", f"{what}.b64 is not valid base64") from None
             continue
+        def where(i: int, item=item, what=what) -> str:
+            return what + "".join(f"[{k}]" for k in nested_index(item, i))
+
+        check_numbers(flatten(item), where, status=422)  # before numpy sees them
         try:
-            x = np.asarray(item, dtype=np.float32)
+            x = np.asarray(item, dtype=np.float64)
         except (ValueError, TypeError):
             raise ApiError(422, "invalid_input", f"{what} is not a rectangular array of numbers; "
                                                  f"expected shape {list(shape)}") from None
@@ -194,7 +359,5 @@ def parse_json(body: bytes, card: ModelCard, max_images: int) -> list[Item]:
         if x.shape != shape:
             raise ApiError(422, "invalid_input", f"{what} has shape {list(x.shape)}; this model takes "
                                                  f"{list(shape)} (channels, height, width), preprocessed")
-        if not np.isfinite(x).all():
-            raise ApiError(422, "invalid_input", f"{what} contains NaN or infinity")
-        items.append(x)
+        items.append(finite_float32(x, where, status=422))
     return items

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from pathlib import Path
 
 from serving import repository, runtime
 from serving.batching import Batcher
-from serving.errors import ApiError
+from serving.errors import ApiError, shown
 from serving.lifecycle import Lifecycle
 from serving.metrics import Metrics
 from serving.repository import ModelVersion, RepositoryError
@@ -22,6 +23,11 @@ from serving.runtime import LoadedModel, LoadError
 from serving.settings import Settings
 
 log = logging.getLogger("waldo.serving")
+
+# The 403 of repository control while it is off: it names the settings that turn it on.
+CONTROL_OFF = ("repository control (load, unload, reload) is off on this server: start it with "
+               "WALDO_ADMIN_KEY=<token> (callers then present it as a bearer token) or "
+               "WALDO_MODEL_CONTROL=explicit to turn it on")
 
 
 def registry_uri(source: str) -> str | None:
@@ -33,6 +39,14 @@ def registry_uri(source: str) -> str | None:
     name, _, version = source.partition("/")
     if version.isdigit() and not Path(source).exists():
         return f"models:/{name}/{version}"
+    return None
+
+
+def _local_store(uri: str | None) -> str | None:
+    """The folder of a local MLflow store (`sqlite:///...`, `file://...`), else None."""
+    for scheme in ("sqlite:///", "file://"):
+        if uri and uri.startswith(scheme):
+            return os.path.dirname(os.path.abspath(uri.removeprefix(scheme)))
     return None
 
 
@@ -52,9 +66,43 @@ class ModelManager:
         self.settings, self.metrics = settings, metrics
         # Requests decoding large images at once, service-wide (bounds decoding's memory).
         self.decode_slots = asyncio.Semaphore(settings.max_concurrent_decodes)
+        self.json_slots = asyncio.Semaphore(settings.max_concurrent_json)  # serving.inputs.parse_json_body
         self.models: dict[str, ServedModel] = {}
         self.source_errors: dict[str, str] = {}  # folder sources that yield nothing, and why
         self._poller: asyncio.Task | None = None
+        self._folders = self._server_paths()
+
+    # -- what callers may see -------------------------------------------------------------
+    def _server_paths(self) -> list[tuple[str, str]]:
+        """(absolute path, what callers see instead), longest first: each folder source, the
+        registry cache and a local MLflow store by their last component, and the working
+        directory as `.` (symlinks resolved and not)."""
+        s = self.settings
+        folders = [f for f in s.models if registry_uri(f) is None] + [s.cache_dir]
+        store = _local_store(s.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI"))
+        if store is not None:
+            folders.append(store)
+        pairs = {}
+        for folder in folders:
+            for form in (os.path.abspath(folder), str(Path(folder).resolve())):
+                pairs[form] = Path(form).name
+        pairs.setdefault(os.getcwd(), ".")
+        return sorted(((path, alias) for path, alias in pairs.items() if path.strip(os.sep) and alias),
+                      key=lambda pair: -len(pair[0]))
+
+    def public(self, text: str) -> str:
+        """`text` (an error, a source) without the server's absolute paths: a folder this service
+        reads is named by its last component (`/srv/models/cnn/2/model.onnx` -> `models/cnn/2/
+        model.onnx`), so callers learn which file failed but not where the server keeps it."""
+        for path, alias in self._folders:
+            text = text.replace(path, alias)
+        return text
+
+    def require_control(self) -> None:
+        """403 unless repository control is on (`Settings.repository_control`); HTTP and gRPC
+        both ask before they check the bearer token."""
+        if not self.settings.repository_control:
+            raise ApiError(403, "model_control_off", CONTROL_OFF)
 
     # -- finding versions ---------------------------------------------------------------
     def _resolve(self, source: str) -> dict[str, ModelVersion]:
@@ -92,25 +140,26 @@ class ModelManager:
             found = await asyncio.to_thread(self._resolve, source)
         except RepositoryError as exc:
             if uri is not None:
-                self.models[name].error = str(exc)
+                self.models[name].error = self.public(str(exc))
             else:
-                self.source_errors[source] = str(exc)
+                self.source_errors[source] = self.public(str(exc))
             log.error("model source %s: %s", source, exc)
             return
         if not found:
-            self.source_errors[source] = f"model repository {source!r} holds no complete model version"
+            self.source_errors[source] = self.public(
+                f"model repository {source!r} holds no complete model version")
         for name, version in found.items():
             served = self.models.setdefault(name, ServedModel(name, source, self))
             if served.source != source:
-                self.source_errors[source] = (f"model {name!r} is served from {served.source!r} already; "
-                                              f"{source!r} would serve it too")
+                self.source_errors[source] = self.public(
+                    f"model {name!r} is served from {served.source!r} already; {source!r} would serve it too")
                 continue
             if served.model is not None or served.unloaded:  # newer versions come through reload
                 continue
             try:
                 model = await asyncio.to_thread(self._load, version, source)
             except LoadError as exc:
-                served.error = str(exc)
+                served.error = self.public(str(exc))
                 log.error("cannot serve %s: %s", name, exc)
                 continue
             self._install(served, model)
@@ -128,7 +177,7 @@ class ModelManager:
         served = self.models.get(name)
         if served is None:
             known = ", ".join(sorted(self.models)) or "none"
-            raise ApiError(404, "unknown_model", f"unknown model {name!r}; served models: {known}")
+            raise ApiError(404, "unknown_model", f"unknown model {shown(name)}; served models: {known}")
         return served
 
     async def load_or_refuse(self, name: str) -> None:
@@ -137,17 +186,24 @@ class ModelManager:
         try:
             await self.load(name)
         except KeyError:
-            raise ApiError(404, "unknown_model", f"no model source holds a model named {name!r}") from None
+            raise ApiError(404, "unknown_model",
+                           f"no model source holds a model named {shown(name)}") from None
         except (LoadError, RepositoryError) as exc:
             served = self.models.get(name)
             still = (f"v{served.model.version} is still served" if served and served.model
                      else "nothing is served")
-            raise ApiError(400, "load_failed", f"{exc} ({still})") from None
+            raise ApiError(400, "load_failed", f"{self.public(str(exc))} ({still})") from None
+
+    @property
+    def not_ready(self) -> list[str]:
+        """The models that do not serve now, an unloaded one included."""
+        return [name for name, s in self.models.items() if s.model is None]
 
     @property
     def ready(self) -> bool:
-        return (not self.source_errors and bool(self.models)
-                and all(s.model is not None or s.unloaded for s in self.models.values()))
+        """Every model the service was started to serve is loaded (an operator's unload makes
+        the server not ready: its traffic should go elsewhere), and every source gave one."""
+        return not self.source_errors and bool(self.models) and not self.not_ready
 
     def _install(self, served: ServedModel, model: LoadedModel) -> None:
         served.model, served.error, served.unloaded = model, None, False
@@ -180,7 +236,7 @@ class ModelManager:
             except (LoadError, RepositoryError) as exc:
                 self.metrics.reloads.labels(name, "failed").inc()
                 if served.model is None:
-                    served.error = str(exc)
+                    served.error = self.public(str(exc))
                 raise
             self._install(served, model)
             self.metrics.reloads.labels(name, "loaded").inc()

@@ -7,7 +7,7 @@ Tests and `waldo serve` build a `Settings` themselves and hand it to `create_app
 from __future__ import annotations
 
 from functools import lru_cache
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -64,6 +64,22 @@ class Settings(BaseSettings):
     max_concurrent_decodes: int = Field(
         4, ge=1, description="requests decoding large images at once, service-wide: with images "
                              "decoded one at a time, this bounds the memory decoding takes")
+    max_json_values: int = Field(
+        2**20, ge=1, description="values (numbers, strings, lists, objects) one JSON body may hold, "
+                                 "counted from its commas, colons and brackets before it is parsed; "
+                                 "more gets 413. Parsed JSON costs up to ~100 bytes of memory a "
+                                 "value, so this bounds a JSON body's memory where the byte limit "
+                                 "cannot (tensors this large travel as binary data or images)")
+    max_concurrent_json: int = Field(
+        1, ge=1, description="requests parsing a JSON body over 1 MiB at once, service-wide (the "
+                             "rest wait their turn; 503 after request_timeout_s): parsed JSON costs "
+                             "up to ~10 times its size, so this bounds what large JSON bodies take "
+                             "together")
+    max_response_bytes: int = Field(
+        16 * 2**20, gt=0, description="the largest answer one request may make the service build, "
+                                      "reckoned before any work from its rows, outputs and their "
+                                      "widths (classification strings at their longest); more gets "
+                                      "413 over HTTP, RESOURCE_EXHAUSTED over gRPC")
 
     # Connections (serving.httpserver): slow or idle clients are closed, open ones are capped.
     header_timeout_s: float = Field(
@@ -72,8 +88,16 @@ class Settings(BaseSettings):
     body_timeout_s: float = Field(60.0, gt=0, description="a request body must arrive within this")
     keepalive_timeout_s: float = Field(5.0, gt=0, description="idle time between requests on one connection")
     max_connections: int = Field(
-        1024, ge=1, description="open connections; at the cap, a new one closes the oldest idle one "
-                                "(lowered to fit the process's open-file limit)")
+        1024, ge=2, description="open connections of HTTP and gRPC together (one budget, lowered to fit "
+                                "the process's open-file limit); at HTTP's cap, a new connection closes "
+                                "the oldest idle one")
+    grpc_max_connections: int = Field(
+        128, ge=1, description="gRPC's part of max_connections (lowered with it); past it, a new gRPC "
+                               "connection is closed at once. A gRPC client multiplexes its calls "
+                               "over one connection")
+    grpc_idle_timeout_s: float = Field(
+        60.0, gt=0, description="a gRPC connection with no call in flight for this long is closed "
+                                 "(GOAWAY); clients reconnect on their next call")
     drain_bytes: int = Field(
         64 * 2**20, ge=0, description="after refusing a body (413), read and discard up to this much "
                                       "of it so that clients which send before reading get the answer")
@@ -82,13 +106,25 @@ class Settings(BaseSettings):
     grpc_port: int | None = Field(None, ge=1, le=65535, description="port for gRPC; unset: no gRPC")
     grpc_host: str = Field("127.0.0.1", description="address gRPC binds (`waldo serve` uses --host)")
 
-    # Auth: a bearer token on predict and on admin endpoints. Unset: open.
-    api_key: SecretStr | None = Field(None, description="bearer token for predict and reload")
-    admin_key: SecretStr | None = Field(None, description="bearer token for reload (default: api_key)")
+    # Auth (README: Security). Without keys, inference and information are open and repository
+    # control (load, unload, reload) is off.
+    api_key: SecretStr | None = Field(
+        None, description="bearer token for inference (and for information with protect_info)")
+    admin_key: SecretStr | None = Field(
+        None, description="bearer token for repository control (load, unload, reload): setting it "
+                          "turns repository control on; callers presenting it also see server paths")
+    model_control: Literal["none", "explicit"] | None = Field(
+        None, description="repository control (Triton's --model-control-mode): 'explicit' on, 'none' "
+                          "off; unset: on exactly when admin_key is set. On, it needs admin_key, else "
+                          "api_key, else nothing")
+    protect_info: bool = Field(
+        False, description="put /metrics, /v1/models, /docs, /openapi.json, /redoc and the v2 "
+                           "metadata, config, statistics and repository index (HTTP and gRPC) behind "
+                           "api_key (admin_key passes too); liveness and readiness stay open")
 
     _split_models = field_validator("models", "providers", mode="before")(_split)
 
-    @field_validator("api_key", "admin_key", mode="before")
+    @field_validator("api_key", "admin_key", "model_control", mode="before")
     @classmethod
     def _empty_is_unset(cls, value):
         # `WALDO_API_KEY=` (compose passes unset variables as empty) means no key, not "".
@@ -101,6 +137,28 @@ class Settings(BaseSettings):
         if not self.models:
             raise ValueError("models: at least one model source is needed")
         return self
+
+    @model_validator(mode="after")
+    def _keys_and_connections(self):
+        if self.protect_info and self.api_key is None and self.admin_key is None:
+            raise ValueError("protect_info is set but there is no key to ask for: set api_key "
+                             "(WALDO_API_KEY) or admin_key (WALDO_ADMIN_KEY)")
+        if self.grpc_port is not None and self.grpc_max_connections >= self.max_connections:
+            raise ValueError(f"grpc_max_connections ({self.grpc_max_connections}) must be below "
+                             f"max_connections ({self.max_connections}), which HTTP shares")
+        return self
+
+    @property
+    def repository_control(self) -> bool:
+        """Whether load, unload and reload are served (`model_control`, else `admin_key`)."""
+        if self.model_control is None:
+            return self.admin_key is not None
+        return self.model_control == "explicit"
+
+    @property
+    def control_key(self) -> SecretStr | None:
+        """The bearer token that repository control asks for, when it is on."""
+        return self.admin_key or self.api_key
 
 
 @lru_cache

@@ -21,7 +21,8 @@ from pydantic import BaseModel
 
 from serving import cli as serving_cli
 from training.errors import WaldoError
-from training.spec import ExportSpec, SweepSpec, TrainSpec, build_spec
+from training.flagtypes import Number
+from training.spec import ExportSpec, SweepSpec, TrainSpec, build_spec, number_kind
 from training.specfile import load_yaml, parse_yaml
 from training.specrecipe import RECIPE_DEFAULTS, RecipeSpec
 
@@ -84,8 +85,10 @@ def _add_spec_flags(parser: argparse.ArgumentParser, exclude: set[str] = frozens
         choices = typing.get_args(field.annotation) if is_literal else ()
         if choices:
             help_text += f"; one of {', '.join(map(str, choices))}"
+        kind = number_kind(field.annotation)
+        number = {"type": Number(kind, ranges=name == "workers")} if kind else {}
         group.add_argument(*flags, dest=name, default=argparse.SUPPRESS, metavar=name.upper(),
-                           help=help_text + default)
+                           help=help_text + default, **number)
 
 
 def _parse_pairs(flag: str, pairs: list[str]) -> dict[str, Any]:
@@ -175,7 +178,9 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 def cmd_compare(args: argparse.Namespace) -> int:
     from training.experiments import SOURCE_EXPERIMENT, compare
 
-    spec = _spec_from_args(args, defaults=SOURCE_EXPERIMENT)
+    # The first network stands for all in the spec; `compare` checks each one's spec (its
+    # name, its model_args) before any of them trains.
+    spec = _spec_from_args(args, defaults={**SOURCE_EXPERIMENT, "model": args.models[0]})
     parent_id, results = compare(args.models, spec)
     for name, result in results.items():
         print(f"{name}: ", end="")
@@ -327,6 +332,9 @@ def cmd_jobs(args: argparse.Namespace) -> int:
     return 0
 
 
+_PORT = Number("an integer", low=1, high=65535)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="waldo", description="Train, track and summarize classic CNNs.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -357,7 +365,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("summary", help="layer-by-layer output shapes and parameter counts")
     p.add_argument("--model", required=True)
     p.add_argument("--input-shape", metavar="C,H,W", help="input shape (default: the model's own)")
-    p.add_argument("--num-classes", type=int, default=10)
+    p.add_argument("--num-classes", type=Number("an integer", low=1), default=10)
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=cmd_summary)
 
@@ -366,8 +374,10 @@ def build_parser() -> argparse.ArgumentParser:
                        "same pre- and post-processing as the inference service.")
     p.add_argument("--checkpoint", required=True, help="a .ckpt file written by `waldo train`")
     p.add_argument("images", nargs="+", metavar="IMAGE")
-    p.add_argument("--top-k", type=int, default=3, help="classes to report (classification)")
-    p.add_argument("--threshold", type=float, default=0.5, help="p_c above which an object is found")
+    p.add_argument("--top-k", type=Number("an integer", low=1), default=3,
+                   help="classes to report (classification)")
+    p.add_argument("--threshold", type=Number("a number", low=0, high=1), default=0.5,
+                   help="p_c above which an object is found")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=cmd_predict)
 
@@ -403,7 +413,7 @@ def build_parser() -> argparse.ArgumentParser:
         q = jobs.add_parser(action, help=text)
         q.add_argument("job_id", metavar="JOB_ID")
         if action == "logs":
-            q.add_argument("--tail", type=int, help="only the last N lines")
+            q.add_argument("--tail", type=Number("an integer", low=1), help="only the last N lines")
 
     p = sub.add_parser("data", help="prepare data sets")
     data = p.add_subparsers(dest="data_command", required=True, metavar="ACTION")
@@ -417,20 +427,23 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("dest", metavar="DEST", help="a folder or s3://bucket/prefix to write")
     q.add_argument("--task", choices=["classify", "localize"], default="classify",
                    help="classify: one sub-folder per class; localize: images plus labels.csv")
-    q.add_argument("--val-fraction", type=float, default=TrainSpec.model_fields["val_fraction"].default,
+    q.add_argument("--val-fraction", type=Number("a number", above=0, below=1),
+                   default=TrainSpec.model_fields["val_fraction"].default,
                    help="share of the training images held out for validation, as training splits "
                         "them (default: %(default)s)")
     q.add_argument("--csv-file", default="labels.csv", help="localize: the labels CSV in SRC")
-    q.add_argument("--shard-mb", type=float, default=64, help="encoded image MB per shard (default 64)")
+    q.add_argument("--shard-mb", type=Number("a number", above=0), default=64,
+                   help="encoded image MB per shard (default 64)")
     q.set_defaults(func=cmd_data_pack)
 
     p = sub.add_parser("cluster", help="a persistent local Ray head that jobs join (fast starts)")
     actions = p.add_subparsers(dest="cluster_command", required=True, metavar="ACTION")
     q = actions.add_parser("up", help="start a Ray head with its dashboard, in the background")
-    q.add_argument("--port", type=int, default=6379, help="GCS port (default: %(default)s)")
-    q.add_argument("--dashboard-port", type=int, default=8265,
+    q.add_argument("--port", type=_PORT, default=6379, help="GCS port (default: %(default)s)")
+    q.add_argument("--dashboard-port", type=_PORT, default=8265,
                    help="dashboard and job submission (default: %(default)s, the jobs API's default)")
-    q.add_argument("--num-cpus", type=int, help="CPUs the head offers (default: all)")
+    q.add_argument("--num-cpus", type=Number("an integer", low=0),
+                   help="CPUs the head offers (default: all)")
     actions.add_parser("status", help="whether it runs, its nodes, CPUs and GPUs (exit 1: none)")
     actions.add_parser("down", help="stop the head `up` started, and nothing else")
     p.set_defaults(func=cmd_cluster)

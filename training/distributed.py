@@ -24,7 +24,15 @@ from training.data import create_datamodule
 from training.data.raydata import DATA_CPUS, STREAMED, ShardData, plan
 from training.errors import WaldoError
 from training.spec import TrainSpec
-from training.steps import TrainResult, default_run_name, monitor_of, open_run, resolve_locations
+from training.steps import (
+    TrainResult,
+    check_split_overlap,
+    default_run_name,
+    monitor_of,
+    open_run,
+    resolve_locations,
+    split_overlap_tags,
+)
 from training.tracking import Run
 from training.workerenv import WORKER_ENV
 
@@ -331,12 +339,15 @@ def train_distributed(
     data_cpus = DATA_CPUS if streamed else 0
     connect(spec.ray_address, min_cpus=spec.workers * spec.cpus_per_worker + data_cpus)
     _check_capacity(spec, data_cpus)
-    ingest, datasets = None, None
+    ingest, datasets, overlap = None, None, {}
     if streamed:  # decoded by Ray Data tasks, each worker reading its own shard
-        ingest, datasets = plan(create_datamodule(spec.data_spec()), spec.augment, spec.random_erasing)
+        source = create_datamodule(spec.data_spec())
+        ingest, datasets = plan(source, spec.augment, spec.random_erasing)
+        check_split_overlap(spec, source)  # the workers' data modules see no images to compare
+        overlap = split_overlap_tags(source)
     root = spec.storage
     tags = {"ray.run_name": name, "ray.storage_path": storage.join(root, name),
-            "ray.workers": spec.workers}
+            "ray.workers": spec.workers, **overlap}
     with (scratch_folder(scratch) as scratch,
           open_run(spec, name, parent_run_id=parent_run_id, run_id=resume_run_id, tags=tags) as run):
         if resume_run_id is None:

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 
 from training import viz
 from training.pipeline import run
-from training.spec import TrainSpec
+from training.spec import TrainSpec, build_spec
 from training.steps import TrainResult
 from training.tracking import start_run
 
@@ -32,13 +32,14 @@ SOURCE_EXPERIMENT = {
 def compare(models: Sequence[str], base: TrainSpec) -> tuple[str, dict[str, TrainResult]]:
     """Train each of `models` with `base`'s settings as nested runs of one parent run, and log
     a plot of their validation accuracy per epoch on the parent. Returns the parent run id and
-    the result of each model."""
+    the result of each model. Each model's spec is validated first (its name, its model_args),
+    so a bad one stops the comparison before anything trains."""
+    specs = {m: build_spec(TrainSpec, None, {**base.model_dump(), "model": m}) for m in models}
     with start_run(base.experiment, run_name="compare " + " vs ".join(models),
                    tracking_uri=base.tracking_uri, tags={"waldo.compare": ",".join(models)}) as parent:
         params = {k: v for k, v in base.to_params().items() if k != "model"}
         parent.log_params({**params, "models": ",".join(models)})
-        results = {m: run(base.model_copy(update={"model": m}), parent_run_id=parent.run_id)
-                   for m in models}
+        results = {m: run(specs[m], parent_run_id=parent.run_id) for m in models}
         curves = {}
         for name, result in results.items():
             child = type(parent)(parent.client, result.run_id, parent.experiment_id, parent.tracking_uri)

@@ -31,7 +31,7 @@ from pydantic import (
     model_validator,
 )
 
-from training.catalog import DATASETS, MODEL_NAMES, Task, datasets_for
+from training.catalog import DATASETS, MODEL_NAMES, Task, datasets_for, model_arg_problems
 from training.errors import WaldoError, unknown_choice
 from training.specfields import (  # noqa: F401  (names importers take from training.spec)
     DEFAULT_OPSET,
@@ -57,6 +57,7 @@ from training.specfile import load_yaml
 from training.specrecipe import Augment, RecipeSpec, check_recipe
 
 Precision = Literal["32", "bf16-mixed", "16-mixed"]
+WORKER_RANGE = re.compile(r"(\d+)\s*-\s*(\d+)", re.ASCII)  # `--workers MIN-MAX`
 
 # --- the choice lists of an export (one place; `training.export` imports them) ---------------
 EXPORT_PRECISIONS = ("fp32", "fp16", "int8")
@@ -105,7 +106,8 @@ class TrainSpec(RecipeSpec):
     )
     model: str = Field("cnn", description="network name from `waldo models`")
     model_args: KeywordArgs = Field(
-        default_factory=dict, description="extra builder arguments, e.g. aux_logits=true"
+        default_factory=dict, description="builder arguments of the network, e.g. aux_logits=true "
+        "(googlenet) or dropout=0.3 (num_classes, in_channels and image_size come from the data)"
     )
 
     # Where the network starts (default: random weights).
@@ -135,6 +137,9 @@ class TrainSpec(RecipeSpec):
         "(default: the data set's own)"
     )
     download: bool = Field(True, description="download torchvision data sets when online")
+    allow_split_overlap: bool = Field(
+        False, description="train even when more than 1 in 100 test images also lie in train or "
+        "val (the same bytes); the run records how many (tag waldo.split_overlap)")
     val_fraction: float = Field(0.15, gt=0, lt=1, description="share of training data held out")
     loader_workers: NonNegativeInt = Field(0, description="DataLoader worker processes")
 
@@ -221,6 +226,17 @@ class TrainSpec(RecipeSpec):
             raise ValueError(str(unknown_choice("model", name, MODEL_NAMES)))
         return name
 
+    @field_validator("model_args")
+    @classmethod
+    def _builder_args(cls, args: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
+        """The one rule for model arguments, whichever door the spec came through: names the
+        data decides are refused, the rest are checked against the network's builder
+        (`training.catalog.MODEL_ARGS`, equal to the builders' signatures) and its bounds."""
+        problems = model_arg_problems(info.data.get("model"), info.data.get("task"), args)
+        if problems:
+            raise ValueError("; ".join(problems))
+        return args
+
     @field_validator("data")
     @classmethod
     def _known_data(cls, name: str, info: ValidationInfo) -> str:
@@ -237,10 +253,10 @@ class TrainSpec(RecipeSpec):
     def _elastic_range(cls, data: Any) -> Any:
         """`workers: 2-4` (or `--workers 2-4`) is workers=2, max_workers=4."""
         if isinstance(data, dict) and isinstance(data.get("workers"), str) and "-" in data["workers"]:
-            low, _, high = data["workers"].partition("-")
-            if not (low.strip().isdigit() and high.strip().isdigit()):
+            match = WORKER_RANGE.fullmatch(data["workers"].strip())
+            if not match:  # ASCII digits only: int() would take '²' as a digit, then fail
                 raise ValueError(f"workers {data['workers']!r}: give a count (2) or a range MIN-MAX (2-4)")
-            data = {**data, "workers": int(low), "max_workers": int(high)}
+            data = {**data, "workers": int(match[1]), "max_workers": int(match[2])}
         return data
 
     @model_validator(mode="after")
@@ -339,7 +355,7 @@ _CALL = re.compile(r"^\s*([A-Za-z_]\w*)\s*\((.*)\)\s*$", re.S)
 # Sweep fields and Ray/tracking settings are not hyperparameters.
 _NOT_SEARCHABLE = {"experiment", "run_name", "tracking_uri", "storage", "ray_address",
                    "progress_bar", "max_failures", "task", "data", "data_dir",
-                   "export", "publish", "alias", "weights", "init_from"}
+                   "export", "publish", "alias", "weights", "init_from", "allow_split_overlap"}
 
 
 def _scalar(text: str) -> Any:
@@ -397,7 +413,10 @@ class SweepSpec(TrainSpec):
                 did_you_mean = f" (did you mean {hint[0]!r}?)" if hint else ""
                 raise ValueError(f"unknown search parameter {name!r}{did_you_mean}; "
                                  f"searchable: {', '.join(searchable)}")
-            parse_distribution(name, text)
+            dist, _ = parse_distribution(name, text)
+            if dist != "choice" and number_kind(TrainSpec.model_fields[name].annotation) is None:
+                raise ValueError(f"search {name}={text!r}: {dist}() draws numbers, and {name} "
+                                 "is no number; give it choice(...)")
         return search
 
     def base_spec(self) -> TrainSpec:

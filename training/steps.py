@@ -23,6 +23,7 @@ from torchvision.utils import save_image
 from training import storage, viz
 from training.callbacks import BoxPictures, EpochFacts, StopOnNonFinite, WeightEMA
 from training.data import ImageDataModule, create_datamodule, describe_data
+from training.data.leakage import MAX_SHARE
 from training.errors import WaldoError
 from training.init_from import Start, starting_point
 from training.spec import TrainSpec
@@ -31,6 +32,9 @@ from training.tracking import Run, absolute_tracking_uri, start_run
 
 if TYPE_CHECKING:
     from training.export import ExportResult
+
+log = logging.getLogger("waldo.data")
+SPLIT_OVERLAP_TAG = "waldo.split_overlap"  # test images also in train or val, by content
 
 # Lightning's advice about DataLoader workers does not apply to in-memory tensors.
 warnings.filterwarnings("ignore", ".*does not have many workers.*")
@@ -63,12 +67,40 @@ def resolve_locations(spec: Any) -> Any:
     """The spec with its tracking URI, storage and data folder made absolute. Ray workers and
     Tune trials run in working folders of their own, where `./mlflow.db`, `./waldo_runs` or
     `./data` would name other places than the ones the user meant, so this happens before
-    anything starts."""
+    anything starts. The storage is checked here too: it must take a write."""
     update = {"tracking_uri": absolute_tracking_uri(spec.tracking_uri),
               "storage": storage.storage_root(spec.storage)}
+    storage.check_writable(update["storage"])  # a missing bucket or a file: now, not at a checkpoint
     if spec.data_dir is not None and not storage.is_remote(spec.data_dir):
         update["data_dir"] = str(Path(spec.data_dir).expanduser().resolve())
     return spec.model_copy(update=update)
+
+
+def check_split_overlap(spec: TrainSpec, dm: ImageDataModule) -> None:
+    """The leakage guard, before a run starts: a data module that compared its splits by
+    content (`training.data.leakage`) and found more than MAX_SHARE of its test images in
+    train or val stops the run with one line, unless the spec allows it; otherwise the overlap
+    is a warning."""
+    overlap = dm.split_overlap
+    if overlap is None:
+        return
+    if overlap.share > MAX_SHARE and not spec.allow_split_overlap:
+        raise WaldoError(f"{overlap.describe()}: test metrics would count remembered images; "
+                         "remove the copies or links from the data, or pass --allow-split-overlap "
+                         "(allow_split_overlap: true) to train anyway")
+    if overlap.in_test:
+        allowed = " (allowed: allow_split_overlap)" if overlap.share > MAX_SHARE else ""
+        log.warning("%s%s", overlap.describe(), allowed)
+    if overlap.val_in_train:
+        log.warning("%d of %d val images also lie in train (the same bytes): validation metrics "
+                    "and the best checkpoint lean on remembered images", overlap.val_in_train,
+                    overlap.val)
+
+
+def split_overlap_tags(dm: ImageDataModule) -> dict[str, str]:
+    """The run's record of the guard: how many test images are also in train or val
+    (`waldo.split_overlap`), for data whose splits were compared."""
+    return {} if dm.split_overlap is None else {SPLIT_OVERLAP_TAG: str(dm.split_overlap.in_test)}
 
 
 def build_task(spec: TrainSpec, dm: ImageDataModule, start: Start | None = None) -> BaseTask:
@@ -170,6 +202,7 @@ def prepare(spec: TrainSpec, dm: ImageDataModule | None = None) -> tuple[ImageDa
     pl.seed_everything(spec.seed, workers=True, verbose=False)
     dm = dm if dm is not None else create_datamodule(spec.data_spec())
     dm.setup("fit")  # the network's shape depends on the data: channels, classes, size
+    check_split_overlap(spec, dm)  # a Ray worker's data module has none: its driver checked
     start = starting_point(spec, in_channels=dm.in_channels)
     if start is not None and start.mean is not None:
         # The one place the data's normalization is overridden: the start's (the weights'
@@ -223,6 +256,7 @@ def log_pictures(run: Run, task: BaseTask, dm: ImageDataModule) -> None:
         run.log_image_file(lambda path: save_image(grid, path), "first_layer_filters.png")
 
 
-__all__ = ["BoxPictures", "EpochFacts", "TrainResult", "build_task", "build_trainer",
-           "default_run_name", "log_pictures", "monitor_of", "open_run", "prepare", "provenance_params",
-           "resolve_locations", "standard_callbacks"]
+__all__ = ["SPLIT_OVERLAP_TAG", "BoxPictures", "EpochFacts", "TrainResult", "build_task",
+           "build_trainer", "check_split_overlap", "default_run_name", "log_pictures", "monitor_of",
+           "open_run", "prepare", "provenance_params", "resolve_locations", "split_overlap_tags",
+           "standard_callbacks"]

@@ -6,6 +6,9 @@ where the user meant) or an object-store URI such as `s3://bucket/path` (`AWS_EN
 points it at MinIO or any S3-compatible server). Files are read and written through fsspec, the
 layer Lightning's own checkpointing uses, so a local folder and a bucket take the same code.
 
+Before a run starts, `check_writable` makes sure the storage can be written: a bucket must
+exist already (Waldo never creates one, so a typo cannot make a new bucket) and take a write.
+
 Both runners record the best checkpoint on their MLflow run, as tags: its location in storage
 (`waldo.best_checkpoint`) and the run artifact holding a copy (`waldo.best_checkpoint_artifact`).
 Export reads that record; it never re-derives paths or guesses among artifact names.
@@ -42,6 +45,27 @@ def storage_root(storage: str | None) -> str:
         filesystem(location)  # an unknown scheme or a missing package fails here, up front
         return location.rstrip("/")
     return str(Path(location).expanduser().resolve())
+
+
+def check_writable(location: str, *, what: str = "--storage") -> None:
+    """Fail now, with one line, when nothing can be written at `location`, before a run or a
+    pack does any work: a bucket must exist and take a write (`objects.check_writable`; Waldo
+    never creates buckets); a local folder need not exist yet, but no file may stand where it
+    or a parent folder would be, and the nearest folder that exists must be writable. Nothing
+    is created here. Other URI schemes are written as they come."""
+    if is_remote(location):
+        if location.startswith("s3://"):
+            from training.data.objects import check_writable as check_bucket
+
+            check_bucket(location, what)
+        return
+    path = Path(location).expanduser().absolute()
+    existing = next(p for p in (path, *path.parents) if p.exists())
+    if not existing.is_dir():
+        where = "is a file" if existing == path else f"cannot be made: {str(existing)!r} is a file"
+        raise WaldoError(f"{what} {location!r} {where}; it needs a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise WaldoError(f"cannot write to {what} {location!r}: {str(existing)!r} is not writable")
 
 
 def join(root: str, *parts: str) -> str:
@@ -118,5 +142,5 @@ def fetch_best_checkpoint(tags: dict[str, str], into: str | Path,
 
 
 __all__ = ["BEST_ARTIFACT_TAG", "BEST_CHECKPOINT_TAG", "DEFAULT_STORAGE", "best_checkpoint_record",
-           "fetch", "fetch_best_checkpoint", "filesystem", "is_remote", "join",
+           "check_writable", "fetch", "fetch_best_checkpoint", "filesystem", "is_remote", "join",
            "record_best_checkpoint", "storage_root", "with_scheme"]

@@ -28,6 +28,7 @@ from training.steps import (
     prepare,
     provenance_params,
     resolve_locations,
+    split_overlap_tags,
     standard_callbacks,
 )
 
@@ -55,7 +56,7 @@ def train(
     monitor, mode = monitor_of(spec)
     root = spec.storage
     dm, task = prepare(spec)
-    with open_run(spec, name, parent_run_id=parent_run_id,
+    with open_run(spec, name, parent_run_id=parent_run_id, tags=split_overlap_tags(dm),
                   params=provenance_params(task)) as run:
         run_dir = storage.join(root, run.run_id)
         run.set_tags({"waldo.storage_path": run_dir})

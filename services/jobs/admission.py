@@ -10,7 +10,8 @@ field, in this order:
 3. Paths: `data_dir`, `storage`, an export's `checkpoint` and `output` lie under the
    configured roots (paths.py; `path_not_allowed`); the job gets their normalized spelling.
 4. The server's defaults: its tracking URI, checkpoint storage and export output.
-5. The spec class itself (training.spec): types, names, choices (`invalid_spec`).
+5. The spec class itself (training.spec): types, names, choices, and the one rule for model
+   arguments that the CLI and spec files follow too (`invalid_spec`).
 6. Bounds: workers, GPUs per worker, epochs, trials, image size and loader workers, in the
    spec and in a sweep's search space (`over_limit`).
 """

@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
+import json
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse
-from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
-from serving.deps import ServedDep, SettingsDep, require_user
-from serving.errors import ApiError
-from serving.inputs import IMAGE_FORMATS, Item, PredictRequest, parse_json
+from serving.deps import ManagerDep, ServedDep, SettingsDep, require_user
+from serving.errors import ApiError, shown
+from serving.inputs import IMAGE_FORMATS, Item, PredictRequest, check_answer_bytes, parse_json, parse_off_loop
+from serving.modelcard import ModelCard
 from serving.processing import postprocess
 
 router = APIRouter(prefix="/v1/models", tags=["predict"])
@@ -78,14 +79,23 @@ async def _read_multipart(request: Request, settings) -> list[Item]:
         for i, upload in enumerate(uploads):
             if not isinstance(upload, UploadFile):
                 raise ApiError(422, "invalid_input", f"form field file[{i}] is text; send it as a file")
-            items.append((f"file[{i}] ({upload.filename or 'unnamed'})", await upload.read()))
+            name = shown(upload.filename) if upload.filename else "unnamed"
+            items.append((f"file[{i}] ({name})", await upload.read()))
         return items
     finally:
         await form.close()
 
 
-# JSON this small is parsed on the event loop: it costs less than the hop to a worker thread.
-INLINE_BYTES = 16 * 1024
+def answer_bytes(card: ModelCard, rows: int, top_k: int) -> int:
+    """An upper bound of the answer's JSON size, from the request alone (`max_response_bytes`):
+    per row its label and probability and `top_k` of them (classify), or p_c, the label and the
+    box (localize); each float at its longest JSON text (24 bytes), each label at the longest."""
+    longest = max(len(json.dumps(label, ensure_ascii=False).encode()) for label in card.labels)
+    if card.task == "classify":
+        per_row = 64 + longest + min(top_k, len(card.labels)) * (52 + longest)
+    else:
+        per_row = 256 + longest
+    return 256 + rows * per_row
 
 
 @router.post("/{name}/predict", dependencies=[Depends(require_user)], openapi_extra=_BODY,
@@ -94,6 +104,7 @@ async def predict(
     request: Request,
     served: ServedDep,
     settings: SettingsDep,
+    manager: ManagerDep,
     top_k: Annotated[int, Query(ge=1, le=1000, description="classes to return per image")] = 5,
     threshold: Annotated[float, Query(ge=0, le=1, description="p_c above which a box is an object")] = 0.5,
 ) -> JSONResponse:
@@ -102,16 +113,20 @@ async def predict(
         media = request.headers.get("content-type", "").split(";")[0].strip().lower()
         if media not in ("multipart/form-data", "application/json"):
             raise ApiError(415, "unsupported_media_type",
-                           f"content type {media or '(none)'!r} is not accepted; send multipart/form-data "
-                           "with 'file' fields or application/json with 'instances'")
+                           f"content type {shown(media) if media else '(none)'} is not accepted; send "
+                           "multipart/form-data with 'file' fields or application/json with 'instances'")
 
         async def read(card) -> list[Item]:
             if media == "multipart/form-data":
-                return await _read_multipart(request, settings)
-            body = await request.body()
-            if len(body) <= INLINE_BYTES:
-                return parse_json(body, card, settings.max_images)
-            return await run_in_threadpool(parse_json, body, card, settings.max_images)
+                items = await _read_multipart(request, settings)
+            else:
+                body = await request.body()
+                items = await parse_off_loop(
+                    lambda: parse_json(body, card, settings.max_images, max_values=settings.max_json_values),
+                    size=len(body), json_size=len(body), slots=manager.json_slots,
+                    timeout_s=settings.request_timeout_s)
+            check_answer_bytes(answer_bytes(card, len(items), top_k), settings.max_response_bytes)
+            return items
 
         done = await served.predict(read, trace)
         with served.encoding(trace):

@@ -11,16 +11,16 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Body, Depends, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, ValidationError
-from starlette.concurrency import run_in_threadpool
 
-from serving.deps import ManagerDep, ServedDep, require_admin, require_user
+from serving.deps import ManagerDep, ServedDep, require_admin, require_info, require_user
+from serving.errors import ApiError, shown
+from serving.inputs import load_json, parse_off_loop
 from serving.v2 import protocol
 from serving.v2.protocol import InferRequest, InferResponse, InputTensor, RequestedOutput
 
 router = APIRouter(prefix="/v2", tags=["open inference protocol (v2)"])
 
 HEADER_LENGTH = "inference-header-content-length"
-INLINE_BYTES = 16 * 1024  # JSON this small is parsed on the event loop
 
 
 class _Parameters(BaseModel):
@@ -53,13 +53,14 @@ class _Body(BaseModel):
     outputs: list[_Output] = []
 
 
-def parse_body(body: bytes, header_length: str | None) -> InferRequest:
-    """A v2 HTTP body (JSON, then binary tensor data if the header says where the JSON ends)."""
+def parse_body(body: bytes, header_length: str | None, *, max_values: int) -> InferRequest:
+    """A v2 HTTP body (JSON, then binary tensor data if the header says where the JSON ends);
+    the JSON within `max_json_values` (`serving.inputs.load_json`)."""
     if header_length is not None:
         try:
             split = int(header_length)
         except ValueError:
-            raise protocol.bad(f"Inference-Header-Content-Length {header_length!r} "
+            raise protocol.bad(f"Inference-Header-Content-Length {shown(header_length)} "
                                "is not an integer") from None
         if not 0 <= split <= len(body):
             raise protocol.bad(f"Inference-Header-Content-Length {split} is outside the body's "
@@ -68,32 +69,49 @@ def parse_body(body: bytes, header_length: str | None) -> InferRequest:
     else:
         head, binary = body, memoryview(b"")
     try:
-        raw = _Body.model_validate(json.loads(head))
+        raw = _Body.model_validate(load_json(head, max_values))
+    except ApiError as exc:
+        if exc.status == 400:  # not JSON
+            raise protocol.bad(f"not a v2 inference request: {exc.message}") from None
+        raise
     except RecursionError:
         raise protocol.bad("the JSON is nested too deeply") from None
-    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError, ValidationError
-        if isinstance(exc, ValidationError):
-            exc = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'body'}: {e['msg']}" for e in exc.errors()[:3])
-        raise protocol.bad(f"not a v2 inference request: {exc}") from None
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'body'}: {e['msg']}"
+                             for e in exc.errors()[:3])
+        raise protocol.bad(f"not a v2 inference request: {problems}") from None
     inputs, at = [], 0
     for item in raw.inputs:
         size = item.parameters.binary_data_size
         if size is None:
             if item.data is None:
-                raise protocol.bad(f"input {item.name!r} has neither 'data' nor binary_data_size")
+                raise protocol.bad(f"input {shown(item.name)} has neither 'data' nor binary_data_size")
             inputs.append(InputTensor(item.name, item.datatype, item.shape, item.data))
             continue
         if at + size > len(binary):
-            raise protocol.bad(f"input {item.name!r}: binary_data_size {size} goes past the "
+            raise protocol.bad(f"input {shown(item.name)}: binary_data_size {size} goes past the "
                                f"{len(binary)} bytes of binary data in the body")
         inputs.append(InputTensor(item.name, item.datatype, item.shape, bytes(binary[at:at + size])))
         at += size
     if at != len(binary):
         raise protocol.bad(f"the body holds {len(binary)} bytes of binary data; the inputs' "
                            f"binary_data_size add up to {at}")
+    if raw.id is not None and not raw.id.isascii():
+        try:  # the answer echoes the id as UTF-8: JSON's "\ud800" (half a pair) cannot be
+            raw.id.encode()
+        except UnicodeEncodeError:
+            raise protocol.bad(f"id {shown(raw.id)} holds half of a UTF-16 surrogate pair") from None
     outputs = [RequestedOutput(o.name, o.parameters.binary_data, o.parameters.classification)
                for o in raw.outputs]
     return InferRequest(inputs, outputs, raw.id, raw.parameters.binary_data_output)
+
+
+def _json_length(body: bytes, header_length: str | None) -> int:
+    """How much of the body is JSON (`parse_body` refuses a header that makes no sense)."""
+    try:
+        return min(int(header_length), len(body)) if header_length is not None else len(body)
+    except ValueError:
+        return len(body)
 
 
 def write_response(result: InferResponse) -> Response:
@@ -124,24 +142,28 @@ async def live() -> dict:
     return {"live": True}
 
 
-@router.get("/health/ready", summary="Every configured model is loaded (400 if not, as the spec says)")
+@router.get("/health/ready", summary="Every model the service was started to serve is loaded (400 if "
+                                     "not, as the spec says; an unloaded model counts as not loaded)")
 async def ready(manager: ManagerDep):
     return JSONResponse({"ready": manager.ready}, status_code=200 if manager.ready else 400)
 
 
-@router.get("", summary="Server metadata and the protocol extensions it supports")
+@router.get("", summary="Server metadata and the protocol extensions it supports",
+            dependencies=[Depends(require_info)])
 async def server_metadata() -> dict:
     return protocol.server_metadata()
 
 
 # -- models (the statistics of all first: "stats" is not a model name) -------------------------
-@router.get("/models/stats", summary="Statistics of every model")
+@router.get("/models/stats", summary="Statistics of every model", dependencies=[Depends(require_info)])
 async def all_stats(manager: ManagerDep) -> dict:
     return {"model_stats": [s.statistics() for s in manager.models.values()]}
 
 
-@router.get("/models/{name}", summary="Model metadata: inputs and outputs")
-@router.get("/models/{name}/versions/{version}", summary="Model metadata of one version")
+@router.get("/models/{name}", summary="Model metadata: inputs and outputs",
+            dependencies=[Depends(require_info)])
+@router.get("/models/{name}/versions/{version}", summary="Model metadata of one version",
+            dependencies=[Depends(require_info)])
 async def model_metadata(served: ServedDep, version: str | None = None) -> dict:
     protocol.check_version(served, version)
     return protocol.model_metadata(served)
@@ -154,8 +176,10 @@ async def model_ready(served: ServedDep, version: str | None = None):
     return JSONResponse({"name": served.name, "ready": ok}, status_code=200 if ok else 400)
 
 
-@router.get("/models/{name}/config", summary="The model's configuration in Triton's form")
-@router.get("/models/{name}/versions/{version}/config", summary="One version's configuration")
+@router.get("/models/{name}/config", summary="The model's configuration in Triton's form",
+            dependencies=[Depends(require_info)])
+@router.get("/models/{name}/versions/{version}/config", summary="One version's configuration",
+            dependencies=[Depends(require_info)])
 async def model_config(served: ServedDep, version: str | None = None) -> dict:
     protocol.check_version(served, version)
     return protocol.model_config(served)
@@ -164,19 +188,23 @@ async def model_config(served: ServedDep, version: str | None = None) -> dict:
 @router.post("/models/{name}/infer", dependencies=[Depends(require_user)], summary="Inference")
 @router.post("/models/{name}/versions/{version}/infer", dependencies=[Depends(require_user)],
              summary="Inference on one version")
-async def infer(request: Request, served: ServedDep, version: str | None = None) -> Response:
+async def infer(request: Request, served: ServedDep, manager: ManagerDep,
+                version: str | None = None) -> Response:
     async def parse() -> InferRequest:
         body = await request.body()
         header = request.headers.get(HEADER_LENGTH)
-        if len(body) <= INLINE_BYTES:
-            return parse_body(body, header)
-        return await run_in_threadpool(parse_body, body, header)
+        s = served.settings
+        return await parse_off_loop(lambda: parse_body(body, header, max_values=s.max_json_values),
+                                    size=len(body), json_size=_json_length(body, header),
+                                    slots=manager.json_slots, timeout_s=s.request_timeout_s)
 
     return write_response(await protocol.infer(served, "v2-http", parse, version))
 
 
-@router.get("/models/{name}/stats", summary="Statistics of one model")
-@router.get("/models/{name}/versions/{version}/stats", summary="Statistics of one version")
+@router.get("/models/{name}/stats", summary="Statistics of one model",
+            dependencies=[Depends(require_info)])
+@router.get("/models/{name}/versions/{version}/stats", summary="Statistics of one version",
+            dependencies=[Depends(require_info)])
 async def model_stats(served: ServedDep, version: str | None = None) -> dict:
     protocol.check_version(served, version)
     return {"model_stats": [served.statistics()]}
@@ -187,21 +215,24 @@ class _IndexBody(BaseModel):
     ready: StrictBool = False
 
 
-@router.post("/repository/index", summary="Every model the service knows, with its state")
+@router.post("/repository/index", summary="Every model the service knows, with its state",
+             dependencies=[Depends(require_info)])
 async def repository_index(manager: ManagerDep,
                            body: Annotated[_IndexBody | None, Body()] = None) -> JSONResponse:
     return JSONResponse(protocol.repository_index(manager.models, ready_only=bool(body and body.ready)))
 
 
 @router.post("/repository/models/{name}/load", dependencies=[Depends(require_admin)],
-             summary="Load (or reload) a model; a version that fails leaves the served one")
+             summary="Load (or reload) a model; a version that fails leaves the served one "
+                     "(403 while repository control is off)")
 async def load(name: str, manager: ManagerDep) -> dict:
     await manager.load_or_refuse(name)
     return {}
 
 
 @router.post("/repository/models/{name}/unload", dependencies=[Depends(require_admin)],
-             summary="Stop serving a model until it is loaded again")
+             summary="Stop serving a model until it is loaded again; the server is not ready "
+                     "meanwhile (403 while repository control is off)")
 async def unload(served: ServedDep, manager: ManagerDep) -> dict:
     await manager.unload(served.name)
     return {}

@@ -18,15 +18,18 @@ from __future__ import annotations
 
 import base64
 import binascii
+import itertools
+import json
 import math
 import struct
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from importlib.metadata import PackageNotFoundError, version
 
 import numpy as np
 
-from serving.errors import ApiError
-from serving.inputs import Item
+from serving.errors import ApiError, shown
+from serving.inputs import Item, check_answer_bytes, finite_float32, flatten, float32_values
 from serving.lifecycle import Lifecycle
 from serving.modelcard import ModelCard
 from serving.processing import softmax
@@ -36,6 +39,12 @@ PROBABILITIES = "probabilities"
 EXTENSIONS = ["classification", "binary_tensor_data", "model_repository", "statistics",
               "model_configuration"]
 _LENGTH = struct.Struct("<I")  # BYTES elements are each prefixed with their length
+# The classification extension's count: larger counts are clamped to the classes; this only
+# keeps the parameter a sane integer (gRPC carries it as an int64).
+MAX_CLASSIFICATION = 2**31 - 1
+# What one answer value may take: an FP32 in JSON text ("-1.1754943508222875e-38" and its comma),
+# and a classification string's score ("%.9g" of a probability: "1.17549435e-38").
+JSON_FLOAT_BYTES, SCORE_BYTES = 25, 15
 
 
 @dataclass
@@ -43,7 +52,9 @@ class InputTensor:
     name: str
     datatype: str
     shape: list[int]
-    data: bytes | list | None  # raw little-endian bytes (binary), or JSON/typed values
+    # Raw little-endian bytes (binary), JSON values, or gRPC's typed contents: FP32 as a float32
+    # array, BYTES as an iterator over the message's elements.
+    data: bytes | list | np.ndarray | Iterator[bytes] | None
 
 
 @dataclass
@@ -163,7 +174,7 @@ def check_version(served: Lifecycle, version: str | None) -> None:
         return
     model = served.loaded()
     if version != model.version:
-        raise ApiError(404, "unknown_version", f"model {served.name!r} has no version {version!r} "
+        raise ApiError(404, "unknown_version", f"model {served.name!r} has no version {shown(version)} "
                                                f"being served; it serves version {model.version}")
 
 
@@ -171,7 +182,7 @@ def check_version(served: Lifecycle, version: str | None) -> None:
 def _elements(shape: list[int], name: str) -> int:
     if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0
                                               for d in shape):
-        raise bad(f"input {name!r}: shape must be a list of non-negative integers, got {shape!r}")
+        raise bad(f"input {name!r}: shape must be a list of non-negative integers, got {shown(shape)}")
     return math.prod(shape)
 
 
@@ -179,24 +190,19 @@ def _flat(data, name: str) -> list:
     """JSON `data` may be flat or nested in row-major order."""
     if not isinstance(data, list):
         raise bad(f"input {name!r}: 'data' must be a list")
-    out, stack = [], [iter(data)]
-    while stack:
-        for value in stack[-1]:
-            if isinstance(value, list):
-                stack.append(iter(value))
-                break
-            out.append(value)
-        else:
-            stack.pop()
-    return out
+    return flatten(data)
 
 
 def _images(tensor: InputTensor, max_images: int) -> list[Item]:
     if tensor.datatype != "BYTES":
-        raise bad(f"input {IMAGE_INPUT!r} has datatype {tensor.datatype}; it takes BYTES (encoded images)")
+        raise bad(f"input {IMAGE_INPUT!r} has datatype {shown(tensor.datatype)}; it takes BYTES "
+                  "(encoded images)")
     count = _elements(tensor.shape, IMAGE_INPUT)
     if len(tensor.shape) not in (1, 2) or (len(tensor.shape) == 2 and tensor.shape[1] != 1):
-        raise bad(f"input {IMAGE_INPUT!r} has shape {tensor.shape}; it takes [n] or [n, 1] (one image each)")
+        raise bad(f"input {IMAGE_INPUT!r} has shape {shown(tensor.shape)}; it takes [n] or [n, 1] "
+                  "(one image each)")
+    if count > max_images:  # before the data: at most count + 1 elements are ever read
+        raise ApiError(413, "too_many", f"{count} images in one request; the limit is {max_images}")
     if isinstance(tensor.data, bytes | bytearray | memoryview):
         blobs, view, at = [], memoryview(tensor.data), 0
         while at < len(view):
@@ -212,8 +218,9 @@ def _images(tensor: InputTensor, max_images: int) -> list[Item]:
                 break
     else:  # JSON: each element is the image base64-encoded (JSON strings cannot hold raw bytes)
         blobs = []
-        for i, value in enumerate(_flat(tensor.data, IMAGE_INPUT)):
-            if isinstance(value, bytes):  # gRPC's bytes_contents
+        elements = tensor.data if isinstance(tensor.data, Iterator) else _flat(tensor.data, IMAGE_INPUT)
+        for i, value in enumerate(itertools.islice(elements, count + 1)):
+            if isinstance(value, bytes):  # gRPC's bytes_contents, read one at a time
                 blobs.append(value)
                 continue
             if not isinstance(value, str):
@@ -224,10 +231,8 @@ def _images(tensor: InputTensor, max_images: int) -> list[Item]:
             except (binascii.Error, ValueError):
                 raise bad(f"input {IMAGE_INPUT!r} element {i} is not valid base64") from None
     if len(blobs) != count:
-        raise bad(f"input {IMAGE_INPUT!r}: shape {tensor.shape} holds {count} elements but the data has "
-                  f"{len(blobs) if len(blobs) <= count else 'more'}")
-    if count > max_images:
-        raise ApiError(413, "too_many", f"{count} images in one request; the limit is {max_images}")
+        raise bad(f"input {IMAGE_INPUT!r}: shape {shown(tensor.shape)} holds {count} elements but the "
+                  f"data has {len(blobs) if len(blobs) <= count else 'more'}")
     return [(f"{IMAGE_INPUT}[{i}]", blob) for i, blob in enumerate(blobs)]
 
 
@@ -235,32 +240,34 @@ def _tensor(tensor: InputTensor, card: ModelCard, max_images: int) -> list[Item]
     spec = card.input
     chw = [spec.channels, spec.height, spec.width]
     if tensor.datatype != "FP32":
-        raise bad(f"input {TENSOR_INPUT!r} has datatype {tensor.datatype}; it takes FP32")
+        raise bad(f"input {TENSOR_INPUT!r} has datatype {shown(tensor.datatype)}; it takes FP32")
     count = _elements(tensor.shape, TENSOR_INPUT)
-    if len(tensor.shape) != 4 or tensor.shape[1:] != chw:
+    shape = tensor.shape
+    if len(shape) != 4 or shape[1:] != chw:
         dims = ", ".join(map(str, chw))
-        raise bad(f"input {TENSOR_INPUT!r} has shape {tensor.shape}; this model takes [n, {dims}] "
+        raise bad(f"input {TENSOR_INPUT!r} has shape {shown(shape)}; this model takes [n, {dims}] "
                   "(batch, channels, height, width), preprocessed")
-    if isinstance(tensor.data, bytes | bytearray | memoryview):
-        if len(tensor.data) != count * 4:
-            raise bad(f"input {TENSOR_INPUT!r}: shape {tensor.shape} is {count} FP32 values = {count * 4} "
-                      f"bytes, but {len(tensor.data)} bytes came")
-        x = np.frombuffer(tensor.data, dtype="<f4").astype(np.float32, copy=False)
+    binary = isinstance(tensor.data, bytes | bytearray | memoryview)
+    if binary and len(tensor.data) != count * 4:
+        raise bad(f"input {TENSOR_INPUT!r}: shape {shape} is {count} FP32 values = {count * 4} "
+                  f"bytes, but {len(tensor.data)} bytes came")
+    typed = isinstance(tensor.data, np.ndarray)  # gRPC's fp32_contents
+    values = None if binary else tensor.data if typed else _flat(tensor.data, TENSOR_INPUT)
+    if values is not None and len(values) != count:
+        raise bad(f"input {TENSOR_INPUT!r}: shape {shape} holds {count} values but the data has "
+                  f"{len(values)}")
+    if shape[0] > max_images:
+        raise ApiError(413, "too_many", f"{shape[0]} tensors in one request; the limit is {max_images}")
+
+    def where(i: int) -> str:  # the data hold `count` values: the index is within the shape
+        index = [int(k) for k in np.unravel_index(i, shape)]
+        return f"input {TENSOR_INPUT!r}: value {i} (index {index} of shape {shape})"
+
+    if values is None or typed:
+        x = finite_float32(np.frombuffer(tensor.data, dtype="<f4") if values is None else values, where)
     else:
-        values = _flat(tensor.data, TENSOR_INPUT)
-        if len(values) != count:
-            raise bad(f"input {TENSOR_INPUT!r}: shape {tensor.shape} holds {count} values but the data "
-                      f"has {len(values)}")
-        try:
-            x = np.asarray(values, dtype=np.float32)
-        except (TypeError, ValueError):
-            raise bad(f"input {TENSOR_INPUT!r}: the data holds something that is not a number") from None
-    if tensor.shape[0] > max_images:
-        raise ApiError(413, "too_many", f"{tensor.shape[0]} tensors in one request; "
-                                        f"the limit is {max_images}")
-    if not np.isfinite(x).all():
-        raise bad(f"input {TENSOR_INPUT!r} contains NaN or infinity")
-    return [x.reshape(tensor.shape)]
+        x = float32_values(values, where)
+    return [x.reshape(shape)]
 
 
 def to_items(request: InferRequest, card: ModelCard, max_images: int) -> list[Item]:
@@ -268,11 +275,12 @@ def to_items(request: InferRequest, card: ModelCard, max_images: int) -> list[It
     known = {IMAGE_INPUT: "BYTES [-1, 1]", TENSOR_INPUT: "FP32 [-1, C, H, W]"}
     for tensor in request.inputs:
         if tensor.name not in known:
-            raise bad(f"unknown input {tensor.name!r}; this model takes "
+            raise bad(f"unknown input {shown(tensor.name)}; this model takes "
                       + " or ".join(f"{k!r} ({v})" for k, v in known.items()))
     if len(request.inputs) != 1:
         names = [t.name for t in request.inputs]
-        raise bad(f"send exactly one input, {IMAGE_INPUT!r} or {TENSOR_INPUT!r}; got {names or 'none'}")
+        raise bad(f"send exactly one input, {IMAGE_INPUT!r} or {TENSOR_INPUT!r}; "
+                  f"got {shown(names) if names else 'none'}")
     (tensor,) = request.inputs
     if tensor.name == IMAGE_INPUT:
         return _images(tensor, max_images)
@@ -305,17 +313,48 @@ def encode(request: InferRequest, card: ModelCard, out: np.ndarray) -> list[Outp
 
 
 def check_outputs(request: InferRequest, card: ModelCard) -> None:
-    """Refuse a bad output request before any work is done."""
+    """Refuse a bad output request before any work is done. Each output may be named once: a
+    request naming `probabilities` 5,000 times made a 64 MB answer out of 0.3 MB."""
     name = output_name(card)
+    named = set()
     for requested in request.outputs:
         if requested.name != name:
-            raise bad(f"unknown output {requested.name!r}; this model gives {name!r}")
-        if requested.classification < 0:
-            raise bad(f"output {name!r}: classification must be a positive count, "
-                      f"got {requested.classification}")
+            raise bad(f"unknown output {shown(requested.name)}; this model gives {name!r}")
+        if requested.name in named:
+            raise bad(f"output {name!r} is requested more than once; name each output once")
+        named.add(requested.name)
+        top = requested.classification
+        if isinstance(top, bool) or not isinstance(top, int) or not 0 <= top <= MAX_CLASSIFICATION:
+            raise bad(f"output {name!r}: classification must be a count from 1 to {MAX_CLASSIFICATION} "
+                      f"(0: the values), got {shown(top)}")
         if requested.classification and card.task != "classify":
             raise bad(f"the classification extension applies to classification models; "
                       f"{card.name!r} localizes (read {name!r}: [p_c, x, y, w, h, p_1..p_K])")
+
+
+def answer_bytes(request: InferRequest, card: ModelCard, rows: int) -> int:
+    """An upper bound of the answer's size, from the request alone: rows x each output's width
+    x the bytes of one value in the wire format asked for (4 as binary FP32, JSON text otherwise;
+    classification strings at their longest: the longest score, index and label), and the
+    request's id, which the answer echoes (12 bytes a character at most, escaped). gRPC carries
+    every output as binary."""
+    width = output_width(card)
+    total = 1024 + 12 * len(request.id or "")  # the head: names, version, shapes, the id
+    for requested in request.outputs or [RequestedOutput(output_name(card))]:
+        binary = request.binary_output if requested.binary is None else requested.binary
+        if not requested.classification:
+            total += rows * width * (4 if binary else JSON_FLOAT_BYTES)
+            continue
+        longest = max(len(label.encode() if binary else json.dumps(label, ensure_ascii=False)[1:-1].encode())
+                      for label in card.labels)
+        string = SCORE_BYTES + 1 + len(str(width - 1)) + 1 + longest
+        total += rows * min(requested.classification, width) * (string + (4 if binary else 3))
+    return total
+
+
+def rows_of(items: list[Item]) -> int:
+    """The batch rows a request's items become (an array holds n rows or one)."""
+    return sum(len(item) if isinstance(item, np.ndarray) and item.ndim == 4 else 1 for item in items)
 
 
 async def infer(served: Lifecycle, protocol: str, parse, version: str | None = None) -> InferResponse:
@@ -329,7 +368,10 @@ async def infer(served: Lifecycle, protocol: str, parse, version: str | None = N
             request = await parse()
             parsed.append(request)
             check_outputs(request, card)
-            return to_items(request, card, served.settings.max_images)
+            items = to_items(request, card, served.settings.max_images)
+            size = answer_bytes(request, card, rows_of(items))
+            check_answer_bytes(size, served.settings.max_response_bytes)
+            return items
 
         done = await served.predict(read, trace)
         request = parsed[0]

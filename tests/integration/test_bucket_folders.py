@@ -90,3 +90,27 @@ def test_bad_buckets_are_one_line_with_exit_2(s3, s3_with_auth, tmp_path, waldo)
         assert proc.returncode == 2, (case, err[-2000:])
         assert len(lines) == 1 and cases[case][2] in lines[0] and "Traceback" not in err, (case, lines)
     assert time.monotonic() - started < 90  # no hang on a dead endpoint: seconds, not minutes
+
+
+def test_keys_with_dot_segments_are_skipped_and_never_leave_the_mirror(s3, tmp_path, monkeypatch,
+                                                                        caplog) -> None:
+    """S3 keys are plain strings: `c0/../c1/x.jpg` would be listed under class c0 and copied into
+    c1, and `c0/../../../../x.jpg` out of the mirror's folder, onto the machine."""
+    import logging
+
+    monkeypatch.setenv("WALDO_DATA_CACHE", str(tmp_path / "cache"))
+    url = upload_folder(s3, photo_folder(tmp_path / "photos", per_class=6), S3_BUCKET, "odd/photos")
+    good = (tmp_path / "photos" / "c1" / "0.jpg").read_bytes()
+    odd = ["c0/../c1/moved.jpg", "c0/../../../../../escaped.jpg", "c2/./here.jpg", "c2//twice.jpg"]
+    for key in odd:
+        s3.put_object(Bucket=S3_BUCKET, Key=f"odd/photos/{key}", Body=good)
+    listed = {o["Key"] for o in s3.list_objects_v2(Bucket=S3_BUCKET, Prefix="odd/")["Contents"]}
+    assert {f"odd/photos/{key}" for key in odd} <= listed  # the server keeps them as they are
+    dm = FolderDataModule(data_dir=url, image_size=32)
+    with caplog.at_level(logging.WARNING, logger="waldo.data"):
+        labels, splits = dm.records()
+    assert labels == ["c0", "c1", "c2"] and sum(map(len, splits.values())) == 18  # 19 less broken.jpg
+    named = [r.getMessage() for r in caplog.records if "path segment" in r.getMessage()]
+    assert len(named) == 4 and all(any(key in line for line in named) for key in odd), named
+    written = {p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*.jpg")}
+    assert not any("escaped" in p or "moved" in p for p in written), written

@@ -1,9 +1,12 @@
 """`waldo data pack` and the packed data sets: the same images, labels, split and statistics as
 the folder they came from, read from a local folder or from an S3 server (moto_server on
-127.0.0.1), and one line with exit 2 for every way a pack or a bucket can be wrong."""
+127.0.0.1), the splits' overlap by content stored and guarded, and one line with exit 2 for
+every way a pack or a bucket can be wrong."""
 
 from __future__ import annotations
 
+import hashlib
+import json
 from pathlib import Path
 
 import pytest
@@ -14,6 +17,9 @@ from support.images import box_folder, photo_folder
 from training.data.folder import FolderDataModule
 from training.data.localization import LocalizationFolderDataModule
 from training.data.packed import LocalizationPackedDataModule, PackedDataModule, pack
+from training.errors import WaldoError
+from training.spec import TrainSpec
+from training.steps import check_split_overlap
 
 pytestmark = pytest.mark.slow
 
@@ -96,3 +102,34 @@ def test_bad_packs_and_buckets_are_one_line_with_exit_2(s3, tmp_path, waldo) -> 
         lines = err.strip().splitlines()
         assert code == 2, (case, err[-2000:])
         assert len(lines) == 1 and cases[case][1] in lines[0] and "Traceback" not in err, (case, lines)
+
+
+def test_a_packs_overlap_is_stored_and_guards_training_from_it(tmp_path) -> None:
+    """`waldo data pack` compares the splits by content as training would and stores the result
+    in the manifest; training from the pack is refused as from the folder. A pack from before
+    the manifest stored it still reads (its digest matches) and gets the same count from its
+    images."""
+    src = photo_folder(tmp_path / "photos", per_class=8)
+    for path in sorted((src / "c0").glob("[0-9]*.jpg")):  # c2 holds copies of c0's images too
+        (src / "c2" / f"copy-{path.name}").write_bytes(path.read_bytes())
+    folder = FolderDataModule(data_dir=src, image_size=32)
+    folder.setup("fit")
+    assert folder.split_overlap.in_test >= 1
+    manifest = pack(FolderDataModule(data_dir=src, image_size=32), str(tmp_path / "p"))
+    assert manifest.overlap == folder.split_overlap
+    packed = PackedDataModule(data_dir=str(tmp_path / "p"), image_size=32)
+    packed.setup("fit")
+    assert packed.split_overlap == manifest.overlap
+    overlap = manifest.overlap
+    with pytest.raises(WaldoError, match=f"{overlap.in_test} of {overlap.test} test images"):
+        check_split_overlap(TrainSpec(data="packed"), packed)
+
+    old = manifest.model_copy(update={"overlap": None})
+    old.digest = old.compute_digest()
+    assert old.digest == hashlib.sha256(json.dumps(
+        manifest.model_dump(exclude={"digest", "overlap"}), sort_keys=True).encode()).hexdigest()
+    (tmp_path / "p" / "manifest.json").write_text(old.model_dump_json(exclude={"overlap"}))
+    again = PackedDataModule(data_dir=str(tmp_path / "p"), image_size=32)
+    again.setup("fit")
+    assert (again.split_overlap.in_test, again.split_overlap.test) == (manifest.overlap.in_test,
+                                                                       manifest.overlap.test)

@@ -155,7 +155,8 @@ def test_a_request_over_the_pixel_budget_is_refused_before_decoding(server: Serv
     got = httpx.post(server.url + "/v1/models/cnn/predict", files=files, timeout=60)
     assert got.status_code == 413, got.text
     message = got.json()["error"]["message"]
-    assert "file[16] (16.png)" in message and "the per-request budget is 268435456 decoded pixels" in message
+    assert "file[16] ('16.png')" in message
+    assert "the per-request budget is 268435456 decoded pixels" in message
     assert time.monotonic() - started < 5
     still_serves(server)
 
@@ -180,6 +181,54 @@ def test_a_request_of_many_large_images_is_decoded_one_at_a_time(server: Server)
     still_serves(server)
 
 
+def test_an_answer_over_max_response_bytes_is_refused_before_any_work(model_repo, tmp_path: Path) -> None:
+    """With max_response_bytes at 2 kB, 64 rows are refused (413, RESOURCE_EXHAUSTED over gRPC)
+    from the size they would make, reckoned before anything is decoded or inferred; one row
+    is answered, on /v1, /v2 and gRPC alike."""
+    import numpy as np
+    import tritonclient.grpc as tgrpc
+    from support import free_port
+    from tritonclient.utils import InferenceServerException
+
+    repo, _ = model_repo
+    grpc_ports: list[int] = []
+
+    def argv(port: int) -> list[str]:
+        grpc_ports.append(free_port())
+        return [*waldo_command(), "serve", "--models", str(repo), "--host", "127.0.0.1", "--port", str(port),
+                "--grpc-port", str(grpc_ports[-1])]
+
+    server = start_server(argv, workdir=tmp_path, env=clean_env(WALDO_MAX_RESPONSE_BYTES="2048"))
+    client = tgrpc.InferenceServerClient(f"127.0.0.1:{grpc_ports[-1]}")
+    try:
+        for rows, status in ((64, 413), (1, 200)):
+            x = np.zeros((rows, 1, 28, 28), np.float32)
+            head = json.dumps({"inputs": [{"name": "input", "datatype": "FP32", "shape": list(x.shape),
+                                           "parameters": {"binary_data_size": x.nbytes}}]}).encode()
+            v2 = httpx.post(server.url + "/v2/models/cnn/infer", content=head + x.tobytes(), timeout=60,
+                            headers={"Inference-Header-Content-Length": str(len(head))})
+            assert v2.status_code == status, v2.text
+            v1 = httpx.post(server.url + "/v1/models/cnn/predict", params={"top_k": 10}, timeout=60,
+                            json={"instances": x.tolist()})
+            assert v1.status_code == status, v1.text
+            tensor = tgrpc.InferInput("input", list(x.shape), "FP32")
+            tensor.set_data_from_numpy(x)
+            if status == 413:
+                assert "(max_response_bytes)" in v2.json()["error"]
+                assert v1.json()["error"]["code"] == "too_large"
+                with pytest.raises(InferenceServerException) as caught:
+                    client.infer("cnn", [tensor])
+                assert str(caught.value.status()) == "StatusCode.RESOURCE_EXHAUSTED", caught.value
+            else:
+                assert client.infer("cnn", [tensor]).as_numpy("probabilities").shape == (1, 10)
+            still_serves(server)
+        metrics = httpx.get(server.url + "/metrics", timeout=10).text
+        assert 'waldo_batch_size_sum{model="cnn"} 3.0' in metrics  # rows inferred: no refused one ran
+    finally:
+        client.close()
+        server.stop()
+
+
 # --- more idle connections than files ---------------------------------------------------------
 def test_healthz_answers_with_more_idle_connections_than_open_files(model_repo, tmp_path: Path) -> None:
     """With 256 files, 400 idle connections: the service caps its connections to fit, closes the
@@ -198,6 +247,92 @@ def test_healthz_answers_with_more_idle_connections_than_open_files(model_repo, 
         assert "Traceback" not in log
         assert len(log.splitlines()) < 60, log[-3000:]
         assert "connection cap (128) reached: closed the oldest idle connection" in log
+    finally:
+        for sock in sockets:
+            sock.close()
+        server.stop()
+
+
+# --- a gRPC flood, under the same file budget ---------------------------------------------------
+GRPC_HEADER_TIMEOUT_S = 2.0
+HTTP2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+
+
+def closed_by_server(sock: socket.socket, wait_s: float) -> bool:
+    """Whether the server closes `sock` within `wait_s` (whatever it sent before, e.g. its
+    HTTP/2 SETTINGS, is read and dropped)."""
+    sock.settimeout(wait_s)
+    try:
+        while sock.recv(65536):
+            pass
+    except TimeoutError:
+        return False
+    except ConnectionResetError:
+        pass
+    return True
+
+
+def test_a_grpc_flood_leaves_healthz_answering_and_grpc_back_within_the_header_timeout(
+        model_repo, tmp_path: Path) -> None:
+    """With 512 files, 600 gRPC connections that send nothing or only the HTTP/2 preface: gRPC's
+    share of the one connection budget holds some of them until the header timeout and closes
+    the rest at once, so /healthz answers within a second throughout, the process never runs
+    out of files, and gRPC inference works again once the header timeout has passed."""
+    import numpy as np
+    import tritonclient.grpc as tgrpc
+    from support import free_port
+
+    repo, _ = model_repo
+    grpc_ports: list[int] = []
+
+    def argv(port: int) -> list[str]:
+        grpc_ports.append(free_port())
+        return ["prlimit", "--nofile=512:512", "--", *waldo_command(), "serve", "--models", str(repo),
+                "--host", "127.0.0.1", "--port", str(port), "--grpc-port", str(grpc_ports[-1])]
+
+    server = start_server(argv, workdir=tmp_path,
+                          env=clean_env(WALDO_HEADER_TIMEOUT_S=str(GRPC_HEADER_TIMEOUT_S)))
+    grpc_address = f"127.0.0.1:{grpc_ports[-1]}"
+    tensor = tgrpc.InferInput("input", [1, 1, 28, 28], "FP32")
+    tensor.set_data_from_numpy(np.zeros((1, 1, 28, 28), np.float32))
+
+    def grpc_infers() -> bool:
+        client = tgrpc.InferenceServerClient(grpc_address)  # a new channel: no reconnect backoff
+        try:
+            return client.infer("cnn", [tensor], client_timeout=2).as_numpy("probabilities").shape == (1, 10)
+        except Exception:
+            return False
+        finally:
+            client.close()
+
+    sockets: list[socket.socket] = []
+    try:
+        assert grpc_infers()
+        for i in range(600):
+            sock = socket.create_connection(("127.0.0.1", grpc_ports[-1]), timeout=10)
+            if i % 2:
+                sock.sendall(HTTP2_PREFACE)
+            sockets.append(sock)
+        flooded_at = time.monotonic()
+        slowest = 0.0
+        while time.monotonic() - flooded_at < GRPC_HEADER_TIMEOUT_S:
+            started = time.monotonic()
+            assert httpx.get(server.url + "/healthz", timeout=5).status_code == 200
+            slowest = max(slowest, time.monotonic() - started)
+            assert len(list(Path(f"/proc/{server.proc.pid}/fd").iterdir())) < 512
+            time.sleep(0.1)
+        assert slowest < 1, slowest
+        deadline = flooded_at + GRPC_HEADER_TIMEOUT_S + 5
+        while not grpc_infers():
+            assert time.monotonic() < deadline, "gRPC inference did not come back after the flood"
+        assert time.monotonic() - flooded_at < GRPC_HEADER_TIMEOUT_S + 5
+        # Every flooding connection is closed by the server: at once past the share, or at the
+        # header timeout; none is left holding a file.
+        assert all(closed_by_server(sock, 2) for sock in sockets)
+        log = server.tail(10_000_000)
+        assert "Traceback" not in log and "File descriptor limit" not in log, log[-3000:]
+        assert "Too many open files" not in log, log[-3000:]
+        assert "(HTTP 336, gRPC 48)" in log  # 512 files less 128 kept: 384, gRPC's share scaled
     finally:
         for sock in sockets:
             sock.close()

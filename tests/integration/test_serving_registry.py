@@ -24,7 +24,7 @@ def test_serves_an_alias_and_follows_it_when_it_moves(in_tmp, mlflow_server, tra
 
     first = export(NAME)
     settings = Settings(models=[f"{NAME}@production", f"{NAME}-next@production"], tracking_uri=mlflow_server,
-                        cache_dir=str(in_tmp / "cache"), poll_interval_s=1)
+                        cache_dir=str(in_tmp / "cache"), poll_interval_s=1, model_control="explicit")
     with TestClient(create_app(settings)) as client:
         model = client.get(f"/v1/models/{NAME}").json()
         assert model["version"] == str(first.version) and model["source"] == f"{NAME}@production"

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from support import Server, start_server, waldo_command
+from support import Server, clean_env, start_server, waldo_command
 
 pytestmark = pytest.mark.slow
 
@@ -34,20 +34,21 @@ HEAVY = ("torch", "torchvision", "lightning", "pytorch_lightning", "ray", "train
 
 
 # --- a real server ----------------------------------------------------------------------------
-def waldo_serve(models: Path, workdir: Path, *extra: str) -> Server:
+def waldo_serve(models: Path, workdir: Path, *extra: str, env: dict[str, str] | None = None) -> Server:
     """`waldo serve --models MODELS --host 127.0.0.1 --port <free>` through the console script."""
     return start_server(lambda port: [*waldo_command(), "serve", "--models", str(models),
                                       "--host", "127.0.0.1", "--port", str(port), *extra],
-                        workdir=workdir)
+                        workdir=workdir, env=clean_env(**env) if env else None)
 
 
 @pytest.fixture
 def serve(tmp_path: Path) -> Iterator:
-    """`serve(models, *flags)` starts a server for this test; all are stopped at its end."""
+    """`serve(models, *flags, **WALDO_env)` starts a server for this test; all are stopped at
+    its end."""
     servers: list[Server] = []
 
-    def _serve(models: Path, *extra: str) -> Server:
-        servers.append(waldo_serve(models, tmp_path / f"server{len(servers)}", *extra))
+    def _serve(models: Path, *extra: str, **env: str) -> Server:
+        servers.append(waldo_serve(models, tmp_path / f"server{len(servers)}", *extra, env=env))
         return servers[-1]
 
     yield _serve
@@ -346,7 +347,8 @@ async def _load(url: str, bodies: list, on_half) -> tuple[list, dict, float, flo
 
 def test_load_with_reload_in_the_middle(model_repo, serve, tmp_path: Path, digits) -> None:
     repo = copy_repo(model_repo[0], tmp_path / "models")
-    server = serve(repo, "--log-level", "warning")  # no access log: 5,000 lines of it cost CPU
+    server = serve(repo, "--log-level", "warning",  # no access log: 5,000 lines of it cost CPU
+                   WALDO_MODEL_CONTROL="explicit")  # reload is repository control: off by default
     bodies = []  # alternate JSON base64 and multipart PNG
     for label, png in digits:
         bodies.append(("json", str(label),
@@ -390,7 +392,7 @@ def test_load_with_reload_in_the_middle(model_repo, serve, tmp_path: Path, digit
 
 def test_failed_reload_keeps_the_served_model(model_repo, serve, tmp_path: Path, digits) -> None:
     repo = copy_repo(model_repo[0], tmp_path / "models")
-    server = serve(repo)
+    server = serve(repo, WALDO_MODEL_CONTROL="explicit")
     label, png = digits[3]
     with httpx.Client(base_url=server.url, timeout=60) as client:
         publish_copy(repo / "cnn", "1", "2")

@@ -11,49 +11,25 @@ from __future__ import annotations
 import base64
 import io
 import json
-import shutil
 import struct
 import subprocess
 from collections.abc import Iterator
-from pathlib import Path
 
+import grpc
 import httpx
 import numpy as np
 import pytest
 import tritonclient.grpc as tgrpc
 import tritonclient.http as thttp
-from support import BIN, Server, clean_env, free_port, start_server, waldo_command
+from support import BIN
+from support.v2 import V2Server, image_input, infer_body, start_v2, status_of, tensor_input
+from tritonclient.grpc import service_pb2 as pb
+from tritonclient.grpc import service_pb2_grpc as pb_grpc
 from tritonclient.utils import InferenceServerException
 
 pytestmark = pytest.mark.slow
 
 PERF_ANALYZER = BIN / "perf_analyzer"
-
-
-class V2Server:
-    """`waldo serve` with HTTP and gRPC, and a tritonclient for each."""
-
-    def __init__(self, server: Server, grpc_port: int, repo: Path):
-        self.server, self.url, self.repo = server, server.url, repo
-        self.grpc_address = f"127.0.0.1:{grpc_port}"
-        self.http = thttp.InferenceServerClient(server.url.removeprefix("http://"), network_timeout=60)
-        self.grpc = tgrpc.InferenceServerClient(self.grpc_address)
-
-    def stop(self) -> None:
-        self.http.close()
-        self.grpc.close()
-        self.server.stop()
-
-
-def start_v2(models: Path, workdir: Path, env: dict[str, str] | None = None) -> V2Server:
-    grpc_ports: list[int] = []
-
-    def argv(port: int) -> list[str]:
-        grpc_ports.append(free_port())
-        return [*waldo_command(), "serve", "--models", str(models), "--host", "127.0.0.1",
-                "--port", str(port), "--grpc-port", str(grpc_ports[-1])]
-
-    return V2Server(start_server(argv, workdir=workdir, env=clean_env(**(env or {}))), grpc_ports[-1], models)
 
 
 @pytest.fixture(scope="module")
@@ -77,32 +53,6 @@ def friendly_probabilities(url: str, model: str, png: bytes) -> np.ndarray:
                         files={"file": ("d.png", png, "image/png")}, timeout=60).json()
     by_label = {t["label"]: t["probability"] for t in answer["predictions"][0]["top_k"]}
     return np.array([by_label[label] for label in labels])
-
-
-def image_input(module, pngs: list[bytes], *, binary: bool = True, b64: bool = False):
-    tensor = module.InferInput("image", [len(pngs), 1], "BYTES")
-    values = [base64.b64encode(p) if b64 else p for p in pngs]
-    array = np.array(values, dtype=object).reshape(len(pngs), 1)
-    if module is thttp:
-        tensor.set_data_from_numpy(array, binary_data=binary)
-    else:
-        tensor.set_data_from_numpy(array)
-    return tensor
-
-
-def tensor_input(module, x: np.ndarray, *, binary: bool = True):
-    tensor = module.InferInput("input", list(x.shape), "FP32")
-    if module is thttp:
-        tensor.set_data_from_numpy(x, binary_data=binary)
-    else:
-        tensor.set_data_from_numpy(x)
-    return tensor
-
-
-def status_of(call) -> str:
-    with pytest.raises(InferenceServerException) as caught:
-        call()
-    return str(caught.value.status())
 
 
 # --- metadata, ready, infer ---------------------------------------------------------------------
@@ -187,8 +137,22 @@ def test_localizer_answers_as_the_friendly_api(v2: V2Server, canvas_png) -> None
 
 
 # --- malformed requests -------------------------------------------------------------------------
-def _infer_body(inputs: list[dict], outputs: list[dict] | None = None) -> dict:
-    return {"inputs": inputs, **({"outputs": outputs} if outputs is not None else {})}
+# Numbers FP32 cannot hold, as JSON text: integers of 300 and 5,000 digits (a 500 and two
+# tracebacks before issue 24), beyond float32's range, not finite, and not numbers at all.
+BAD_VALUES = ["1" * 300, "9" * 5000, "1e39", "-Infinity", "NaN", "true", "null", '"0.5"']
+
+
+def with_value(text: str, v1: bool = False) -> bytes:
+    """A 1x28x28 tensor of zeros as JSON (v2 `data`, flat, or a v1 instance) with `text` at
+    flat position 100, i.e. [0, 3, 16]."""
+    rows = [["0"] * 28 for _ in range(28)]
+    rows[3][16] = text
+    nested = "[[" + ",".join("[" + ",".join(row) + "]" for row in rows) + "]]"
+    if v1:
+        return b'{"instances": [' + nested.encode() + b"]}"
+    flat = "[" + ",".join(value for row in rows for value in row) + "]"
+    head = {"inputs": [{"name": "input", "shape": [1, 1, 28, 28], "datatype": "FP32", "data": "DATA"}]}
+    return json.dumps(head).encode().replace(b'"DATA"', flat.encode())
 
 
 def _binary(head: dict, blob: bytes) -> tuple[bytes, dict]:
@@ -203,54 +167,100 @@ def test_malformed_http_requests_get_a_4xx_error_and_the_service_stays_up(v2: V2
     floats = np.zeros((1, 1, 28, 28), np.float32).tobytes()
     image = {"name": "image", "shape": [1, 1], "datatype": "BYTES"}
     tensor = {"name": "input", "shape": [1, 1, 28, 28], "datatype": "FP32"}
-    cases: dict[str, tuple[str, bytes | dict, dict | None, int]] = {
-        "wrong datatype": ("cnn", _infer_body([{**tensor, "datatype": "INT64", "data": [0] * 784}]), None,
+    zeros = {**tensor, "data": [0.0] * 784}
+    cases: dict[str, tuple[str, bytes | dict, dict | list | None, int]] = {
+        "wrong datatype": ("cnn", infer_body([{**tensor, "datatype": "INT64", "data": [0] * 784}]), None,
                            400),
-        "shape and data disagree": ("cnn", _infer_body([{**tensor, "data": [0.0] * 783}]), None, 400),
+        "shape and data disagree": ("cnn", infer_body([{**tensor, "data": [0.0] * 783}]), None, 400),
         "binary_data_size larger than the body": (
-            "cnn", *_binary(_infer_body([{**image, "parameters": {"binary_data_size": len(framed) + 9}}]),
+            "cnn", *_binary(infer_body([{**image, "parameters": {"binary_data_size": len(framed) + 9}}]),
                             framed), 400),
         "binary_data_size smaller than the body": (
-            "cnn", *_binary(_infer_body([{**tensor, "parameters": {"binary_data_size": 100}}]), floats), 400),
+            "cnn", *_binary(infer_body([{**tensor, "parameters": {"binary_data_size": 100}}]), floats), 400),
         "a billion elements with tiny data": (
-            "cnn", _infer_body([{**tensor, "shape": [1_000_000_000, 1, 28, 28], "data": [0.0] * 784}]), None,
+            "cnn", infer_body([{**tensor, "shape": [1_000_000_000, 1, 28, 28], "data": [0.0] * 784}]), None,
             400),
-        "unknown input": ("cnn", _infer_body([{**tensor, "name": "pixels", "data": [0.0] * 784}]), None, 400),
-        "unknown output": ("cnn", _infer_body([{**tensor, "data": [0.0] * 784}], [{"name": "logits"}]), None,
+        "unknown input": ("cnn", infer_body([{**tensor, "name": "pixels", "data": [0.0] * 784}]), None, 400),
+        "unknown output": ("cnn", infer_body([{**tensor, "data": [0.0] * 784}], [{"name": "logits"}]), None,
                            400),
         "BYTES element that is not an image": (
-            "cnn", *_binary(_infer_body([{**image, "parameters": {"binary_data_size": 9}}]),
+            "cnn", *_binary(infer_body([{**image, "parameters": {"binary_data_size": 9}}]),
                             struct.pack("<I", 5) + b"hello"), 400),
-        "both inputs at once": ("cnn", _infer_body([{**tensor, "data": [0.0] * 784},
+        "both inputs at once": ("cnn", infer_body([{**tensor, "data": [0.0] * 784},
                                                     {**image, "data": [base64.b64encode(png).decode()]}]),
                                 None, 400),
         "NaN in a binary tensor": (
-            "cnn", *_binary(_infer_body([{**tensor, "parameters": {"binary_data_size": 3136}}]),
+            "cnn", *_binary(infer_body([{**tensor, "parameters": {"binary_data_size": 3136}}]),
                             np.full((1, 1, 28, 28), np.nan, np.float32).tobytes()), 400),
         "header length that is not a number": ("cnn", b"{}", {"Inference-Header-Content-Length": "abc"}, 400),
         "not JSON": ("cnn", b"{inputs", {"content-type": "application/json"}, 400),
         "classification of a localizer": (
-            "cnn-localize", _infer_body([{**image, "data": [base64.b64encode(png).decode()]}],
+            "cnn-localize", infer_body([{**image, "data": [base64.b64encode(png).decode()]}],
                                         [{"name": "y", "parameters": {"classification": 2}}]), None, 400),
         "more images than the limit": (
-            "cnn", *_binary(_infer_body([{**image, "shape": [65, 1],
+            "cnn", *_binary(infer_body([{**image, "shape": [65, 1],
                                           "parameters": {"binary_data_size": 65 * len(framed)}}]),
                             framed * 65), 413),
-        "a version that does not exist": ("cnn/versions/7", _infer_body([{**tensor, "data": [0.0] * 784}]),
+        "a version that does not exist": ("cnn/versions/7", infer_body([{**tensor, "data": [0.0] * 784}]),
                                           None, 404),
-        "an unknown model": ("nope", _infer_body([{**tensor, "data": [0.0] * 784}]), None, 404),
+        "an unknown model": ("nope", infer_body([{**tensor, "data": [0.0] * 784}]), None, 404),
+        # Issue 24: numbers the decoder cannot hold, answers a request multiplies, echoed names.
+        **{f"{value[:12]!r} as value 100": ("cnn", with_value(value), None, 400) for value in BAD_VALUES},
+        "an output named twice": ("cnn", infer_body([{**tensor, "data": [0.0] * 784}],
+                                                     [{"name": "probabilities"}] * 2), None, 400),
+        "an output named 5,000 times": ("cnn", infer_body([{**tensor, "data": [0.0] * 784}],
+                                                           [{"name": "probabilities"}] * 5000), None, 400),
+        **{f"classification {count!r}": (
+            "cnn", infer_body([zeros], [{"name": "probabilities", "parameters": {"classification": count}}]),
+            None, 400) for count in (10**30, -1, True, "3")},
+        "more JSON values than max_json_values": (
+            "cnn", infer_body([{**tensor, "shape": [1400, 1, 28, 28], "data": [0] * (1400 * 784)}]), None,
+            413),
+        "an id that is half a surrogate pair": ("cnn", {"id": "\ud800", **infer_body([zeros])}, None, 400),
+        "a 10,000-character input name": ("cnn", infer_body([{**zeros, "name": "n" * 10_000}]), None, 400),
+        "a 10,000-character model name": ("m" * 10_000, infer_body([zeros]), None, 404),
+        "two Authorization headers": (
+            "cnn", infer_body([zeros]), [("Authorization", "Bearer a"), ("Authorization", "Bearer b")], 400),
     }
+    positions = {f"{value[:12]!r} as value 100": "input 'input': value 100 (index [0, 0, 3, 16] of shape"
+                 for value in BAD_VALUES}
     with httpx.Client(base_url=v2.url, timeout=60) as client:
         for what, (model, body, headers, status) in cases.items():
             content = body if isinstance(body, bytes) else json.dumps(body).encode()
             response = client.post(f"/v2/models/{model}/infer", content=content, headers=headers or {})
             assert response.status_code == status, (what, response.text)
             error = response.json()["error"]
-            assert isinstance(error, str) and error, what
+            assert isinstance(error, str) and error and len(error) < 600, (what, error[:1000])
+            assert positions.get(what, "") in error, (what, error)
+            assert client.get("/healthz").status_code == 200, what
         assert client.get("/v2/health/live").status_code == 200
         assert client.get("/v2/models/cnn/versions/7").status_code == 404
         assert "error" in client.get("/v2/models/nope").json()
     assert v2.http.is_server_ready()
+    assert "Traceback" not in v2.server.tail(10_000_000)
+
+
+def test_malformed_v1_tensors_get_a_4xx_naming_the_value_and_the_service_stays_up(v2: V2Server) -> None:
+    """The friendly API's JSON tensors go through the same checks: 422 naming the instance and
+    the nested position of the first bad value, 413 past the JSON values budget."""
+    cases: dict[str, tuple[bytes, list | None, int, str]] = {
+        **{f"{value[:12]!r} at [0][0][3][16]": (with_value(value, v1=True), None, 422,
+                                                "instances[0][0][3][16] is ") for value in BAD_VALUES},
+        "more JSON values than max_json_values": (
+            json.dumps({"instances": [[[[0] * 28] * 28]] * 1400}).encode(), None, 413,
+            "the limit is 1048576"),
+        "two Authorization headers": (json.dumps({"instances": [[[[0] * 28] * 28]]}).encode(),
+                                      [("Authorization", "Bearer a"), ("Authorization", "Bearer b")], 400,
+                                      "2 Authorization headers"),
+    }
+    with httpx.Client(base_url=v2.url, timeout=60) as client:
+        for what, (body, headers, status, said) in cases.items():
+            response = client.post("/v1/models/cnn/predict", content=body,
+                                   headers=[("content-type", "application/json"), *(headers or [])])
+            assert response.status_code == status, (what, response.text[:1000])
+            assert said in response.json()["error"]["message"], (what, response.text[:1000])
+            assert client.get("/healthz").status_code == 200, what
+    assert "Traceback" not in v2.server.tail(10_000_000)
 
 
 def test_malformed_grpc_requests_get_the_matching_status(v2: V2Server, pngs) -> None:
@@ -284,66 +294,61 @@ def test_malformed_grpc_requests_get_the_matching_status(v2: V2Server, pngs) -> 
     assert v2.grpc.infer("cnn", [tensor_input(tgrpc, good)]).as_numpy("probabilities").shape == (1, 10)
 
 
-# --- the model repository and auth ----------------------------------------------------------------
-def test_unload_load_and_a_broken_version_that_never_replaces_the_served_one(model_repo, tmp_path,
-                                                                              pngs) -> None:
-    repo = tmp_path / "models"
-    shutil.copytree(model_repo[0] / "cnn", repo / "cnn")
-    server = start_v2(repo, tmp_path / "server")
-    try:
-        image = [image_input(tgrpc, pngs[:1])]
-        server.grpc.unload_model("cnn")
-        assert not server.http.is_model_ready("cnn")
-        assert status_of(lambda: server.grpc.infer("cnn", image)) == "StatusCode.UNAVAILABLE"
-        response = httpx.post(f"{server.url}/v2/models/cnn/infer", timeout=60, json=_infer_body(
-            [{"name": "image", "shape": [1, 1], "datatype": "BYTES",
-              "data": [base64.b64encode(pngs[0]).decode()]}]))
-        assert response.status_code == 503 and "unloaded" in response.json()["error"]
-        assert server.http.get_model_repository_index()[0]["state"] == "UNAVAILABLE"
-        server.http.load_model("cnn")
-        assert server.grpc.is_model_ready("cnn", "1")
-
-        broken = repo / "cnn" / "2"
-        broken.mkdir()
-        (broken / "model.onnx").write_bytes(b"not an onnx file")
-        shutil.copy2(repo / "cnn" / "1" / "modelcard.json", broken / "modelcard.json")
-        with pytest.raises(InferenceServerException) as caught:
-            server.http.load_model("cnn")
-        assert "does not load" in str(caught.value) and "v1 is still served" in str(caught.value)
-        assert status_of(lambda: server.grpc.load_model("cnn")) == "StatusCode.INVALID_ARGUMENT"
-        assert server.grpc.infer("cnn", image).get_response().model_version == "1"
-
-        shutil.rmtree(broken)
-        shutil.copytree(repo / "cnn" / "1", repo / "cnn" / "3")
-        server.grpc.load_model("cnn")
-        assert server.http.get_model_metadata("cnn")["versions"] == ["3"]
-        assert status_of(lambda: server.grpc.load_model("nope")) == "StatusCode.NOT_FOUND"
-    finally:
-        server.stop()
+def _grpc_request(field: str = "fp32_contents", values=(0.0,) * 784, datatype: str = "FP32",
+                  name: str = "input", shape=(1, 1, 28, 28), model: str = "cnn") -> pb.ModelInferRequest:
+    request = pb.ModelInferRequest(model_name=model)
+    tensor = request.inputs.add(name=name, datatype=datatype, shape=shape)
+    getattr(tensor.contents, field).extend(values)
+    return request
 
 
-def test_bearer_token_guards_infer_and_the_repository_on_both_protocols(model_repo, tmp_path, pngs) -> None:
-    repo = tmp_path / "models"
-    shutil.copytree(model_repo[0] / "cnn", repo / "cnn")
-    token = "v2-token-0123456789"
-    server = start_v2(repo, tmp_path / "server", env={"WALDO_API_KEY": token})
-    try:
-        image = [image_input(tgrpc, pngs[:1])]
-        assert status_of(lambda: server.grpc.infer("cnn", image)) == "StatusCode.UNAUTHENTICATED"
-        wrong = {"authorization": "Bearer nope"}
-        status = status_of(lambda: server.grpc.infer("cnn", image, headers=wrong))
-        assert status == "StatusCode.PERMISSION_DENIED"
-        assert status_of(lambda: server.grpc.unload_model("cnn")) == "StatusCode.UNAUTHENTICATED"
-        assert server.grpc.is_model_ready("cnn")  # metadata stays open, as on /v1
-        with pytest.raises(InferenceServerException) as caught:
-            server.http.infer("cnn", [image_input(thttp, pngs[:1])])
-        assert "401" in str(caught.value.status())
-        auth = {"authorization": f"Bearer {token}"}
-        assert server.grpc.infer("cnn", image, headers=auth).as_numpy("probabilities").shape == (1, 10)
-        assert server.http.infer("cnn", [image_input(thttp, pngs[:1])], headers=auth) \
-            .as_numpy("probabilities").shape == (1, 10)
-    finally:
-        server.stop()
+def test_hostile_grpc_requests_get_the_matching_status_and_a_short_message(v2: V2Server) -> None:
+    """What tritonclient cannot send, as raw messages (issue 24): values in a contents field the
+    datatype does not use, NaN at a position, an output named twice, a classification count
+    that is no integer, a 1 MB model name, 100,000 BYTES elements, two authorization entries.
+    Each gets its status with a message under 600 characters, and the service stays up."""
+    nan = [0.0] * 784
+    nan[100] = float("nan")
+    both = _grpc_request()
+    both.raw_input_contents.append(np.zeros((1, 1, 28, 28), np.float32).tobytes())
+    twice = _grpc_request()
+    twice.outputs.add(name="probabilities")
+    twice.outputs.add(name="probabilities")
+    as_text = _grpc_request()
+    as_text.outputs.add(name="probabilities").parameters["classification"].string_param = "3"
+    huge = _grpc_request()
+    huge.outputs.add(name="probabilities").parameters["classification"].uint64_param = 2**64 - 1
+    two_tokens = (("authorization", "Bearer a"), ("authorization", "Bearer b"))
+    invalid, exhausted, missing = (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.RESOURCE_EXHAUSTED,
+                                   grpc.StatusCode.NOT_FOUND)
+    cases = {
+        "FP32 in int64_contents": (_grpc_request("int64_contents", [0] * 784), (), invalid,
+                                   "FP32 values travel in fp32_contents"),
+        "FP32 in bool_contents": (_grpc_request("bool_contents", [True] * 784), (), invalid,
+                                  "FP32 values travel in fp32_contents"),
+        "an image in fp32_contents": (_grpc_request("fp32_contents", [0.0], "BYTES", "image", [1, 1]), (),
+                                      invalid, "BYTES values travel in bytes_contents"),
+        "NaN at value 100": (_grpc_request(values=nan), (), invalid, "value 100 (index [0, 0, 3, 16] of"),
+        "raw and typed contents at once": (both, (), invalid, "send them in one place"),
+        "an output named twice": (twice, (), invalid, "requested more than once"),
+        "classification as a string": (as_text, (), invalid, "must be an int64_param count"),
+        "classification past int64": (huge, (), invalid, "classification must be a count from 1"),
+        "a 1 MB model name": (_grpc_request(model="m" * 2**20), (), missing, "(1048576 characters)"),
+        "100,000 BYTES elements": (_grpc_request("bytes_contents", [b"x"] * 100_000, "BYTES", "image",
+                                                 [100_000, 1]), (), exhausted, "the limit is 64"),
+        "two authorization entries": (_grpc_request(), two_tokens, invalid, "2 Authorization headers"),
+    }
+    with grpc.insecure_channel(v2.grpc_address) as channel:
+        stub = pb_grpc.GRPCInferenceServiceStub(channel)
+        for what, (request, metadata, code, said) in cases.items():
+            with pytest.raises(grpc.RpcError) as caught:
+                stub.ModelInfer(request, metadata=metadata, timeout=60)
+            assert caught.value.code() == code, (what, caught.value.details())
+            assert said in caught.value.details() and len(caught.value.details()) < 600, \
+                (what, caught.value.details())
+            assert httpx.get(f"{v2.url}/healthz", timeout=10).status_code == 200, what
+        assert stub.ModelInfer(_grpc_request(), timeout=60).outputs[0].shape == [1, 10]
+    assert "Traceback" not in v2.server.tail(10_000_000)
 
 
 # --- perf_analyzer ------------------------------------------------------------------------------
@@ -375,3 +380,24 @@ def test_perf_analyzer_loads_both_protocols_from_1_to_64_without_errors(v2: V2Se
         levels = [int(r.split(",")[0]) for r in rows[1:]]
         assert sorted(levels) == [1, 22, 43, 64], (protocol, levels)  # rows come by throughput
         assert all(float(r.split(",")[1]) > 0 for r in rows[1:])
+
+
+# --- repository control and protected information ------------------------------------------------
+def test_repository_control_is_refused_by_default_on_both_protocols(v2: V2Server) -> None:
+    """No admin key, no WALDO_MODEL_CONTROL: load, unload and reload answer 403 /
+    PERMISSION_DENIED, naming the settings that turn them on, and nothing changes."""
+    for path in ("/v2/repository/models/cnn/unload", "/v2/repository/models/cnn/load"):
+        refused = httpx.post(f"{v2.url}{path}", timeout=10)
+        assert refused.status_code == 403, refused.text
+        assert "WALDO_ADMIN_KEY" in refused.json()["error"]
+        assert "WALDO_MODEL_CONTROL=explicit" in refused.json()["error"]
+    reload = httpx.post(f"{v2.url}/v1/models/cnn/reload", timeout=10)
+    assert reload.status_code == 403 and reload.json()["error"]["code"] == "model_control_off"
+    assert status_of(lambda: v2.http.unload_model("cnn")) == "403"
+    assert status_of(lambda: v2.http.load_model("cnn")) == "403"
+    for call in (lambda: v2.grpc.unload_model("cnn"), lambda: v2.grpc.load_model("cnn")):
+        with pytest.raises(InferenceServerException) as caught:
+            call()
+        assert str(caught.value.status()) == "StatusCode.PERMISSION_DENIED"
+        assert "WALDO_MODEL_CONTROL=explicit" in caught.value.message()
+    assert v2.grpc.is_model_ready("cnn") and v2.grpc.is_server_ready() and v2.http.is_server_ready()

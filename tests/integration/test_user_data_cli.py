@@ -1,11 +1,13 @@
 """Partly broken user data on the real `waldo train` (issue 12): unreadable images are skipped
 with a warning line each and counted on the MLflow run, and data that cannot be trained on (a
-class mostly unreadable, a bad labels.csv row) stops before training with one line and exit 2,
-never a traceback. The cases of tests/unit/test_data_hardening.py, here for the installed
+class mostly unreadable, a bad labels.csv row, a test split that repeats training images)
+stops before training with one line and exit 2, never a traceback. The cases of
+tests/unit/test_data_hardening.py and tests/unit/test_data_links.py, here for the installed
 command, where logging has to reach stderr on its own."""
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 
@@ -18,11 +20,19 @@ TRAIN = ["train", "--model", "cnn", "--epochs", "1", "--image-size", "28", "--ba
          "--no-progress-bar"]
 
 
+def distinct_classes(root: Path, n: int, start: int = 0) -> None:
+    """`n` reddish cats and `n` bluish dogs, no two of the same bytes (the leakage guard would
+    refuse test images equal to training ones)."""
+    for i in range(start, start + n):
+        solid(root / "cat" / f"{i:02d}.png", (220, 30 + i, 30))
+        solid(root / "dog" / f"{i:02d}.png", (30, 30 + i, 220))
+
+
 def broken_folder(root: Path) -> list[Path]:
     """train/ and test/ of two classes, with four unreadable files among them (one in test/,
     which used to be hit only after every epoch had trained)."""
-    classes(root / "train", 6)
-    classes(root / "test", 2)
+    distinct_classes(root / "train", 6)
+    distinct_classes(root / "test", 2, start=6)
     empty = root / "train" / "cat" / "empty.jpg"
     empty.write_bytes(b"")
     text = root / "train" / "dog" / "notes.jpg"
@@ -68,6 +78,27 @@ def mostly_unreadable_class(root: Path) -> list[str]:
     return ["--data", "folder"]
 
 
+def shared_classes(root: Path) -> list[str]:
+    """Two classes holding copies of the same 12 images: the random split puts copies of test
+    images in train (and labels them both ways)."""
+    distinct_classes(root, 12)
+    for path in (root / "cat").iterdir():
+        (root / "dog" / path.name).write_bytes(path.read_bytes())
+    return ["--data", "folder"]
+
+
+def linked_back_up(root: Path) -> list[str]:
+    """train/ and a test/ whose files are links back up into train/; a link to `.` besides,
+    which is never walked."""
+    distinct_classes(root / "train", 8)
+    for name in ("cat", "dog"):
+        (root / "test" / name).mkdir(parents=True)
+        for i in range(2):
+            os.symlink(f"../../train/{name}/{i:02d}.png", root / "test" / name / f"{i}.png")
+    os.symlink(".", root / "train" / "cat" / "again")
+    return ["--data", "folder"]
+
+
 # case -> (how to write D, what the one error line must say)
 CASES = {
     "class-mostly-unreadable": (mostly_unreadable_class, ["class 'dog' (5 of 9)", "more than half"]),
@@ -77,6 +108,10 @@ CASES = {
                          ["labels.csv line 6:", "'../outside.png'", "outside --data-dir"]),
     "csv-malformed-row": (lambda d: localization_folder(d, "4.png,1,1,5"),
                           ["labels.csv line 6:", "4 columns, expected 6"]),
+    "classes-share-files": (shared_classes, ["test images", "also lie in train or val (the same bytes)",
+                                             "--allow-split-overlap"]),
+    "test-linked-back-up": (linked_back_up, ["4 of 4 test images (100.0%) also lie in train or val",
+                                             "--allow-split-overlap"]),
 }
 
 
@@ -105,3 +140,24 @@ def test_data_that_cannot_train_stops_with_one_line_and_exit_2(refused, case):
         assert text in errors[0], errors[0]
     if case.startswith("csv-"):  # nothing was skipped, so nothing but the error is printed
         assert stderr.strip() == errors[0], stderr
+
+
+def test_an_allowed_overlap_trains_and_is_recorded_on_the_run(tmp_path, waldo):
+    from mlflow.tracking import MlflowClient
+
+    linked_back_up(tmp_path / "D")
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    proc = waldo.run(*TRAIN, "--data", "folder", "--data-dir", "D", "--tracking-uri", uri,
+                     "--allow-split-overlap", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stderr.splitlines()
+    d = (tmp_path / "D").resolve()  # as the run names it
+    assert [line for line in lines if "also lie in train" in line] == [
+        f"4 of 4 test images (100.0%) also lie in train or val (the same bytes), e.g. "
+        f"'{d}/test/cat/0.png' = '{d}/train/cat/00.png', '{d}/test/cat/1.png' = "
+        f"'{d}/train/cat/01.png' (allowed: allow_split_overlap)"]
+    assert sum(line.startswith(f"skipping link '{d}/train/cat/again'") for line in lines) == 1
+    run = MlflowClient(uri).get_run(re.search(r"run ([0-9a-f]{32})", proc.stdout).group(1))
+    assert run.data.tags["waldo.split_overlap"] == "4"
+    assert run.data.params["allow_split_overlap"] == "True"
+    assert run.data.tags["data.train_size"] == "14"  # 16 less the held-out val; `again` read nothing

@@ -12,6 +12,8 @@
     ray_cluster(root, ...)    `ray start` head + worker nodes, stopped without `ray stop`
     RunFactory / TrainedRun   trained runs, one per distinct spec per session (`trained_run`)
     in_folder(path)           work in a folder with no tracking URI or Ray address inherited
+    V2Server, start_v2, ...   `waldo serve --grpc-port` with tritonclient for each protocol
+                              (support.v2; imported where used, as it loads tritonclient)
     FakeJobSubmission, waldo_meta   an in-process fake of Ray's job-submission client
                               (support.fakes; imported on first use, as it loads Ray's SDK)
 

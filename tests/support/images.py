@@ -79,6 +79,7 @@ def box_folder(root: Path, count: int = 30) -> Path:
         out.writerow(["image", "x", "y", "w", "h", "label"])
         for i in range(count):
             pixels = np.full((60, 80, 3), 30, np.uint8)
+            pixels[0, 0] = i % 256  # no two images the same bytes: the empty ones neither
             name = f"img{i}.png"
             if i % 5 == 4:
                 out.writerow([name, "", "", "", "", ""])

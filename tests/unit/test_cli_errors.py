@@ -35,6 +35,29 @@ CASES: dict[str, tuple[list[str], list[str]]] = {
                         ["warmup_epochs 2", "epochs=2"]),
     "ema-decay-of-1": (["train", "--ema-decay", "1"], ["'ema_decay'", "less than 1"]),
     "negative-mixup-alpha": (["train", "--mixup-alpha", "-0.2"], ["'mixup_alpha'", "-0.2"]),
+    # Every number flag: the flag, the value, what it takes; never Python's int() error.
+    "odd-digit-workers": (["train", "--workers", "1-²"], ["--workers", "'1-²'", "MIN-MAX"]),
+    "odd-digit-epochs": (["train", "--epochs", "٣"], ["--epochs", "'٣'", "an integer"]),
+    "word-epochs": (["train", "--epochs", "abc"], ["--epochs", "'abc'", "an integer"]),
+    "float-image-size": (["train", "--image-size", "1.5"], ["--image-size", "'1.5'", "an integer"]),
+    "malformed-lr": (["train", "--lr", "1e-3x"], ["--lr", "'1e-3x'", "a number"]),
+    "pack-val-fraction": (["data", "pack", "src", "out", "--val-fraction", "5"],
+                          ["--val-fraction", "'5'", "above 0 and below 1"]),
+    "pack-shard-mb": (["data", "pack", "src", "out", "--shard-mb", "lots"], ["--shard-mb", "'lots'"]),
+    "summary-num-classes": (["summary", "--model", "cnn", "--num-classes", "0"],
+                            ["--num-classes", "'0'", "at least 1"]),
+    "cluster-port": (["cluster", "up", "--port", "70000"], ["--port", "'70000'", "from 1 to 65535"]),
+    # A file where a folder is needed says so.
+    "data-dir-is-a-file": (["train", "--data", "folder", "--data-dir", "/etc/passwd"],
+                           ["'/etc/passwd' is a file", "needs a folder"]),
+    "packed-dir-is-a-file": (["train", "--data", "packed", "--data-dir", "/etc/passwd"],
+                             ["'/etc/passwd' is a file", "waldo data pack"]),
+    "storage-is-a-file": (["train", "--storage", "/etc/passwd"], ["--storage", "'/etc/passwd' is a file"]),
+    "storage-under-a-file": (["train", "--storage", "/etc/passwd/runs"],
+                             ["'/etc/passwd' is a file"]),
+    "pack-source-is-a-file": (["data", "pack", "/etc/passwd", "out"], ["'/etc/passwd' is a file"]),
+    "pack-destination-is-a-file": (["data", "pack", "src", "/etc/passwd"],
+                                   ["destination '/etc/passwd' is a file"]),
 }
 
 

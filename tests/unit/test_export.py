@@ -303,7 +303,7 @@ def test_export_flags_are_the_spec_fields(capsys):
     parser = build_parser()
     for argv in (["export"], ["jobs", "submit", "export"]):
         args = parser.parse_args([*argv, "--run", "r", "--register", "--opset", "20"])
-        assert (args.run, args.publish, args.opset) == ("r", True, "20")
+        assert (args.run, args.publish, args.opset) == ("r", True, 20)
         args = parser.parse_args([*argv, "--checkpoint", "c", "--publish", "--precision", "int8"])
         assert (args.checkpoint, args.publish, args.precision) == ("c", True, "int8")
     with pytest.raises(SystemExit):

@@ -146,13 +146,13 @@ def test_a_bug_is_a_logged_500_without_details(api, fake, caplog):
 # --- one contract with the inference service -----------------------------------------------------
 @pytest.fixture(scope="module")
 def both_apps(tmp_path_factory):
-    """The jobs API and the inference service (with no models), each guarded by TOKEN, and a
-    path in each that needs it."""
+    """The jobs API and the inference service (with no models, repository control on), each guarded
+    by TOKEN, and a path in each that needs it."""
     from serving.app import create_app as create_serving_app
     from serving.settings import Settings
 
     empty = tmp_path_factory.mktemp("no-models")
-    serving = create_serving_app(Settings(models=[str(empty)], api_key=TOKEN))
+    serving = create_serving_app(Settings(models=[str(empty)], admin_key=TOKEN))  # reload: control on
     jobs = create_app(JobsSettings(token=TOKEN, ray_address=f"http://127.0.0.1:{free_port()}"))
     with TestClient(serving) as s, TestClient(jobs) as j:
         yield {"serving": (s, "/v1/models/cnn/reload"), "jobs": (j, "/v1/jobs/x/logs")}

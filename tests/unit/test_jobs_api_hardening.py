@@ -179,9 +179,9 @@ def test_deep_nesting_is_a_4xx_json_error_never_a_500(api, fake, depth, opening,
 
 
 def test_nesting_within_the_limits_is_accepted(api, fake):
-    args = {"x": {"a": [1, 2]}}  # training.spec allows model_args 4 levels deep
-    assert sent_spec(fake, api().post("/v1/jobs", json={"kind": "train", "spec": {"model_args": args}}))[
-        "model_args"] == args
+    args = {"x": {"a": [1, 2]}}  # training.spec allows data_args 4 levels deep
+    assert sent_spec(fake, api().post("/v1/jobs", json={"kind": "train", "spec": {"data_args": args}}))[
+        "data_args"] == args
 
 
 # --- the server decides where jobs track and run -------------------------------------------------
@@ -372,6 +372,27 @@ def test_unknown_model_and_data_set_names_are_refused_at_submit_time(api, fake, 
     """Needs training.spec to know the names (training/catalog.py, torch-free)."""
     refused(api().post("/v1/jobs", json={"kind": kind, "spec": spec}), "invalid_spec", *words)
     assert not fake.jobs
+
+
+@pytest.mark.parametrize("kind, spec, words", [
+    ("train", {"model": "cnn", "model_args": {"num_classes": 3}},
+     ["'model_args'", "'num_classes' is set by the data", "drop it"]),
+    ("train", {"model": "cnn", "model_args": {"in_channels": 2**62}}, ["'in_channels' is set by the data"]),
+    ("train", {"model": "resnet18", "model_args": {"image_size": 32}}, ["'image_size' is set by the data"]),
+    ("train", {"model": "cnn", "model_args": {"depth": 3}}, ["'depth' is not an argument of model 'cnn'"]),
+    ("train", {"model": "alexnet", "model_args": {"dropout": 2**62}}, ["'dropout'", "from 0 to 1"]),
+    ("train", {"model": "googlenet", "model_args": {"aux_logits": "yes"}}, ["true or false"]),
+    ("sweep", {"model_args": {"num_classes": 3}, "search": {"lr": "uniform(0.1, 1)"}}, ["'num_classes'"]),
+    ("sweep", {"search": {"model_args": "uniform(1, 2)"}}, ["'search'", "draws numbers"]),
+])
+def test_model_args_follow_the_clis_rule(api, fake, kind, spec, words):
+    """The rule lives on TrainSpec (training.spec), so the API refuses what the CLI refuses:
+    names the data decides, names the builder does not take, values out of bounds."""
+    refused(api().post("/v1/jobs", json={"kind": kind, "spec": spec}), "invalid_spec", *words)
+    assert not fake.jobs
+    good = {"model": "googlenet", "model_args": {"aux_logits": True, "dropout": 0.3}}
+    assert sent_spec(fake, api().post("/v1/jobs", json={"kind": "train", "spec": good}))["model_args"] == \
+        good["model_args"]
 
 
 @pytest.mark.parametrize("kind, spec, field", [

@@ -47,14 +47,14 @@ def test_spec_is_frozen():
 
 
 FIELDS = {
-    "model": "lenet5", "data": "digits", "epochs": 3, "batch_size": 32, "optimizer": "sgd",
+    "model": "googlenet", "data": "digits", "epochs": 3, "batch_size": 32, "optimizer": "sgd",
     "lr": 0.01, "momentum": 0.8, "weight_decay": 0.0001, "lr_schedule": "step",
     "lr_step_size": 2, "lr_gamma": 0.5, "image_size": 32, "download": False,
     "val_fraction": 0.2, "seed": 7, "experiment": "exp", "progress_bar": False,
     "model_args": {"aux_logits": True},
 }
 FLAGS = [
-    "--model", "lenet5", "--data", "digits", "--epochs", "3", "--batch-size", "32",
+    "--model", "googlenet", "--data", "digits", "--epochs", "3", "--batch-size", "32",
     "--optimizer", "sgd", "--lr", "0.01", "--momentum", "0.8", "--weight-decay", "0.0001",
     "--lr-schedule", "step", "--lr-step-size", "2", "--lr-gamma", "0.5", "--image-size", "32",
     "--no-download", "--val-fraction", "0.2", "--seed", "7", "--experiment", "exp",
@@ -136,7 +136,7 @@ def test_to_params_flattens_model_args():
 
 
 def test_yaml_round_trip():
-    spec = TrainSpec(model="lenet5", epochs=2, lr=0.01, model_args={"k": [1, 2]},
+    spec = TrainSpec(model="lenet5", epochs=2, lr=0.01, data_args={"k": [1, 2]},
                      image_size=32, tracking_uri="http://127.0.0.1:5000")
     assert TrainSpec.model_validate(yaml.safe_load(spec.to_yaml())) == spec
 

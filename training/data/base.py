@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
 from training.data.augment import Augmented, batched_affine, per_image_transform, random_affine
+from training.data.leakage import SplitOverlap
 from training.errors import WaldoError
 
 # The train/val/test split does not follow --seed: runs with different seeds see the same data.
@@ -33,6 +34,7 @@ class ImageDataModule(pl.LightningDataModule):
     native_size: int = 28  # side of the images as the data set stores them
     in_channels: int = 1
     kind: str = "digits"  # what the pictures are: digits or photos (`training.catalog.DATA_KINDS`)
+    expects: str = "the folder the data set is kept in"  # what --data-dir names, for messages
 
     def __init__(
         self,
@@ -62,6 +64,9 @@ class ImageDataModule(pl.LightningDataModule):
         # Files of the user's data set that `load()` found unreadable and left out (paths);
         # their count is logged on the run (`training.steps`).
         self.skipped_images: list[str] = []
+        # The user's data: how many test (and val) images are also in an earlier split, by
+        # content (`training.data.leakage`); None for the built-in data sets.
+        self.split_overlap: SplitOverlap | None = None
         self.train_set: Dataset | None = None
         self.val_set: Dataset | None = None
         self.test_set: Dataset | None = None
@@ -86,6 +91,9 @@ class ImageDataModule(pl.LightningDataModule):
     def resolve_dir(self, default: str = "data") -> Path:
         """The data folder: an explicit one must exist; the default is created on demand."""
         if self.data_dir is not None:
+            if self.data_dir.exists() and not self.data_dir.is_dir():
+                raise WaldoError(f"data directory {str(self.data_dir)!r} is a file; --data-dir "
+                                 f"needs a folder ({self.expects})")
             if not self.data_dir.is_dir():
                 raise WaldoError(f"data directory {str(self.data_dir)!r} does not exist")
             return self.data_dir

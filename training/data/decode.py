@@ -1,5 +1,5 @@
 """What Ray Data tasks run on the data of a distributed classification run: read a bucket's
-objects, check that they decode, decode and resize them, hash a pack's shards
+objects, check that they decode and hash them, decode and resize them, hash a pack's shards
 (`training.data.raydata` and `training.data.packed` plan the datasets on the driver).
 
 These functions are pickled by reference, so every Ray Data worker process imports this module.
@@ -75,10 +75,12 @@ def fetch_objects(batch: dict[str, np.ndarray], filesystem) -> dict[str, np.ndar
 
 
 def check_objects(batch: dict[str, np.ndarray], filesystem) -> dict[str, np.ndarray]:
-    """A Ray Data batch of object URLs -> why each one cannot be decoded ("" when it can)."""
+    """A Ray Data batch of object URLs -> why each one cannot be decoded ("" when it can) and
+    the sha256 of its bytes (the driver compares the splits by content with it)."""
     data = read_objects(list(batch["path"]), filesystem)
     return {"path": batch["path"],
-            "problem": np.asarray([check_image(blob).problem or "" for blob in data], dtype=object)}
+            "problem": np.asarray([check_image(blob).problem or "" for blob in data], dtype=object),
+            "sha256": np.asarray([hashlib.sha256(blob).hexdigest() for blob in data], dtype=object)}
 
 
 def shard_digest(row: dict) -> dict:

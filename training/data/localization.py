@@ -21,6 +21,7 @@ from torchvision.transforms import v2
 
 from training.data.base import SPLIT_SEED, ImageDataModule, channel_stats
 from training.data.images import check_images, load_image, open_source, skip_unreadable
+from training.data.leakage import split_overlap
 from training.data.mnist5k import SOURCE as MNIST5K_SOURCE
 from training.data.mnist5k import mnist5k, mnist5k_split
 from training.errors import WaldoError
@@ -190,13 +191,15 @@ class LocalizationFolderDataModule(BoxDataModule):
     the original image; a row with an empty box means nothing is there. Every row is checked
     before training (`_read_rows`): a bad one stops the run with one line that names the file,
     the line and what is accepted. Images are read as RGB and resized to `--image-size` (128 by
-    default), the boxes with them. The split is fixed (70/15/15).
+    default), the boxes with them. The split is fixed (70/15/15), and its splits are compared
+    by content (`split_overlap`): one image in two rows that land in two splits is found there.
     """
 
     name = "localization-folder"
     kind = "photos"
     native_size = 128
     in_channels = 3
+    expects = "images and a labels CSV (image,x,y,w,h,label)"
 
     def __init__(self, *, csv_file: str = "labels.csv", hflip: bool = True, **kwargs):
         super().__init__(**kwargs)
@@ -255,7 +258,11 @@ class LocalizationFolderDataModule(BoxDataModule):
         n_test = n_val = max(1, round(0.15 * len(rows)))
         parts = {"train": order[n_test + n_val:], "val": order[n_test:n_test + n_val],
                  "test": order[:n_test]}
-        return labels, {split: [rows[int(j)] for j in idx] for split, idx in parts.items()}
+        splits = {split: [rows[int(j)] for j in idx] for split, idx in parts.items()}
+        self.split_overlap = split_overlap(
+            {split: [(str(image), image) for image, _, _ in split_rows]
+             for split, split_rows in splits.items()})
+        return labels, splits
 
     def load(self):
         self.labels, splits = self.records()

@@ -17,14 +17,19 @@ timeouts and few retries, so a wrong endpoint fails in seconds with one line ins
 
 from __future__ import annotations
 
+import logging
 import os
 import posixpath
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from training.data.links import SHOWN_SKIPS
 from training.errors import WaldoError, one_line
+
+log = logging.getLogger("waldo.data")
 
 # torchvision.datasets.folder.IMG_EXTENSIONS, compared in lower case as ImageFolder does.
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
@@ -100,6 +105,21 @@ def _folder(where: str, files: dict[str, int]) -> Folder:
     return Folder(where, classes, samples, sizes)
 
 
+def _plain_keys(location: str, files: dict[str, int]) -> dict[str, int]:
+    """`files` without the keys whose path has a '.', '..' or empty segment: S3 keys are plain
+    strings, so `c0/../c1/x.jpg` would be listed under class c0 and copied into c1 (and
+    `../../x.jpg` out of the mirror's folder). Each one skipped is named in a warning line,
+    the first SHOWN_SKIPS of them, then a count."""
+    odd = [rel for rel in files if any(part in ("", ".", "..") for part in rel.split("/"))]
+    for rel in odd[:SHOWN_SKIPS]:
+        log.warning("skipping object %s/%s: its key holds a '.', '..' or empty path segment, "
+                    "which would lead out of its folder", location, rel)
+    if len(odd) > SHOWN_SKIPS:
+        log.warning("skipped %d more objects with such keys in %s", len(odd) - SHOWN_SKIPS, location)
+    skipped = set(odd)
+    return {rel: size for rel, size in files.items() if rel not in skipped}
+
+
 def list_tree(location: str) -> dict[str, Folder]:
     """The image folders under `location`: {"train": .., "val": .., "test": ..} (those present)
     when it holds a `train/` folder, else {"all": ..}. One line naming the location when the
@@ -117,6 +137,7 @@ def list_tree(location: str) -> dict[str, Folder]:
     except OSError as exc:  # pyarrow raises OSError for every S3 failure
         raise WaldoError(f"cannot list {location}: {_problem(exc)}") from None
     files = {info.path[len(base) + 1:]: info.size for info in infos if info.type == fs.FileType.File}
+    files = _plain_keys(location, files)
     if not files:
         raise WaldoError(f"{location} holds no objects: --data-dir must be a folder of images "
                          "(one sub-folder per class)")
@@ -129,6 +150,30 @@ def list_tree(location: str) -> dict[str, Folder]:
                 parts[split] = _folder(f"{location}/{split}", inner)
         return parts
     return {"all": _folder(location, files)}
+
+
+def check_writable(location: str, what: str) -> None:
+    """One line, before any work, when nothing can be written under `location`
+    (s3://bucket/prefix; `what` names it, e.g. "--storage"). The bucket must exist: Waldo never
+    creates one, as a typo would make a new bucket (pyarrow's S3 filesystem creates none, and
+    writers that go through s3fs come here first, as its `makedirs` would). A small marker object
+    is written and deleted, so missing rights and a dead endpoint show here too."""
+    from pyarrow import fs
+
+    location = location.rstrip("/")
+    base = _key(location)
+    bucket = base.split("/", 1)[0]
+    try:
+        filesystem = s3_filesystem()
+        if filesystem.get_file_info(bucket).type == fs.FileType.NotFound:
+            raise WaldoError(f"cannot write to {what} {location}: bucket {bucket!r} does not exist; "
+                             "create it first (Waldo never creates buckets)")
+        marker = f"{base}/.waldo-write-check-{uuid.uuid4().hex}"
+        with filesystem.open_output_stream(marker) as out:
+            out.write(b"")
+        filesystem.delete_file(marker)
+    except OSError as exc:  # pyarrow raises OSError for every S3 failure
+        raise WaldoError(f"cannot write to {what} {location}: {_problem(exc)}") from None
 
 
 def read_objects(urls: list[str], filesystem=None) -> list[bytes]:
@@ -166,7 +211,10 @@ def mirror(location: str) -> Path:
     wanted: dict[Path, tuple[str, int]] = {}
     for folder in parts.values():
         for url, _ in folder.samples:
-            wanted[local / url[len(location) + 1:]] = (url, folder.sizes[url])
+            path = local / url[len(location) + 1:]
+            if not path.resolve().is_relative_to(local.resolve()):  # `list_tree` skipped those
+                raise WaldoError(f"{url} would be copied outside the mirror {str(local)!r}")
+            wanted[path] = (url, folder.sizes[url])
     stale = [p for p in local.rglob("*") if p.is_file() and p not in wanted] if local.exists() else []
     for path in stale:
         path.unlink()
@@ -186,5 +234,5 @@ def mirror(location: str) -> Path:
     return local
 
 
-__all__ = ["Folder", "IMAGE_EXTENSIONS", "cache_root", "is_object_store", "list_tree", "mirror",
-           "read_objects", "s3_filesystem"]
+__all__ = ["Folder", "IMAGE_EXTENSIONS", "cache_root", "check_writable", "is_object_store",
+           "list_tree", "mirror", "read_objects", "s3_filesystem"]

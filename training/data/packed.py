@@ -9,7 +9,8 @@ about 64 MB each, so that Ray Data decodes them in parallel) holding the files' 
 unchanged, with their label and box:
 
     DEST/manifest.json            format, task, labels, per split its shards (rows, sha256),
-                                  a digest over all of it, the skipped files
+                                  the skipped files, how many test and val images are also
+                                  in an earlier split (by content), a digest over all of it
     DEST/train-00000.parquet      at most 2,048 images or about 64 MB each; columns: image
                                   (binary), label (string), box (x, y, w, h in pixels of the
                                   image, or null), name (the file it came from), index (its
@@ -26,6 +27,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+from pathlib import Path
 from typing import Literal
 
 import torch
@@ -37,6 +39,7 @@ from training.catalog import Task
 from training.data.base import channel_stats
 from training.data.folder import FolderDataModule, _sample_images
 from training.data.images import load_image
+from training.data.leakage import SplitOverlap, split_overlap
 from training.data.localization import BoxRecord, LocalizationFolderDataModule
 from training.errors import WaldoError, one_line
 
@@ -65,10 +68,15 @@ class Manifest(BaseModel):
     labels: list[str]
     splits: dict[str, Split]
     skipped_images: list[str] = []
+    # test (and val) images also in an earlier split, by content, as packed; packs written
+    # before it was stored have none (then `read_pack` readers compute it from the images)
+    overlap: SplitOverlap | None = None
     digest: str = ""  # sha256 over everything above
 
     def compute_digest(self) -> str:
-        body = self.model_dump(exclude={"digest"})
+        # Without an overlap, the body is what it was before the field existed: old packs
+        # still match their digest.
+        body = self.model_dump(exclude={"digest"} | ({"overlap"} if self.overlap is None else set()))
         return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
 
 
@@ -110,12 +118,16 @@ def _chunks(records: list, labels: list[str], localize: bool, shard_bytes: int):
 
 
 def pack(module, dest: str, *, shard_bytes: int = SHARD_BYTES) -> Manifest:
-    """Pack a `folder` or `localization-folder` data module's records into `dest`."""
+    """Pack a `folder` or `localization-folder` data module's records into `dest`. A
+    destination that cannot be written (a missing bucket, which is never created, an
+    unreachable endpoint, a file) is one line before any image is read."""
+    storage.check_writable(dest, what="destination")
     localize = isinstance(module, LocalizationFolderDataModule)
     labels, splits = module.records()
     fs, root = storage.filesystem(dest)
     try:
-        fs.makedirs(root, exist_ok=True)
+        if not storage.is_remote(dest):  # s3fs's makedirs would create a missing bucket
+            fs.makedirs(root, exist_ok=True)
     except Exception as exc:
         raise WaldoError(f"cannot write to {dest}: {one_line(exc)}") from None
     written: dict[str, Split] = {}
@@ -126,7 +138,8 @@ def pack(module, dest: str, *, shard_bytes: int = SHARD_BYTES) -> Manifest:
             shards.append(_write_shard(fs, path, rows))
         written[split] = Split(count=len(splits[split]), shards=shards)
     manifest = Manifest(task="localize" if localize else "classify", source=module.name, labels=labels,
-                        splits=written, skipped_images=[str(p) for p in module.skipped_images])
+                        splits=written, skipped_images=[str(p) for p in module.skipped_images],
+                        overlap=module.split_overlap)
     manifest.digest = manifest.compute_digest()
     with fs.open(storage.join(root, MANIFEST), "w") as f:
         f.write(manifest.model_dump_json(indent=1))
@@ -139,6 +152,9 @@ def read_manifest(location: str, task: str) -> Manifest:
     the object for anything wrong."""
     fs, root = storage.filesystem(location)
     where = storage.join(location, MANIFEST)
+    if not storage.is_remote(location) and Path(location).is_file():
+        raise WaldoError(f"data directory {location!r} is a file; --data-dir needs the folder "
+                         "written by `waldo data pack SRC DEST`")
     try:
         text = fs.cat_file(storage.join(root, MANIFEST))
     except FileNotFoundError:
@@ -263,6 +279,13 @@ def read_pack(location: str, task: str) -> tuple[Manifest, dict[str, list[BoxRec
     return manifest, splits
 
 
+def overlap_of_pack(splits: dict[str, list[BoxRecord]]) -> SplitOverlap:
+    """The overlap of a pack whose manifest does not store it (packed before it did), from the
+    encoded images; they are named by split and row."""
+    return split_overlap({split: [(f"{split} row {i}", blob) for i, (blob, _, _) in enumerate(rows)]
+                          for split, rows in splits.items()})
+
+
 class EncodedImages(Dataset):
     """(encoded image, class index) pairs decoded as a `folder` data set decodes its files."""
 
@@ -288,6 +311,7 @@ class PackedDataModule(FolderDataModule):
                              "`waldo data pack`")
         manifest, splits = read_pack(self.data_location, "classify")
         self.labels, self.skipped_images = list(manifest.labels), list(manifest.skipped_images)
+        self.split_overlap = manifest.overlap or overlap_of_pack(splits)
         index = {label: i for i, label in enumerate(self.labels)}
         to_uint8 = self.to_uint8()
         train, val, test = (EncodedImages([(blob, index[label]) for blob, _, label in splits[s]], to_uint8)
@@ -307,4 +331,5 @@ class LocalizationPackedDataModule(LocalizationFolderDataModule):
                              "prefix made by `waldo data pack`")
         manifest, splits = read_pack(self.data_location, "localize")
         self.skipped_images = list(manifest.skipped_images)
+        self.split_overlap = manifest.overlap or overlap_of_pack(splits)
         return list(manifest.labels), splits

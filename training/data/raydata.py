@@ -9,7 +9,7 @@ Where each stage runs:
                     training images, decoded by Ray Data tasks), and hands the worker loop only
                     those facts
     Ray Data tasks  read the files, objects or Parquet shards (pyarrow; S3 through
-                    AWS_ENDPOINT_URL), check a bucket's images and hash a pack's shards before
+                    AWS_ENDPOINT_URL), check and hash a bucket's images and hash a pack's shards before
                     training, decode and resize (`training.data.decode`), on any node's CPUs,
                     streaming; then the recipe's per-image augmentation of training images
     object store    the decoded images between epochs, when they fit in CACHE_SHARE of it
@@ -37,6 +37,7 @@ from training.data.base import ImageDataModule, channel_stats
 from training.data.decode import DECODE_BATCH, AugmentBatch, DecodeBatch, check_objects, fetch_objects
 from training.data.folder import STATS_SAMPLE, samples_of
 from training.data.images import ImageCheck, skip_unreadable
+from training.data.leakage import overlap_of_digests
 from training.data.objects import is_object_store, list_tree, s3_filesystem
 from training.data.provenance import DataFacts, describe
 from training.data.raydata_boxes import STREAMED_BOXES, plan_boxes
@@ -78,6 +79,7 @@ def _packed(dm: ImageDataModule) -> tuple[dict, DataFacts, dict[str, int], tuple
     stats = channel_stats(torch.from_numpy(np.stack([r["x"] for r in rows])))
     facts = DataFacts(dm.name, location, manifest.digest[:16], counts)
     dm.labels, dm.skipped_images = list(manifest.labels), list(manifest.skipped_images)
+    dm.split_overlap = manifest.overlap  # None for packs from before it was stored: not compared
     return datasets, facts, counts, stats
 
 
@@ -107,6 +109,7 @@ def _bucket_folder(dm) -> tuple[dict, DataFacts, dict[str, int], tuple[tuple, tu
                .map_batches(check_objects, fn_kwargs={"filesystem": filesystem},
                             batch_size=DECODE_BATCH).take_all())
     problems = {row["path"]: row["problem"] for row in checked}
+    hashes = {row["path"]: row["sha256"] for row in checked}
     kept, dm.skipped_images = {}, []
     for name, folder in parts.items():
         names = [url for url, _ in folder.samples]
@@ -117,7 +120,11 @@ def _bucket_folder(dm) -> tuple[dict, DataFacts, dict[str, int], tuple[tuple, tu
         kept[name] = [sample for sample, ok in zip(folder.samples, readable) if ok]
         dm.skipped_images.extend(skipped)
     dm.labels = list((parts.get("train") or parts["all"]).classes)
-    splits = dict(zip(SPLITS, (samples_of(s) for s in dm.arrange(kept)), strict=True))
+    arranged = dm.arrange(kept)
+    splits = dict(zip(SPLITS, (samples_of(s) for s in arranged), strict=True))
+    dm.split_overlap = overlap_of_digests(
+        {split: [(url, hashes[url]) for url, _ in splits[split]] for split in SPLITS
+         if not (split == "val" and arranged[2] is arranged[1])})
 
     def objects(samples: list[tuple[str, int]]):
         items = [{"path": url, "label": dm.labels[target]} for url, target in samples]

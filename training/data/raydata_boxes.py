@@ -69,6 +69,7 @@ def _packed(dm: LocalizationFolderDataModule):
     stats = channel_stats(torch.from_numpy(np.stack([row["x"] for row in rows])))
     counts = {split: manifest.splits[split].count for split in SPLITS}
     dm.labels, dm.skipped_images = list(manifest.labels), list(manifest.skipped_images)
+    dm.split_overlap = manifest.overlap  # None for packs from before it was stored: not compared
     return datasets, DataFacts(dm.name, location, manifest.digest[:16], counts), counts, stats
 
 

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
+from training.catalog import DATA_DECIDED
 from training.errors import WaldoError, unknown_choice
 from training.models._layers import check_num_classes
 
@@ -81,9 +82,7 @@ def create_model(
             f"model {name!r} needs images of at least {info.min_size}x{info.min_size} "
             f"(got {size}x{size}); resize them with --image-size"
         )
-    accepted = set(inspect.signature(info.builder).parameters) - {
-        "num_classes", "in_channels", "image_size",
-    }
+    accepted = set(inspect.signature(info.builder).parameters) - set(DATA_DECIDED)
     unknown = sorted(set(kwargs) - accepted)
     if unknown:
         raise WaldoError(
