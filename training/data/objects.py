@@ -120,6 +120,19 @@ def _plain_keys(location: str, files: dict[str, int]) -> dict[str, int]:
     return {rel: size for rel, size in files.items() if rel not in skipped}
 
 
+def _existing_bucket(key: str, doing: str, advice: str = ""):
+    """The S3 filesystem, once the bucket of `key` (bucket/prefix) is known to exist; else a
+    WaldoError `doing: bucket ... does not exist` + `advice`. pyarrow raises OSError for the
+    rest (credentials, endpoint), which callers turn into their own line."""
+    from pyarrow import fs
+
+    bucket = key.split("/", 1)[0]
+    filesystem = s3_filesystem()
+    if filesystem.get_file_info(bucket).type == fs.FileType.NotFound:
+        raise WaldoError(f"{doing}: bucket {bucket!r} does not exist{advice}")
+    return filesystem
+
+
 def list_tree(location: str) -> dict[str, Folder]:
     """The image folders under `location`: {"train": .., "val": .., "test": ..} (those present)
     when it holds a `train/` folder, else {"all": ..}. One line naming the location when the
@@ -128,11 +141,8 @@ def list_tree(location: str) -> dict[str, Folder]:
 
     location = location.rstrip("/")
     base = _key(location)
-    bucket = base.split("/", 1)[0]
     try:
-        filesystem = s3_filesystem()
-        if filesystem.get_file_info(bucket).type == fs.FileType.NotFound:
-            raise WaldoError(f"cannot list {location}: bucket {bucket!r} does not exist")
+        filesystem = _existing_bucket(base, f"cannot list {location}")
         infos = filesystem.get_file_info(fs.FileSelector(base, recursive=True, allow_not_found=True))
     except OSError as exc:  # pyarrow raises OSError for every S3 failure
         raise WaldoError(f"cannot list {location}: {_problem(exc)}") from None
@@ -158,16 +168,11 @@ def check_writable(location: str, what: str) -> None:
     creates one, as a typo would make a new bucket (pyarrow's S3 filesystem creates none, and
     writers that go through s3fs come here first, as its `makedirs` would). A small marker object
     is written and deleted, so missing rights and a dead endpoint show here too."""
-    from pyarrow import fs
-
     location = location.rstrip("/")
     base = _key(location)
-    bucket = base.split("/", 1)[0]
     try:
-        filesystem = s3_filesystem()
-        if filesystem.get_file_info(bucket).type == fs.FileType.NotFound:
-            raise WaldoError(f"cannot write to {what} {location}: bucket {bucket!r} does not exist; "
-                             "create it first (Waldo never creates buckets)")
+        filesystem = _existing_bucket(base, f"cannot write to {what} {location}",
+                                      "; create it first (Waldo never creates buckets)")
         marker = f"{base}/.waldo-write-check-{uuid.uuid4().hex}"
         with filesystem.open_output_stream(marker) as out:
             out.write(b"")

@@ -251,6 +251,7 @@ def shard_datasets(location: str, task: str, columns: list[str]) -> tuple[Manife
 def read_pack(location: str, task: str) -> tuple[Manifest, dict[str, list[BoxRecord]]]:
     """The manifest and each split's (encoded image, box or None, label), every shard checked
     against the manifest; a WaldoError naming the object for anything wrong."""
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
     manifest = read_manifest(location, task)
@@ -269,7 +270,10 @@ def read_pack(location: str, task: str) -> tuple[Manifest, dict[str, list[BoxRec
                 raise WaldoError(f"cannot read {path}: {one_line(exc)}") from None
             if hashlib.sha256(data).hexdigest() != shard.sha256:
                 raise changed_shard(path, where)
-            table = pq.read_table(io.BytesIO(data)).to_pydict()
+            # Arrow's own buffer, not a Python file: a file object's last reference may drop on
+            # an Arrow thread after read_table returns, which then needs the GIL, and at
+            # interpreter exit that aborts the process (seen when a later shard was missing).
+            table = pq.read_table(pa.BufferReader(data)).to_pydict()
             records += [(blob, box, label) for blob, box, label
                         in zip(table["image"], table["box"], table["label"])]
         if len(records) != manifest.splits[split].count:
