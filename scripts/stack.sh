@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Build Waldo's images and run docker-compose.yml on a real container engine where Docker is
 # missing and no registry is reachable (these machines: Debian 12, podman + runc, docker-compose
-# 1.29 on podman's Docker-compatible socket; ENVIRONMENT.md "Containers").
+# 1.29 on podman's Docker-compatible socket; README: Deploy with docker-compose).
 #
 #   scripts/stack.sh engine   # install and configure podman + runc, start the Docker-API socket
 #   scripts/stack.sh bases    # local base images (Debian minbase, Python 3.11), built once, cached

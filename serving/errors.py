@@ -1,4 +1,4 @@
-"""The HTTP error contract of both Waldo services (DESIGN.md): `{"error": {"code": ...,
+"""The HTTP error contract of both Waldo services (README: Security): `{"error": {"code": ...,
 "message": ...}}` with a fitting status. Client mistakes are 4xx with a message naming the bad
 value; nothing a client sends becomes a 500.
 

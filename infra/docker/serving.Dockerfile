@@ -27,7 +27,7 @@ RUN useradd --create-home --uid 1000 --user-group --shell /bin/bash waldo \
 WORKDIR /opt/waldo
 COPY pyproject.toml infra/docker/requirements.py ./
 # The serving-gpu extra: onnxruntime-gpu and never the CPU onnxruntime (both install into the
-# same folder and the last one wins, ENVIRONMENT.md). Its [cuda,cudnn] extras bring the CUDA 13
+# same folder and the last one wins). Its [cuda,cudnn] extras bring the CUDA 13
 # runtime, cuBLAS, cuFFT, cuRAND and cuDNN 9 as wheels, so a slim base suffices; ldconfig makes
 # them findable for ORT's CUDA provider. The check fails the build if torch or the CPU build
 # of onnxruntime got in.

@@ -1,4 +1,4 @@
-"""The layering rules of DESIGN.md: the import-linter contracts in pyproject.toml hold, and
+"""The layering rules (README: Layout): the import-linter contracts in pyproject.toml hold, and
 `training`, `serving` and `services` have no import cycle, counting imports inside functions.
 (That light modules stay light is checked in fresh interpreters, in
 tests/integration/test_fresh_imports.py.)

@@ -1,6 +1,6 @@
 """The ModelCard's one author: `build_card` makes it from a checkpoint's own record.
 
-The card says how to feed the network and read its answer (DESIGN.md, contract 2). Everything
+The card says how to feed the network and read its answer (README: Export and register). Everything
 in it comes from the checkpoint (the task's saved hyperparameters and the data module's saved
 state) plus what the export adds: name, version, source run, metrics, opset, precision. The
 output declarations are chosen here by task name, and the ONNX graph's output names are taken
