@@ -73,6 +73,9 @@ install_packages() {
     command -v runc >/dev/null || missing+=(runc)
     command -v debootstrap >/dev/null || missing+=(debootstrap)
     command -v docker-compose >/dev/null || missing+=(docker-compose)
+    # compose's `init: true` runs podman's container init, Debian's catatonit; without it `up`
+    # fails with "container-init binary not found on the host".
+    [[ -x /usr/libexec/podman/catatonit || -x /usr/bin/catatonit ]] || missing+=(catatonit)
     [[ ${#missing[@]} -eq 0 ]] && return
     [[ $(id -u) -eq 0 ]] || die "installing ${missing[*]} needs root"
     say "apt-get install ${missing[*]}"
