@@ -1,4 +1,4 @@
-"""What augmentation costs per training step: `waldo train`'s path (`training.train.train`)
+"""What augmentation costs per training step: `waldo train`'s path (`training.running.local.train`)
 with `--augment none` and with each preset, the same network, data and batch size, on the CPU.
 
 Each run takes a timestamp at the end of every training batch (a callback); a run's figure is
@@ -35,8 +35,8 @@ def main() -> None:
     import pytorch_lightning as pl
     import torch
 
+    from training.running.local import train
     from training.spec import TrainSpec
-    from training.train import train
 
     class Stamps(pl.Callback):
         def __init__(self):

@@ -4,7 +4,7 @@ ResNet-50 (the registry's `resnet50`, 1000 classes) at 224 px on synthetic data,
 channels_last, with and without torch.compile. Two paths do the same work per step:
 
 - waldo: Waldo's own pieces, not a copy of them. A `TrainSpec` (SGD, momentum 0.9, no schedule,
-  no augmentation), `training.steps.build_task` and `build_trainer`, the standard callbacks,
+  no augmentation), `training.running.steps.build_task` and `build_trainer`, the standard callbacks,
   and a data module subclassing `ImageDataModule`, so each uint8 batch goes through Waldo's
   loader, Lightning's transfer and `on_after_batch_transfer` (to float, normalize) on the
   device, then the task's training step (its metrics included).
@@ -146,7 +146,7 @@ def run_waldo(args, compile_on: bool, dm_cls, root: Path) -> PathResult:
     import pytorch_lightning as pl
     import torch
 
-    from training.steps import build_task, build_trainer, standard_callbacks
+    from training.running.steps import build_task, build_trainer, standard_callbacks
 
     timer = StepTimer(torch.device(args.device), args.warmup_steps, args.steps, args.sync_steps)
 

@@ -20,7 +20,7 @@ processes started, imports done); one-off setup (listing and checking the folder
 `plan`, S3 listing) is printed beside it. S3 is a moto_server on 127.0.0.1, started and
 stopped here: requests pay its per-request cost (a Python server), but no network latency.
 
-Then the training throughput of one Ray Train worker (1 CPU; `training.steps.prepare` and
+Then the training throughput of one Ray Train worker (1 CPU; `training.running.steps.prepare` and
 `build_trainer` with waldo's Ray strategy, as `--workers` runs; cnn at 64 px, batch
 `--train-batch-size`, 2 epochs, no validation) fed (i) by Ray Data from the local pack
 (`ShardData`), as `plan` makes it (these decoded images fit the object store's share, so they are
@@ -152,9 +152,9 @@ def train_worker(config: dict) -> None:
     from training.data import create_datamodule
     from training.data.packed import PackedDataModule
     from training.data.raydata import ShardData
-    from training.distributed import _strategy
+    from training.running.distributed import _strategy
+    from training.running.steps import build_trainer, prepare
     from training.spec import TrainSpec
-    from training.steps import build_trainer, prepare
 
     class InMemory(PackedDataModule):
         def load(self):
@@ -175,7 +175,7 @@ def train_worker(config: dict) -> None:
             self.epochs[-1]["images"].append(len(batch[0]))
 
     spec = TrainSpec.model_validate(config["spec"])
-    if config["feed"].startswith("ray-data"):  # as training.distributed.train_loop_per_worker
+    if config["feed"].startswith("ray-data"):  # as training.running.distributed.train_loop_per_worker
         dm = ShardData(create_datamodule(spec.data_spec()), config["ingest"],
                        ray.train.get_context().get_world_size())
     else:
@@ -234,9 +234,9 @@ def main(argv: list[str] | None = None) -> int:
     from training.data.folder import FolderDataModule
     from training.data.packed import PackedDataModule, pack
     from training.data.raydata import plan
-    from training.distributed import start_local_ray
+    from training.running.distributed import start_local_ray
+    from training.running.workerenv import WORKER_ENV
     from training.spec import TrainSpec
-    from training.workerenv import WORKER_ENV
 
     warnings.filterwarnings("ignore")
     for name in ["pytorch_lightning", "lightning.pytorch", "lightning_fabric", "ray", "ray.data",
@@ -304,7 +304,7 @@ def main(argv: list[str] | None = None) -> int:
                     f"mirror (listing, download of every object), check, split, statistics "
                     f"{mirrored}")
 
-        for key, value in WORKER_ENV.items():  # as training.distributed does for Ray Train
+        for key, value in WORKER_ENV.items():  # as training.running.distributed does for Ray Train
             if key.startswith("RAY_TRAIN_"):
                 os.environ.setdefault(key, value)
         start_local_ray(num_cpus=3)

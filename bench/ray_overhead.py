@@ -1,6 +1,6 @@
 """What running on Ray costs: 1 Ray Train worker against in-process Lightning.
 
-Both paths run `training.pipeline.run(spec)` on the same spec (digits, same model, batch size,
+Both paths run `training.running.pipeline.run(spec)` on the same spec (digits, same model, batch size,
 seed, epochs); only `workers` differs (0: in-process, 1: one Ray Train worker). A callback
 stamps the end of every training batch and, on rank 0, logs to the run's MLflow metrics (where
 this script reads them):
@@ -19,7 +19,7 @@ all see the same load) and as medians:
 - the time from calling `train()` to the end of the first batch: in-process; cold (the job
   starts its own local Ray, as `waldo train --workers 1` does with no cluster running); warm
   (the job joins a head that `waldo cluster up` keeps running, started once by this script with
-  `training.cluster.up` on free ports; target: at most 10 s).
+  `training.running.cluster.up` on free ports; target: at most 10 s).
 
     .venv/bin/python bench/ray_overhead.py [--model cnn] [--batch-size 64] [--epochs 20]
                                            [--repeats 3]
@@ -83,7 +83,7 @@ def free_port() -> int:
 def run(spec, label: str) -> dict[str, float]:
     from mlflow.tracking import MlflowClient
 
-    from training.pipeline import run as train
+    from training.running.pipeline import run as train
 
     started = time.time()
     result = train(spec, callbacks=[BatchClock()])
@@ -110,13 +110,13 @@ def main() -> None:
     os.chdir(workdir)
     # The warm path's head, as `waldo cluster up` starts it; its token settings must be in the
     # environment before Ray is imported.
-    from training import cluster
+    from training.running import cluster
 
     os.environ["WALDO_CLUSTER_FILE"] = os.path.join(workdir, "cluster.json")
     started = time.monotonic()
     head = cluster.up(port=free_port(), dashboard_port=free_port())
     cluster.address()
-    print(f"`waldo cluster up` (training.cluster.up): head up in {time.monotonic() - started:.1f} s")
+    print(f"`waldo cluster up` (training.running.cluster.up): head up in {time.monotonic() - started:.1f} s")
     import ray
     import torch
 

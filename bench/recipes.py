@@ -59,8 +59,8 @@ def main() -> None:
                         help="fields of the base spec, e.g. lr=0.001 batch_size=64")
     args = parser.parse_args()
 
+    from training.running.local import train
     from training.spec import TrainSpec
-    from training.train import train
 
     recipes = dict(parse_recipe(r) for r in args.recipe) if args.recipe else CANDIDATES
     base = parse_recipe(["base", *args.set])[1]

@@ -8,7 +8,7 @@ warm-up and is skipped; the rest are pooled (images over seconds). Validation, t
 checkpointing and MLflow's end-of-run artifacts fall outside these windows; per-step work
 (Lightning's loop, hooks, metrics and logging) falls inside them.
 
-The waldo path is `training.train.train(spec)` itself, with a timing callback passed in.
+The waldo path is `training.running.local.train(spec)` itself, with a timing callback passed in.
 Each repeat runs both paths, alternating which goes first; the best repeat per path is reported.
 
     .venv/bin/python bench/train_throughput.py
@@ -118,7 +118,7 @@ def make_spec(model: str, batch_size: int, args, tmp: Path):
 
 def run_waldo(spec, between_epochs=None) -> RunTiming:
     """`waldo train`'s path: `train(spec)` itself, with the timing callback added."""
-    from training.train import train
+    from training.running.local import train
 
     timing = RunTiming()
     train(spec, callbacks=[make_probe(timing, between_epochs)])

@@ -34,7 +34,7 @@ def main() -> None:
                              "(--freeze backbone --unfreeze-at-epoch N)")
     args = parser.parse_args()
 
-    from training.pipeline import run
+    from training.running.pipeline import run
     from training.spec import TrainSpec
 
     root = Path(tempfile.mkdtemp(prefix="waldo-transfer-"))

@@ -15,11 +15,11 @@ from fastapi import Depends, FastAPI
 from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse
 
-from serving import errors
+from httpapi import errors
+from httpapi.middleware import BodyLimit
 from serving.deps import require_info
 from serving.manager import ModelManager
 from serving.metrics import Metrics
-from serving.middleware import BodyLimit
 from serving.routes import health, models, page, predict, v2
 from serving.settings import Settings, get_settings
 

@@ -30,6 +30,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
 
 
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add `waldo serve` to the `waldo` command."""
+    p = sub.add_parser("serve", help="run the inference service on exported ONNX models",
+                       description="Serve ONNX models from a repository folder or the MLflow "
+                       "registry over HTTP (FastAPI + ONNX Runtime). Needs no torch.")
+    add_arguments(p)
+    p.set_defaults(func=run)
+
+
 def build_settings(args: argparse.Namespace):
     from pathlib import Path
 
@@ -59,8 +68,8 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"waldo serve: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    from httpapi.server import ConnectionLimits, serve
     from serving.app import create_app
-    from serving.httpserver import ConnectionLimits, serve
 
     serve(create_app(settings), host=args.host, port=args.port, limits=ConnectionLimits.of(settings),
           log_level=args.log_level)

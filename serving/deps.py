@@ -1,5 +1,5 @@
 """Dependencies for the routes: the app's state, the served model by name, and the bearer
-tokens (checked by serving.auth, which the jobs API shares): `require_user` for inference,
+tokens (checked by httpapi.auth, which the jobs API shares): `require_user` for inference,
 `require_admin` for repository control, `require_info` for information (`protect_info`).
 
 All are `async def`: they only read state, and FastAPI would run a plain `def` dependency in
@@ -13,8 +13,8 @@ from typing import Annotated
 from fastapi import Depends, Path, Request
 from pydantic import SecretStr
 
-from serving.auth import Credentials, check_bearer
-from serving.errors import ApiError
+from httpapi.auth import Credentials, check_bearer
+from httpapi.errors import ApiError
 from serving.manager import ModelManager, ServedModel
 from serving.metrics import Metrics
 from serving.settings import Settings

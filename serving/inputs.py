@@ -29,7 +29,7 @@ from PIL import Image, UnidentifiedImageError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.concurrency import run_in_threadpool
 
-from serving.errors import ApiError, shown
+from httpapi.errors import ApiError, shown
 from serving.modelcard import ModelCard
 from serving.processing import preprocess
 

@@ -25,8 +25,8 @@ from dataclasses import dataclass, field
 import numpy as np
 from starlette.concurrency import run_in_threadpool
 
+from httpapi.errors import ApiError
 from serving.batching import Batcher, QueueFull, Timing
-from serving.errors import ApiError
 from serving.inputs import Inputs, Item
 from serving.metrics import Metrics
 from serving.runtime import LoadedModel

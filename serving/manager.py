@@ -13,9 +13,9 @@ import logging
 import os
 from pathlib import Path
 
+from httpapi.errors import ApiError, shown
 from serving import repository, runtime
 from serving.batching import Batcher
-from serving.errors import ApiError, shown
 from serving.lifecycle import Lifecycle
 from serving.metrics import Metrics
 from serving.repository import ModelVersion, RepositoryError

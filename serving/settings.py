@@ -81,7 +81,7 @@ class Settings(BaseSettings):
                                       "widths (classification strings at their longest); more gets "
                                       "413 over HTTP, RESOURCE_EXHAUSTED over gRPC")
 
-    # Connections (serving.httpserver): slow or idle clients are closed, open ones are capped.
+    # Connections (httpapi.server): slow or idle clients are closed, open ones are capped.
     header_timeout_s: float = Field(
         10.0, gt=0, description="a connection must finish a request's headers within this; an idle "
                                 "new connection is closed after it too")

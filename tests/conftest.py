@@ -63,7 +63,7 @@ def loaded_modules():
 @pytest.fixture(scope="session")
 def trained_run(tmp_path_factory) -> RunFactory:
     """`trained_run(**spec_fields)` or `trained_run(spec)`: a TrainedRun (spec, result, folder,
-    run_id, checkpoint), trained through `training.pipeline.run` the first time a test asks
+    run_id, checkpoint), trained through `training.running.pipeline.run` the first time a test asks
     for that spec and shared by every test that asks for it again."""
     return RunFactory(tmp_path_factory)
 

@@ -1,4 +1,4 @@
-"""Waldo's own service (`waldo serve`: uvicorn under serving.httpserver), from this checkout or
+"""Waldo's own service (`waldo serve`: uvicorn under httpapi.server), from this checkout or
 from --waldo-code, with the v2 gRPC front end on; batching on (peer "waldo") or off ("waldo-nb")."""
 
 from __future__ import annotations

@@ -28,6 +28,8 @@ COPY README.md ./
 COPY training ./training
 COPY serving ./serving
 COPY services ./services
+COPY httpapi ./httpapi
+COPY waldo ./waldo
 RUN pip install --no-cache-dir --no-deps . \
  && rm -rf build ./*.egg-info
 

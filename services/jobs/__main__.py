@@ -17,9 +17,9 @@ from services.jobs.settings import PROG, JobsSettings, error_line
 
 def serve(app, *, host: str, port: int, log_level: str) -> None:
     """Run `app` over HTTP until stopped, on the inference service's server: uvicorn under
-    serving.httpserver's connection guard (header and body timeouts, a connection cap)."""
-    from serving.httpserver import ConnectionLimits
-    from serving.httpserver import serve as serve_http
+    httpapi.server's connection guard (header and body timeouts, a connection cap)."""
+    from httpapi.server import ConnectionLimits
+    from httpapi.server import serve as serve_http
 
     serve_http(app, host=host, port=port, limits=ConnectionLimits(), log_level=log_level)
 

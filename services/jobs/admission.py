@@ -23,9 +23,9 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
+from httpapi.errors import ApiError
 from services.jobs.paths import check
 from services.jobs.settings import JobsSettings, env_name
-from serving.errors import ApiError
 from training.spec import JOB_SPECS, SweepSpec, TrainSpec, format_validation_error, parse_distribution
 
 MAX_DEPTH = 32  # nested dicts and lists in one field (model_args, data_args)

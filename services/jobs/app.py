@@ -4,7 +4,7 @@ It admits specs (admission.py: training.spec's schema, then the operator's roots
 and hands them to Ray Job Submission. Every /v1 request needs the bearer token
 `WALDO_JOBS_TOKEN`, checked before its body is read (middleware.py), and a body of at most
 `WALDO_JOBS_MAX_BODY_BYTES`; without a token the app does not start. Errors and the token check
-are the inference service's (serving.errors, serving.auth).
+are the inference service's (httpapi.errors, httpapi.auth).
 """
 
 from __future__ import annotations
@@ -14,12 +14,12 @@ import sys
 from fastapi import FastAPI
 from pydantic import ValidationError
 
+from httpapi.middleware import BodyLimit
 from services.jobs import errors
 from services.jobs.middleware import ReadBody, RequireToken
 from services.jobs.ray_jobs import RayJobs
 from services.jobs.routes import health, jobs
 from services.jobs.settings import JobsSettings, error_line, get_settings
-from serving.middleware import BodyLimit
 
 
 def create_app(settings: JobsSettings | None = None) -> FastAPI:

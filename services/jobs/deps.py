@@ -1,5 +1,5 @@
 """Dependencies for the routes: the settings, the RayJobs of the app, and the bearer token
-(checked by serving.auth, the check the inference service uses too)."""
+(checked by httpapi.auth, the check the inference service uses too)."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
+from httpapi.auth import Credentials, check_bearer
 from services.jobs.ray_jobs import RayJobs
 from services.jobs.settings import JobsSettings
-from serving.auth import Credentials, check_bearer
 
 
 async def _settings(request: Request) -> JobsSettings:

@@ -1,14 +1,14 @@
 """The jobs API's own failures, mapped onto the error contract it shares with the inference
-service (serving.errors): an unknown job is 404 `unknown_job`, an unreachable Ray cluster 503
+service (httpapi.errors): an unknown job is 404 `unknown_job`, an unreachable Ray cluster 503
 `cluster_unavailable` with Retry-After."""
 
 from __future__ import annotations
 
 from fastapi import FastAPI, Request
 
+from httpapi import errors
+from httpapi.errors import ApiError
 from services.jobs.ray_jobs import ClusterUnavailable, UnknownJob
-from serving import errors
-from serving.errors import ApiError
 
 
 def _unknown_job(request: Request, exc: Exception) -> ApiError:

@@ -3,7 +3,7 @@
 
 FastAPI reads and parses a JSON body before it runs a route's dependencies, so a dependency
 would check the token only after a stranger's body had been read: 50 MB took 0.9 s and 680 MB
-of memory before the 401. RequireToken checks the `Authorization` header (with serving.auth, the
+of memory before the 401. RequireToken checks the `Authorization` header (with httpapi.auth, the
 inference service's check) before anything calls `receive`; a refused request that declared a
 body is answered with `Connection: close`, so the server drops the connection rather than
 draining a body nobody will read.
@@ -13,8 +13,8 @@ from __future__ import annotations
 
 from pydantic import SecretStr
 
-from serving.auth import check_authorization
-from serving.errors import ApiError, error_response
+from httpapi.auth import check_authorization
+from httpapi.errors import ApiError, error_response
 
 
 def _header(scope, name: bytes) -> str | None:

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Depends
 
+from httpapi.errors import ApiError
 from serving.deps import AdminDep, ManagerDep, ServedDep, require_admin, require_info
-from serving.errors import ApiError
 from serving.manager import ModelManager, ServedModel
 from serving.repository import RepositoryError
 from serving.runtime import LoadError

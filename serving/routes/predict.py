@@ -9,8 +9,8 @@ from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse
 from starlette.datastructures import UploadFile
 
+from httpapi.errors import ApiError, shown
 from serving.deps import ManagerDep, ServedDep, SettingsDep, require_user
-from serving.errors import ApiError, shown
 from serving.inputs import IMAGE_FORMATS, Item, PredictRequest, check_answer_bytes, parse_json, parse_off_loop
 from serving.modelcard import ModelCard
 from serving.processing import postprocess

@@ -1,7 +1,7 @@
 """The Open Inference Protocol (KServe v2) over HTTP, with Triton's extensions that standard
 clients use: binary tensor data, classification, the model repository, statistics and the
 model configuration. A thin adapter: the protocol is `serving.v2.protocol`, the inference is
-the model's lifecycle, and errors are `{"error": "..."}` (`serving.errors`)."""
+the model's lifecycle, and errors are `{"error": "..."}` (`httpapi.errors`)."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ from fastapi import APIRouter, Body, Depends, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, ValidationError
 
+from httpapi.errors import ApiError, shown
 from serving.deps import ManagerDep, ServedDep, require_admin, require_info, require_user
-from serving.errors import ApiError, shown
 from serving.inputs import load_json, parse_off_loop
 from serving.v2 import protocol
 from serving.v2.protocol import InferRequest, InferResponse, InputTensor, RequestedOutput

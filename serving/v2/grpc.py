@@ -8,7 +8,7 @@ Triton's released client ships (`tritonclient.grpc.service_pb2`), so the wire fo
 `tritonclient.grpc` and `perf_analyzer` speak, not a copy that could drift.
 
 Its connections are guarded by grpcio's core (`connection_options`): the share of the service's
-one connection budget (serving.httpserver), the header timeout for a connection that never
+one connection budget (httpapi.server), the header timeout for a connection that never
 completes its HTTP/2 preface and SETTINGS, an idle timeout, a maximum age and a keepalive and
 ping policy. With `protect_info`, an interceptor puts the metadata, config, statistics and
 repository index RPCs behind the key, as on HTTP; liveness and readiness stay open.
@@ -26,10 +26,10 @@ from tritonclient.grpc import model_config_pb2
 from tritonclient.grpc import service_pb2 as pb
 from tritonclient.grpc import service_pb2_grpc as pb_grpc
 
-from serving.auth import check_authorization
+from httpapi.auth import check_authorization
+from httpapi.errors import ApiError, shown
+from httpapi.server import connection_budget
 from serving.deps import check_info
-from serving.errors import ApiError, shown
-from serving.httpserver import connection_budget
 from serving.manager import ModelManager, ServedModel
 from serving.settings import Settings
 from serving.v2 import protocol
@@ -261,7 +261,7 @@ def connection_options(settings: Settings) -> list[tuple[str, int]]:
     sockets, out of Python's sight):
 
     - `max_allowed_incoming_connections`: gRPC's share of the one connection budget
-      (serving.httpserver.connection_budget); a connection past it is closed when accepted;
+      (httpapi.server.connection_budget); a connection past it is closed when accepted;
     - `server_handshake_timeout_ms`: the header timeout; the core closes a connection that has
       not completed its handshake and sent its HTTP/2 SETTINGS by then (silent, preface-only);
     - `max_connection_idle_ms`: a connection without a call for `grpc_idle_timeout_s` gets GOAWAY;

@@ -28,7 +28,7 @@ from importlib.metadata import PackageNotFoundError, version
 
 import numpy as np
 
-from serving.errors import ApiError, shown
+from httpapi.errors import ApiError, shown
 from serving.inputs import Item, check_answer_bytes, finite_float32, flatten, float32_values
 from serving.lifecycle import Lifecycle
 from serving.modelcard import ModelCard

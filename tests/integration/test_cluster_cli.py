@@ -14,7 +14,7 @@ pytestmark = pytest.mark.slow
 
 
 def test_up_status_a_job_that_joins_it_and_down(tmp_path, waldo) -> None:
-    from training.cluster import _session
+    from training.running.cluster import _session
 
     env = clean_env(WALDO_CLUSTER_FILE=str(tmp_path / "cluster.json"))
     port, dashboard = free_port(), free_port()

@@ -3,7 +3,7 @@ best-checkpoint record, int8 and fp16 against fp32, local registration and its r
 the failures that must leave nothing written or registered.
 
 cnn and lenet5 are the session's `trained_run`s (each trained once, in a folder of its own with
-its ./mlflow.db; the run records its best checkpoint, `training.storage`); a test that needs
+its ./mlflow.db; the run records its best checkpoint, `training.tracking.storage`); a test that needs
 the run's local store works in that folder (`in_folder`); everything else is `export_run` or
 the CLI.
 """
@@ -25,12 +25,12 @@ from support.tasks import BatchDependent
 import training.export.precision as precision
 import training.export.source as source
 from serving.modelcard import CARD_FILE, MODEL_FILE, ModelCard
-from training import storage
-from training.cli import main
 from training.errors import WaldoError
 from training.export import export_run
 from training.spec import ExportSpec, TrainSpec
 from training.tasks import load_task_file
+from training.tracking import storage
+from waldo.cli import main
 
 pytestmark = pytest.mark.slow
 

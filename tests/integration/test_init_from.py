@@ -13,8 +13,8 @@ import torch
 import torchvision
 from support import REPO_ROOT, clean_env
 
+from training.running.steps import prepare
 from training.spec import TrainSpec
-from training.steps import prepare
 from training.tasks import load_task
 
 pytestmark = pytest.mark.slow
@@ -41,7 +41,7 @@ def _last(result) -> dict[str, torch.Tensor]:
 
 @pytest.mark.parametrize("unfreeze", [None, 1])
 def test_freeze_backbone_trains_only_the_head(in_tmp, unfreeze):
-    from training.train import train
+    from training.running.local import train
 
     loaded = _calibrated_resnet18(in_tmp / "resnet18.pth")
     spec = TrainSpec(model="resnet18", data="digits", image_size=32, weights="resnet18.pth",
@@ -86,7 +86,7 @@ def test_init_from_a_run_and_a_registered_version(trained_run, mlflow_server, in
 def test_unknown_init_from_is_one_line_exit_2(mlflow_server, tmp_path):
     for value in ("0123456789abcdef0123456789abcdef", "models:/nope@none", "missing.ckpt"):
         proc = subprocess.run(
-            [sys.executable, "-m", "training.cli", "train", "--init-from", value,
+            [sys.executable, "-m", "waldo", "train", "--init-from", value,
              "--tracking-uri", mlflow_server, "--no-progress-bar"],
             cwd=tmp_path, env={**clean_env(), "PYTHONPATH": str(REPO_ROOT)},
             capture_output=True, text=True, timeout=120)

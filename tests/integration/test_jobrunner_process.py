@@ -22,7 +22,7 @@ def test_a_train_job_ends_with_a_result_line_that_mlflow_confirms(tmp_path):
     from mlflow.tracking import MlflowClient
 
     env = clean_env(**{JOB_ENV: json.dumps(JOB)}, PYTHONPATH=str(REPO_ROOT))
-    proc = subprocess.run([sys.executable, "-m", "training.jobrunner"], cwd=tmp_path, env=env,
+    proc = subprocess.run([sys.executable, "-m", "training.running.jobrunner"], cwd=tmp_path, env=env,
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-4000:]
 

@@ -10,7 +10,7 @@ from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 from PIL import Image
 
-from training.experiments import compare
+from training.commands.compare import compare
 from training.spec import TrainSpec
 from training.tasks import ClassificationTask
 

@@ -18,8 +18,8 @@ from training.data.folder import FolderDataModule
 from training.data.localization import LocalizationFolderDataModule
 from training.data.packed import LocalizationPackedDataModule, PackedDataModule, pack
 from training.errors import WaldoError
+from training.running.steps import check_split_overlap
 from training.spec import TrainSpec
-from training.steps import check_split_overlap
 
 pytestmark = pytest.mark.slow
 

@@ -37,7 +37,7 @@ def local_ray(ray_tmp):
     inherit TMPDIR from this process as it starts them."""
     import ray
 
-    from training.distributed import start_local_ray
+    from training.running.distributed import start_local_ray
 
     saved = os.environ.get("TMPDIR")
     os.environ["TMPDIR"] = str(ray_tmp)
@@ -64,7 +64,7 @@ def _history(client: MlflowClient, run_id: str, key: str) -> list[float]:
 
 
 def test_two_workers_match_one_and_both_ranks_train(local_ray, ray_tmp, in_tmp, mlflow_server):
-    from training.pipeline import run
+    from training.running.pipeline import run
 
     # The plain recipe: what is compared is one worker against two, and with 2 x 64 images a
     # step the digits recipe (augmentation, EMA) would still be converging after 12 epochs.
@@ -100,7 +100,7 @@ def test_two_workers_match_one_and_both_ranks_train(local_ray, ray_tmp, in_tmp, 
 def test_killed_worker_resumes_from_its_checkpoint(local_ray, in_tmp, mlflow_server):
     import ray.util.state
 
-    from training.pipeline import run as train
+    from training.running.pipeline import run as train
 
     epochs = 8
     spec = TrainSpec(model="cnn", data="digits", epochs=epochs, workers=2, max_failures=2,
@@ -138,7 +138,7 @@ def test_killed_worker_resumes_from_its_checkpoint(local_ray, in_tmp, mlflow_ser
 
 
 def test_more_workers_than_the_cluster_has_is_refused(local_ray, in_tmp):
-    from training.pipeline import run
+    from training.running.pipeline import run
 
     with pytest.raises(WaldoError, match="16 workers need 16 CPUs.*has 2 CPUs"):
         run(TrainSpec(model="cnn", workers=16, epochs=1, progress_bar=False))
@@ -156,8 +156,8 @@ def test_unknown_search_distribution_and_parameter_are_refused():
 def test_sweep_with_asha_stops_a_trial_exports_the_best_and_moves_the_alias(
         local_ray, ray_tmp, in_tmp, mlflow_server):
     """`waldo sweep ... --export --alias production` on a real mlflow server."""
-    from training.pipeline import run_sweep
-    from training.sweep import STOPPED_EARLY
+    from training.running.pipeline import run_sweep
+    from training.running.sweep import STOPPED_EARLY
 
     # The search draws from the seed: lr 3.6e-4 and 5.7e-2 first, then 5.3e-6 for a third trial
     # that starts when one of the first two has finished, so ASHA has their results to stop it.
@@ -197,7 +197,7 @@ def test_sweep_with_default_paths_keeps_its_trials(local_ray, in_tmp):
     """A sweep as a new user runs it, in an empty folder with no tracking URI and no storage:
     the parent run, every trial's child run and the checkpoints all land under this folder,
     not in Ray's per-trial working folders."""
-    from training.sweep import sweep
+    from training.running.sweep import sweep
 
     spec = SweepSpec(model="cnn", data="digits", epochs=1, trials=2, scheduler="none",
                      search={"lr": "loguniform(1e-3,1e-1)"}, progress_bar=False)

@@ -25,7 +25,7 @@ def ray_with_room(tmp_path_factory):
     """A local Ray with a CPU for the data tasks beside two training workers."""
     import ray
 
-    from training.distributed import start_local_ray
+    from training.running.distributed import start_local_ray
 
     context = start_local_ray(num_cpus=3)
     yield context
@@ -94,7 +94,7 @@ def test_decoded_images_are_cached_when_they_fit_and_augmented_anew_every_epoch(
 
 def test_two_workers_train_from_a_folder_local_and_in_a_bucket_and_from_packed_shards(
         ray_with_room, photos, s3, tmp_path) -> None:
-    from training.pipeline import run
+    from training.running.pipeline import run
     from training.spec import TrainSpec
 
     bucket_pack = f"s3://{S3_BUCKET}/photos-packed"
@@ -158,7 +158,7 @@ def test_localization_streams_with_its_boxes_and_trains_on_two_workers(ray_with_
     from mlflow.tracking import MlflowClient
 
     from training.data.raydata import plan
-    from training.pipeline import run
+    from training.running.pipeline import run
     from training.spec import TrainSpec
 
     boxes = box_folder(tmp_path / "boxes", count=40)

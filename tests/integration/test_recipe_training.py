@@ -34,7 +34,7 @@ class Probe(Callback):
 
 
 def test_every_recipe_option_at_once_trains_and_tests_the_averaged_weights(in_tmp):
-    from training.train import train
+    from training.running.local import train
 
     probe = Probe()
     spec = TrainSpec(model="cnn", data="digits", epochs=3, batch_size=64, augment="trivialaugment",
@@ -56,7 +56,7 @@ def test_every_recipe_option_at_once_trains_and_tests_the_averaged_weights(in_tm
     assert any(not torch.equal(average[k], current[k]) for k in average)
     # The test metrics are those of the averaged weights (what export reads), not the raw ones.
     task = load_task(result.best_checkpoint).eval()
-    from training.steps import prepare
+    from training.running.steps import prepare
 
     dm, _ = prepare(spec)
     dm.setup("test")
@@ -83,7 +83,7 @@ def test_every_recipe_option_at_once_trains_and_tests_the_averaged_weights(in_tm
 
 
 def test_the_schedule_drives_a_backbone_unfrozen_mid_run(in_tmp):
-    from training.train import train
+    from training.running.local import train
 
     probe = Probe()
     spec = TrainSpec(model="cnn", data="digits", epochs=3, batch_size=128, freeze="backbone",
@@ -107,7 +107,7 @@ def test_accumulating_4_batches_of_8_takes_the_step_of_one_batch_of_32(tmp_path)
     import pytorch_lightning as pl
 
     from training.data import create_datamodule
-    from training.steps import build_task, build_trainer
+    from training.running.steps import build_task, build_trainer
 
     def one_step(batch_size: int, accumulate: int) -> dict[str, torch.Tensor]:
         spec = TrainSpec(data="digits", model="cnn", augment="none", optimizer="sgd", momentum=0,

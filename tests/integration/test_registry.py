@@ -1,6 +1,6 @@
 """Export, register and download against a real `mlflow server` on 127.0.0.1.
 
-`waldo train --publish --alias production` (`training.pipeline.run`) registers a version
+`waldo train --publish --alias production` (`training.running.pipeline.run`) registers a version
 linked to its run; `waldo export --run ... --alias production` moves the alias to a new
 version; serving's repository downloads `models:/cnn@production` into
 `<cache>/<name>/<version>/`; and plain onnxruntime + numpy (no torch in the process) predicts
@@ -23,9 +23,9 @@ from support import REPO_ROOT, TrainedRun, clean_env
 
 from serving.modelcard import CARD_FILE, MODEL_FILE, ModelCard
 from serving.repository import RepositoryError, fetch
-from training.cli import main
+from training.commands.predict import predict
 from training.data import create_datamodule
-from training.predict import predict
+from waldo.cli import main
 
 pytestmark = pytest.mark.slow
 

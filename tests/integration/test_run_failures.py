@@ -158,7 +158,7 @@ def test_the_stop_names_the_first_bad_step_and_no_checkpoint_is_written(tmp_path
     from pytorch_lightning.callbacks import ModelCheckpoint
     from torch.utils.data import DataLoader, TensorDataset
 
-    from training.callbacks import StopOnNonFinite, TrainingDiverged
+    from training.running.callbacks import StopOnNonFinite, TrainingDiverged
 
     data = DataLoader(TensorDataset(torch.randn(32, 4)), batch_size=4)  # 8 steps an epoch
     checkpoints = ModelCheckpoint(dirpath=tmp_path, monitor="val_loss", save_last=True)
@@ -181,7 +181,7 @@ def tracking(tmp_path_factory) -> str:
 def test_a_run_left_by_system_exit_is_killed(tracking, code):
     """Lightning turns Ctrl-C during `fit` into sys.exit(1), and SIGTERM into its
     SIGTERMException (a SystemExit without a code): the process was stopped, nothing failed."""
-    from training.tracking import start_run
+    from training.tracking.runs import start_run
 
     with pytest.raises(SystemExit):
         with start_run("waldo", tracking_uri=tracking) as run:
@@ -191,7 +191,7 @@ def test_a_run_left_by_system_exit_is_killed(tracking, code):
 
 def test_sigterm_in_a_run_raises_in_the_main_thread_and_kills_the_run(tracking):
     """The handler start_run installs (a real SIGTERM is sent in the CLI test above)."""
-    from training.tracking import EXIT_SIGTERM, start_run
+    from training.tracking.runs import EXIT_SIGTERM, start_run
 
     # As in a fresh `waldo train`; an in-process Ray driver earlier in this session installed
     # its own handler, which start_run rightly leaves alone.
@@ -210,7 +210,7 @@ def test_sigterm_in_a_run_raises_in_the_main_thread_and_kills_the_run(tracking):
 
 
 def test_a_sigterm_while_the_run_is_created_waits_until_it_can_be_closed(tracking):
-    from training.tracking import _SigtermAsExit
+    from training.tracking.runs import _SigtermAsExit
 
     handler = _SigtermAsExit()
     with pytest.raises(SystemExit):
@@ -224,8 +224,8 @@ def test_a_sigterm_while_the_run_is_created_waits_until_it_can_be_closed(trackin
 def test_a_sweep_stopped_early_closes_its_trials_runs(tracking):
     """Tune's trial processes die with the sweep, and their child runs with them: the sweep
     closes those still RUNNING with its own outcome."""
-    from training.sweep import _end_open_children
-    from training.tracking import start_run
+    from training.running.sweep import _end_open_children
+    from training.tracking.runs import start_run
 
     client = MlflowClient(tracking)
     with start_run("sweep", tracking_uri=tracking) as parent:

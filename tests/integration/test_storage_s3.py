@@ -15,7 +15,7 @@ pytestmark = pytest.mark.slow
 def test_in_process_run_checkpoints_into_the_bucket_and_exports_from_it(s3, in_tmp):
     from mlflow.tracking import MlflowClient
 
-    from training.pipeline import run
+    from training.running.pipeline import run
     from training.spec import TrainSpec
 
     result = run(TrainSpec(model="cnn", data="digits", epochs=2, progress_bar=False, storage=f"s3://{BUCKET}/runs",

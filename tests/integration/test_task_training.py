@@ -152,7 +152,7 @@ class _SlowRows(torch.utils.data.Dataset):
 
 @pytest.mark.parametrize("delay, low, high", [(0.0, 0.0, 0.5), (0.01, 0.6, 1.0)])
 def test_data_wait_fraction_shows_a_loader_that_starves_the_step(digits, delay, low, high, monkeypatch):
-    from training.callbacks import EpochFacts
+    from training.running.callbacks import EpochFacts
 
     task = make_task(digits, "mlp")
     recorder = _Recorder()

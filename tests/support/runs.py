@@ -1,6 +1,6 @@
 """Trained runs for the tests: each distinct spec trains once per test session.
 
-`training.pipeline.run(spec)` does the work, so a spec may train on Ray (`workers`) and export
+`training.running.pipeline.run(spec)` does the work, so a spec may train on Ray (`workers`) and export
 (`export`, `publish`, `alias`) like `waldo train` would. Each spec trains in a folder of its
 own, where a local MLflow store (`./mlflow.db`) and the checkpoints (`./waldo_runs`) land
 unless the spec names a tracking server or a storage.
@@ -34,10 +34,10 @@ def in_folder(folder: Path) -> Iterator[Path]:
 
 @dataclass(frozen=True)
 class TrainedRun:
-    """A finished run: its spec, `training.pipeline.run`'s result and the folder it ran in."""
+    """A finished run: its spec, `training.running.pipeline.run`'s result and the folder it ran in."""
 
     spec: TrainSpec
-    result: Any  # training.steps.TrainResult: run_id, tracking_uri, metrics, export, ...
+    result: Any  # training.running.steps.TrainResult: run_id, tracking_uri, metrics, export, ...
     folder: Path
 
     @property
@@ -46,9 +46,9 @@ class TrainedRun:
 
     @property
     def logged_spec(self) -> TrainSpec:
-        """The spec as the run records it (params, spec.yaml): `training.pipeline.run` makes
+        """The spec as the run records it (params, spec.yaml): `training.running.pipeline.run` makes
         its locations absolute, in the folder it ran in, before it starts."""
-        from training.steps import resolve_locations
+        from training.running.steps import resolve_locations
 
         with in_folder(self.folder):
             return resolve_locations(self.spec)
@@ -87,7 +87,7 @@ class RunFactory:
         return outcome
 
     def _train(self, spec: TrainSpec) -> TrainedRun | BaseException:
-        from training.pipeline import run
+        from training.running.pipeline import run
 
         folder = self._tmp.mktemp(f"run-{spec.task}-{spec.model}")
         try:

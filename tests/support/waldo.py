@@ -14,9 +14,9 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 def waldo_command() -> list[str]:
-    """The installed console script next to this interpreter, else `python -m training.cli`."""
+    """The installed console script next to this interpreter, else `python -m waldo`."""
     script = BIN / "waldo"
-    return [str(script)] if script.exists() else [sys.executable, "-m", "training.cli"]
+    return [str(script)] if script.exists() else [sys.executable, "-m", "waldo"]
 
 
 def start_waldo(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.Popen:

@@ -1,12 +1,12 @@
 """User mistakes on the `waldo` command line: exit status 2, one line on stderr, no traceback,
-and no run left behind. In-process through `training.cli.main`; the same contract for the real
+and no run left behind. In-process through `waldo.cli.main`; the same contract for the real
 console script is in tests/integration/test_cli_process.py."""
 
 from __future__ import annotations
 
 import pytest
 
-from training.cli import main
+from waldo.cli import main
 
 # case id -> (argv, strings the message must contain)
 CASES: dict[str, tuple[list[str], list[str]]] = {

@@ -15,15 +15,15 @@ import pytest
 from PIL import Image
 from torchvision import datasets
 
-from training.cli import main
 from training.data.folder import FolderDataModule
 from training.data.leakage import split_overlap
 from training.data.links import SHOWN_SKIPS
 from training.data.localization import LocalizationFolderDataModule
 from training.data.packed import read_manifest
 from training.errors import WaldoError
+from training.running.steps import SPLIT_OVERLAP_TAG, check_split_overlap, split_overlap_tags
 from training.spec import TrainSpec
-from training.steps import SPLIT_OVERLAP_TAG, check_split_overlap, split_overlap_tags
+from waldo.cli import main
 
 
 def noise(path: Path, seed: int, size=(12, 12)) -> Path:

@@ -29,7 +29,6 @@ from serving.modelcard import (
     ONNX_METADATA_KEY,
     ModelCard,
 )
-from training.cli import build_parser, main
 from training.errors import WaldoError
 from training.export import ExportResult, export_run
 from training.export.card import build_card, default_name, output_names
@@ -39,6 +38,7 @@ from training.export.source import CheckpointRecord, read_record
 from training.models import get_model_info, list_models
 from training.spec import ExportSpec
 from training.tasks import TASKS, BaseTask
+from waldo.cli import build_parser, main
 
 warnings.filterwarnings("ignore", ".*does not have many workers.*")
 

@@ -1,4 +1,4 @@
-"""serving.httpserver subclasses uvicorn's h11 protocol and reads its per-request state, which
+"""httpapi.server subclasses uvicorn's h11 protocol and reads its per-request state, which
 is uvicorn's private API: pyproject.toml pins uvicorn to the releases this was tested with, and
 these tests fail, fast and without a server, when a release changes what the Guard relies on:
 the methods it overrides (and that uvicorn still calls them), the attributes it reads on the
@@ -16,7 +16,7 @@ import uvicorn
 from uvicorn.protocols.http.h11_impl import H11Protocol, RequestResponseCycle
 from uvicorn.server import ServerState
 
-from serving.httpserver import ConnectionLimits, Guard, GuardedProtocol, connection_budget
+from httpapi.server import ConnectionLimits, Guard, GuardedProtocol, connection_budget
 
 # What GuardedProtocol overrides, with the parameters uvicorn calls it with.
 OVERRIDDEN = {

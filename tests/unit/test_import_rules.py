@@ -13,7 +13,7 @@ from collections.abc import Iterable, Mapping
 import grimp
 from support import REPO_ROOT
 
-PACKAGES = ("training", "serving", "services")
+PACKAGES = ("waldo", "services", "training", "serving", "httpapi")
 
 
 # --- import-linter ----------------------------------------------------------------------------

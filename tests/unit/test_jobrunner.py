@@ -1,5 +1,5 @@
-"""`training.jobrunner.main()`, the fixed entrypoint of every Ray job (`python -m
-training.jobrunner`), refusing bad jobs the way the CLI refuses bad flags: exit status 2 and
+"""`training.running.jobrunner.main()`, the fixed entrypoint of every Ray job (`python -m
+training.running.jobrunner`), refusing bad jobs the way the CLI refuses bad flags: exit status 2 and
 one line that names the problem, no traceback, and no result line. Called in this process,
 with the job in a monkeypatched environment; nothing here trains or starts a process
 (tests/integration/test_jobrunner_process.py runs a real job as Ray would)."""
@@ -11,7 +11,7 @@ import os
 
 import pytest
 
-from training import jobrunner
+from training.running import jobrunner
 from training.spec import JOB_ENV, JOB_RESULT_PREFIX
 
 

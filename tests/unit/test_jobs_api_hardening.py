@@ -369,7 +369,7 @@ def test_bounds_are_the_operators_and_the_limit_itself_is_allowed(api, fake):
     ("sweep", {"search": {"model": "choice(cnn, nope)"}}, ["search.model", "nope"]),
 ])
 def test_unknown_model_and_data_set_names_are_refused_at_submit_time(api, fake, kind, spec, words):
-    """Needs training.spec to know the names (training/catalog.py, torch-free)."""
+    """Needs training.spec to know the names (training/spec/catalog.py, torch-free)."""
     refused(api().post("/v1/jobs", json={"kind": kind, "spec": spec}), "invalid_spec", *words)
     assert not fake.jobs
 

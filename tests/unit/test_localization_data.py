@@ -10,7 +10,6 @@ import pytest
 import torch
 from PIL import Image
 
-from training.cli import _spec_from_args, build_parser
 from training.data import create_datamodule
 from training.data.localization import (
     BoxDataset,
@@ -20,6 +19,8 @@ from training.data.localization import (
 )
 from training.errors import WaldoError
 from training.spec import DataSpec, TrainSpec
+from training.spec.flags import spec_from_args as _spec_from_args
+from waldo.cli import build_parser
 
 
 def all_items(ds) -> tuple[torch.Tensor, torch.Tensor]:

@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-from training.catalog import DATASETS
 from training.data import create_datamodule, describe_data, list_datasets
 from training.data.localization import LocalizationDigitsDataModule
 from training.data.mnist5k import MNIST5kDataModule, mnist5k
 from training.spec import DataSpec, TrainSpec
+from training.spec.catalog import DATASETS
 
 
 def module(val_fraction: float = 0.15) -> MNIST5kDataModule:

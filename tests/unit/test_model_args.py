@@ -9,10 +9,10 @@ import inspect
 
 import pytest
 
-from training.catalog import DATA_DECIDED, LOCALIZER_ARGS, MODEL_ARGS, MODEL_NAMES
-from training.cli import main
 from training.errors import WaldoError
 from training.spec import SweepSpec, TrainSpec, build_spec
+from training.spec.catalog import DATA_DECIDED, LOCALIZER_ARGS, MODEL_ARGS, MODEL_NAMES
+from waldo.cli import main
 
 
 def refused(fields: dict, spec_cls=TrainSpec) -> str:
@@ -29,7 +29,7 @@ def keyword_only(function) -> dict[str, inspect.Parameter]:
 
 
 def test_the_torch_free_table_is_the_builders_signatures():
-    """training.catalog.MODEL_ARGS (what the spec checks, torch-free) can never drift from what
+    """training.spec.catalog.MODEL_ARGS (what the spec checks, torch-free) can never drift from what
     the builders take: each builder's keyword-only parameters, less those the data decides, with
     a rule of the right kind for each default."""
     from training.models import create_localizer, get_model_info, list_models

@@ -18,12 +18,12 @@ import pytest
 import torch
 import torchvision
 
-from training.cli import main
 from training.models import create_localizer, create_model
 from training.models._layers import backbone_modules
 from training.models.pretrained import adapt_input_conv, load_matching
+from training.running.steps import prepare
 from training.spec import TrainSpec
-from training.steps import prepare
+from waldo.cli import main
 
 CLASSICS = ["alexnet", "vgg11", "vgg16", "vgg19", "resnet18", "resnet34", "resnet50", "googlenet"]
 IMAGENET_MEAN, IMAGENET_STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]

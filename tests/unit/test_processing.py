@@ -158,7 +158,7 @@ def test_a_large_jpeg_decodes_at_reduced_scale_and_keeps_its_size_for_boxes():
 
 
 def test_the_pixel_budget_counts_the_whole_request_and_names_the_image_that_broke_it():
-    from serving.errors import ApiError
+    from httpapi.errors import ApiError
     from serving.inputs import Inputs
 
     blob = encoded(Image.new("RGB", (100, 100)), "PNG")

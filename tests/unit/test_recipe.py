@@ -10,7 +10,7 @@ from support.tasks import classification_task, digits_module
 
 from training.data.augment import Augmented, per_image_transform, random_affine
 from training.spec import TrainSpec
-from training.specrecipe import RECIPE_DEFAULTS
+from training.spec.recipe import RECIPE_DEFAULTS
 
 
 # --- defaults per task and data kind ----------------------------------------------------------

@@ -27,8 +27,8 @@ from fastapi.testclient import TestClient
 from pydantic import SecretStr
 from tritonclient.grpc import service_pb2 as pb
 
-from serving.auth import Credentials, check_authorization, check_bearer
-from serving.errors import ApiError, install, shown
+from httpapi.auth import Credentials, check_authorization, check_bearer
+from httpapi.errors import ApiError, install, shown
 from serving.inputs import check_answer_bytes, json_values, parse_json, parse_off_loop
 from serving.modelcard import CLASSIFY_OUTPUTS, InputSpec, ModelCard
 from serving.processing import postprocess

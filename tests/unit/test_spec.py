@@ -8,9 +8,10 @@ import pydantic
 import pytest
 import yaml
 
-from training.cli import _spec_from_args, build_parser
 from training.errors import WaldoError
 from training.spec import TrainSpec, build_spec, load_yaml
+from training.spec.flags import spec_from_args as _spec_from_args
+from waldo.cli import build_parser
 
 
 def spec_from_flags(*flags: str) -> TrainSpec:
@@ -27,7 +28,7 @@ def write_yaml(tmp_path, data: dict | str, name: str = "spec.yaml"):
 def test_defaults():
     spec = TrainSpec()
     assert (spec.task, spec.model, spec.data) == ("classify", "cnn", "mnist-5k")
-    # mnist-5k is digits: their recipe (training.specrecipe.RECIPE_DEFAULTS) sets these two
+    # mnist-5k is digits: their recipe (training.spec.recipe.RECIPE_DEFAULTS) sets these two
     assert (spec.epochs, spec.lr, spec.batch_size, spec.optimizer) == (60, 3e-3, 64, "adam")
     assert (TrainSpec(data="folder").epochs, TrainSpec(data="folder").batch_size) == (30, 32)
     assert (spec.lr_schedule, spec.precision, spec.accelerator) == ("cosine", "32", "auto")

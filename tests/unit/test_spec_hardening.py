@@ -10,9 +10,10 @@ import tracemalloc
 import pytest
 import yaml
 
-from training.cli import _spec_from_args, build_parser
 from training.errors import WaldoError
 from training.spec import ExportSpec, SweepSpec, TrainSpec, build_spec, load_yaml
+from training.spec.flags import spec_from_args as _spec_from_args
+from waldo.cli import build_parser
 
 NAN, INF = float("nan"), float("inf")
 
@@ -211,9 +212,9 @@ def test_data_must_fit_the_task(fields, named):
 
 def test_catalog_equals_the_registries():
     """The torch-free lists and the registries that build from them can never drift apart."""
-    from training.catalog import DATA_KINDS, DATASETS, MODEL_NAMES
     from training.data import _registry, list_datasets
     from training.models import list_models
+    from training.spec.catalog import DATA_KINDS, DATASETS, MODEL_NAMES
 
     assert list(MODEL_NAMES) == list_models()
     assert sorted(DATASETS) == list_datasets()

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import pytest
 
-from training import storage
-from training.tracking import absolute_tracking_uri
+from training.tracking import storage
+from training.tracking.runs import absolute_tracking_uri
 
 
 def test_local_storage_becomes_absolute_and_uris_are_kept(in_tmp):
@@ -39,7 +39,7 @@ def test_local_fetch_and_the_run_record(tmp_path):
     with pytest.raises(FileNotFoundError):
         storage.fetch(str(tmp_path / "none.ckpt"), tmp_path)
 
-    class FakeRun:  # the one method of training.tracking.Run the record uses
+    class FakeRun:  # the one method of training.tracking.runs.Run the record uses
         tags: dict[str, str] = {}
 
         def set_tags(self, tags):
@@ -63,8 +63,8 @@ def test_file_uris_and_unusable_schemes(in_tmp):
 
 
 def test_resolve_locations_makes_every_path_of_a_spec_absolute(in_tmp):
+    from training.running.steps import resolve_locations
     from training.spec import TrainSpec
-    from training.steps import resolve_locations
 
     spec = resolve_locations(TrainSpec(data="folder", data_dir="pets", storage="runs",
                                        tracking_uri="sqlite:///m.db"))

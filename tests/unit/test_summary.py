@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from training.cli import main
+from waldo.cli import main
 
 # The source material's CNN on 1x28x28: conv 5x5 -> pool -> conv 3x3 -> pool -> dense.
 CNN_SHAPES = ["24x24x8", "12x12x8", "10x10x16", "5x5x16", "10"]

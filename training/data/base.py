@@ -33,7 +33,7 @@ class ImageDataModule(pl.LightningDataModule):
     task: str = "classify"  # the task whose targets this data module yields
     native_size: int = 28  # side of the images as the data set stores them
     in_channels: int = 1
-    kind: str = "digits"  # what the pictures are: digits or photos (`training.catalog.DATA_KINDS`)
+    kind: str = "digits"  # what the pictures are: digits or photos (`training.spec.catalog.DATA_KINDS`)
     expects: str = "the folder the data set is kept in"  # what --data-dir names, for messages
 
     def __init__(
@@ -62,7 +62,7 @@ class ImageDataModule(pl.LightningDataModule):
         self.mean: tuple[float, ...] = ()
         self.std: tuple[float, ...] = ()
         # Files of the user's data set that `load()` found unreadable and left out (paths);
-        # their count is logged on the run (`training.steps`).
+        # their count is logged on the run (`training.running.steps`).
         self.skipped_images: list[str] = []
         # The user's data: how many test (and val) images are also in an earlier split, by
         # content (`training.data.leakage`); None for the built-in data sets.

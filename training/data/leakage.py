@@ -6,7 +6,7 @@ file, and it scored 97% on the test split. Links are no longer walked twice
 (`training.data.links`), but the same image can still reach two splits as a copy, or twice in
 a labels CSV. So the user's data sets (`folder`, `packed`, and their localization kin) compare
 their splits by the sha256 of each image's bytes when they load (`split_overlap`), and
-`training.steps.check_split_overlap` refuses a run whose test split shares more than
+`training.running.steps.check_split_overlap` refuses a run whose test split shares more than
 `MAX_SHARE` of its images with train or val, unless the spec allows it
 (`allow_split_overlap`), and records the count on the run. A pack stores its splits' overlap
 in its manifest, computed when it was packed.

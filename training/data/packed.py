@@ -34,14 +34,14 @@ import torch
 from pydantic import BaseModel, ValidationError
 from torch.utils.data import Dataset
 
-from training import storage
-from training.catalog import Task
 from training.data.base import channel_stats
 from training.data.folder import FolderDataModule, _sample_images
 from training.data.images import load_image
 from training.data.leakage import SplitOverlap, split_overlap
 from training.data.localization import BoxRecord, LocalizationFolderDataModule
 from training.errors import WaldoError, one_line
+from training.spec.catalog import Task
+from training.tracking import storage
 
 FORMAT = "waldo-packed/1"
 MANIFEST = "manifest.json"

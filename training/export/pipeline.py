@@ -71,7 +71,7 @@ def export_run(spec: ExportSpec, *, train_spec: TrainSpec | None = None) -> Expo
     version points back to it. `train_spec` (else the run's spec.yaml, else the data record in
     the checkpoint) says which data to score fp16/int8 on.
     """
-    from training.tracking import resolve_tracking_uri
+    from training.tracking.runs import resolve_tracking_uri
 
     start = time.perf_counter()
     uri = resolve_tracking_uri(spec.tracking_uri)

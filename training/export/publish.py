@@ -40,7 +40,7 @@ def publish(
     from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
 
-    from training.tracking import _experiment_id
+    from training.tracking.runs import _experiment_id
 
     client = MlflowClient(tracking_uri)
     created_model = False

@@ -1,6 +1,6 @@
 """What an export reads: a checkpoint, the record it carries, and the MLflow run it came from.
 
-A run names its best checkpoint through the storage contract (`training.storage`): the tags
+A run names its best checkpoint through the storage contract (`training.tracking.storage`): the tags
 `waldo.best_checkpoint` (its location in storage, a local path or a URI) and
 `waldo.best_checkpoint_artifact` (the run artifact holding a copy). The location is read first;
 the artifact only when the location cannot be read (a deleted folder, storage this machine does
@@ -13,11 +13,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from training import storage
 from training.errors import WaldoError
 from training.spec import ExportSpec, TrainSpec, build_spec
 from training.tasks import BaseTask, load_task_file
-from training.tracking import read_run
+from training.tracking import storage
+from training.tracking.runs import read_run
 
 
 @dataclass(frozen=True)

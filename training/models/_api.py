@@ -8,9 +8,9 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from training.catalog import DATA_DECIDED
 from training.errors import WaldoError, unknown_choice
 from training.models._layers import check_num_classes
+from training.spec.catalog import DATA_DECIDED
 
 
 @dataclass(frozen=True)

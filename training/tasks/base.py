@@ -49,7 +49,7 @@ class BaseTask(pl.LightningModule):
     ):
         super().__init__()
         # `provenance`: where the network's first weights came from (pretrained weights or an
-        # earlier run, see `training.init_from`); export copies it into the ModelCard.
+        # earlier run, see `training.running.init_from`); export copies it into the ModelCard.
         # Collects the subclass's arguments too. The spec is logged as the run's params, so
         # these are only for rebuilding from a checkpoint, not for the logger.
         self.save_hyperparameters(ignore=["net"], logger=False)
@@ -74,7 +74,7 @@ class BaseTask(pl.LightningModule):
         per_step = h.lr_schedule == "onecycle" or h.get("warmup_epochs", 0)
         steps = (self.trainer.estimated_stepping_batches if per_step and self._trainer is not None
                  else h.epochs)
-        # Frozen parameters (`training.finetune`) stay out; unfreezing adds them as a group.
+        # Frozen parameters (`training.running.finetune`) stay out; unfreezing adds them as a group.
         return build_optimizers(
             [p for p in self.parameters() if p.requires_grad], optimizer=h.optimizer, lr=h.lr,
             weight_decay=h.weight_decay,

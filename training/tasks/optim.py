@@ -68,7 +68,7 @@ def build_optimizers(
 
 def add_to_schedules(group: dict, schedulers: Iterable[lr_scheduler.LRScheduler]) -> None:
     """Let the schedules drive a param group added during training (a backbone unfrozen by
-    `training.finetune`): the per-group keys they keep (initial, peak and final learning rates,
+    `training.running.finetune`): the per-group keys they keep (initial, peak and final learning rates,
     OneCycleLR's momenta) and their base learning rates, copied from the first group and
     scaled by the ratio of the two groups' current learning rates."""
     for sched in schedulers:

@@ -19,7 +19,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from fastapi.security.utils import get_authorization_scheme_param
 from pydantic import SecretStr
 
-from serving.errors import ApiError
+from httpapi.errors import ApiError
 
 bearer = HTTPBearer(auto_error=False, description="the bearer token the service was started with")
 

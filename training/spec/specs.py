@@ -31,9 +31,9 @@ from pydantic import (
     model_validator,
 )
 
-from training.catalog import DATASETS, MODEL_NAMES, Task, datasets_for, model_arg_problems
 from training.errors import WaldoError, unknown_choice
-from training.specfields import (  # noqa: F401  (names importers take from training.spec)
+from training.spec.catalog import DATASETS, MODEL_NAMES, Task, datasets_for, model_arg_problems
+from training.spec.fields import (  # noqa: F401  (names importers take from training.spec)
     DEFAULT_OPSET,
     MAX_IMAGE_SIZE,
     MAX_OPSET,
@@ -53,8 +53,8 @@ from training.specfields import (  # noqa: F401  (names importers take from trai
     check_run_name,
     number_kind,
 )
-from training.specfile import load_yaml
-from training.specrecipe import Augment, RecipeSpec, check_recipe
+from training.spec.files import load_yaml
+from training.spec.recipe import Augment, RecipeSpec, check_recipe
 
 Precision = Literal["32", "bf16-mixed", "16-mixed"]
 WORKER_RANGE = re.compile(r"(\d+)\s*-\s*(\d+)", re.ASCII)  # `--workers MIN-MAX`
@@ -231,7 +231,7 @@ class TrainSpec(RecipeSpec):
     def _builder_args(cls, args: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
         """The one rule for model arguments, whichever door the spec came through: names the
         data decides are refused, the rest are checked against the network's builder
-        (`training.catalog.MODEL_ARGS`, equal to the builders' signatures) and its bounds."""
+        (`training.spec.catalog.MODEL_ARGS`, equal to the builders' signatures) and its bounds."""
         problems = model_arg_problems(info.data.get("model"), info.data.get("task"), args)
         if problems:
             raise ValueError("; ".join(problems))

@@ -93,7 +93,7 @@ def up(*, port: int = DEFAULT_PORT, dashboard_port: int = DEFAULT_DASHBOARD_PORT
         if _listening(f"127.0.0.1:{taken}"):
             raise WaldoError(f"port {taken} is in use already (another Ray?); choose others with "
                              "--port / --dashboard-port")
-    from training.workerenv import WORKER_ENV
+    from training.running.workerenv import WORKER_ENV
 
     path = state_file()
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -19,12 +19,10 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from training import storage
 from training.data import create_datamodule
 from training.data.raydata import DATA_CPUS, STREAMED, ShardData, plan
 from training.errors import WaldoError
-from training.spec import TrainSpec
-from training.steps import (
+from training.running.steps import (
     TrainResult,
     check_split_overlap,
     default_run_name,
@@ -33,8 +31,10 @@ from training.steps import (
     resolve_locations,
     split_overlap_tags,
 )
-from training.tracking import Run
-from training.workerenv import WORKER_ENV
+from training.running.workerenv import WORKER_ENV
+from training.spec import TrainSpec
+from training.tracking import storage
+from training.tracking.runs import Run
 
 JOB_FILE = "waldo_job.json"  # beside Ray's own state: the spec and MLflow run of the job
 
@@ -73,12 +73,12 @@ def connect(address: str | None, min_cpus: float = 0) -> None:
 
 def _own_head(address: str) -> bool:
     """Whether `address` is the head that `waldo cluster up` keeps running. Its processes, and
-    so all its Ray workers, have WORKER_ENV in their environment already (training.cluster.up),
+    so all its Ray workers, have WORKER_ENV in their environment already (training.running.cluster.up),
     so a job joins it without a runtime env of its own: a job's runtime env makes Ray start
     every actor of the job (the Train controller, its helpers, the workers) in a new worker
     process set up for that env, 0.8-0.9 s each here, where without one the actor takes one of
     the head's idle workers (0.1-0.5 s)."""
-    from training import cluster
+    from training.running import cluster
 
     state = cluster.running()
     return state is not None and state["address"] == address
@@ -198,8 +198,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     from pytorch_lightning.loggers import MLFlowLogger
     from ray.train.lightning import RayLightningEnvironment, RayTrainReportCallback, prepare_trainer
 
-    from training.finetune import finetune_callbacks
-    from training.steps import (
+    from training.running.finetune import finetune_callbacks
+    from training.running.steps import (
         build_trainer,
         log_pictures,
         prepare,
@@ -316,7 +316,7 @@ def train_distributed(
     """Run `spec` as a Ray Train job of `spec.workers` workers, tracked in one MLflow run.
 
     `resume_run_id` continues an existing MLflow run (a job whose driver died, see
-    `training.pipeline.resume`); Ray itself restores the job's checkpoint state from
+    `training.running.pipeline.resume`); Ray itself restores the job's checkpoint state from
     `storage/<run_name>`, and the workers carry on from the latest checkpoint. `scratch` is a
     local folder for the job's temporary files (default: a new one, removed at the end).
     """

@@ -16,12 +16,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from training import storage
-from training.distributed import connect, scratch_folder, train_distributed
 from training.errors import WaldoError
+from training.running.distributed import connect, scratch_folder, train_distributed
+from training.running.steps import monitor_of, resolve_locations
 from training.spec import SweepSpec, TrainSpec, parse_distribution
-from training.steps import monitor_of, resolve_locations
-from training.tracking import start_run
+from training.tracking import storage
+from training.tracking.runs import start_run
 
 if TYPE_CHECKING:
     from training.export import ExportResult
@@ -37,7 +37,7 @@ class SweepResult:
     best_checkpoint: str | None  # the best trial's checkpoint in storage
     best_run_id: str | None = None  # the best trial's child run
     trials: list[dict[str, Any]] = field(default_factory=list)
-    export: ExportResult | None = None  # set by `training.pipeline.run_sweep` when asked
+    export: ExportResult | None = None  # set by `training.running.pipeline.run_sweep` when asked
 
 
 def search_space(spec: SweepSpec) -> dict[str, Any]:
@@ -151,7 +151,7 @@ def sweep(spec: SweepSpec) -> SweepResult:
 
 def _adopt_best_checkpoint(parent, best: dict[str, Any]) -> str | None:
     """Log the best trial's checkpoint on its child run and the parent run, and record it on
-    the parent as the parent's own (`training.storage`), so either run exports like any."""
+    the parent as the parent's own (`training.tracking.storage`), so either run exports like any."""
     location = best.get("checkpoint")
     if location is None:
         return None
@@ -180,7 +180,7 @@ def _end_open_children(parent, status: str) -> None:
 def _record_trials(parent, grid, epochs: int, monitor: str, mode: str,
                    root: str) -> list[dict[str, Any]]:
     """Close each trial's child run with its real outcome (finished, stopped early, failed),
-    and record on it its best epoch's checkpoint (`training.storage`).
+    and record on it its best epoch's checkpoint (`training.tracking.storage`).
 
     Tune ends a trial's process at its last report, whether ASHA stopped it or it reached its
     last epoch, so the trial cannot record this itself: each report carries the metrics and the

@@ -1,5 +1,5 @@
-"""The steps every training run takes, shared by the in-process runner (`training.train`) and
-the Ray runner (`training.distributed`): seed and load the data, build the task around the
+"""The steps every training run takes, shared by the in-process runner (`training.running.local`) and
+the Ray runner (`training.running.distributed`): seed and load the data, build the task around the
 network, build the Lightning Trainer and its callbacks, open the MLflow run, and log the
 pictures at the end. Neither runner imports the other; both import this.
 """
@@ -20,15 +20,15 @@ from lightning_fabric.utilities.exceptions import MisconfigurationException
 from pytorch_lightning.callbacks import Callback, EarlyStopping, LearningRateMonitor
 from torchvision.utils import save_image
 
-from training import storage, viz
-from training.callbacks import BoxPictures, EpochFacts, StopOnNonFinite, WeightEMA
 from training.data import ImageDataModule, create_datamodule, describe_data
 from training.data.leakage import MAX_SHARE
 from training.errors import WaldoError
-from training.init_from import Start, starting_point
+from training.running.callbacks import BoxPictures, EpochFacts, StopOnNonFinite, WeightEMA
+from training.running.init_from import Start, starting_point
 from training.spec import TrainSpec
 from training.tasks import TASKS, BaseTask, ClassificationTask
-from training.tracking import Run, absolute_tracking_uri, start_run
+from training.tracking import storage, viz
+from training.tracking.runs import Run, absolute_tracking_uri, start_run
 
 if TYPE_CHECKING:
     from training.export import ExportResult
@@ -60,7 +60,7 @@ class TrainResult:
     best_checkpoint: str  # its location in storage: a local path or a URI (s3://...)
     metrics: dict[str, float] = field(default_factory=dict)
     ui_hint: str = ""
-    export: ExportResult | None = None  # set by `training.pipeline` when the spec exports
+    export: ExportResult | None = None  # set by `training.running.pipeline` when the spec exports
 
 
 def resolve_locations(spec: Any) -> Any:

@@ -1,7 +1,7 @@
 """`train(spec)`: the in-process runner, plain Lightning in this process.
 
-It neither dispatches to Ray nor exports: `training.pipeline.run(spec)` picks this runner or
-the Ray one (`training.distributed`) and exports afterwards when the spec asks. Tests and
+It neither dispatches to Ray nor exports: `training.running.pipeline.run(spec)` picks this runner or
+the Ray one (`training.running.distributed`) and exports afterwards when the spec asks. Tests and
 benchmarks call it directly.
 """
 
@@ -13,12 +13,10 @@ from collections.abc import Sequence
 from pytorch_lightning.callbacks import Callback, ModelCheckpoint
 from pytorch_lightning.loggers import MLFlowLogger
 
-from training import storage
 from training.errors import WaldoError
-from training.finetune import finetune_callbacks
 from training.models import get_model_info
-from training.spec import TrainSpec
-from training.steps import (
+from training.running.finetune import finetune_callbacks
+from training.running.steps import (
     TrainResult,
     build_trainer,
     default_run_name,
@@ -31,6 +29,8 @@ from training.steps import (
     split_overlap_tags,
     standard_callbacks,
 )
+from training.spec import TrainSpec
+from training.tracking import storage
 
 BEST_ARTIFACT = f"{storage.CHECKPOINT_ARTIFACT_DIR}/best.ckpt"
 
@@ -43,13 +43,13 @@ def train(
     Checkpoints (the best by the monitored metric, and the last) go to
     `<storage>/<run id>/checkpoints/`, a local folder or a bucket alike; the best one is also
     logged as the run artifact `best/best.ckpt`, and both places are recorded on the run
-    (`training.storage`). MLflow gets the spec as params, per-epoch train/val loss and
+    (`training.tracking.storage`). MLflow gets the spec as params, per-epoch train/val loss and
     accuracy, test metrics, the resolved spec, and learning-curve, confusion-matrix and filter
     plots.
     """
     if spec.workers > 0:
         raise WaldoError(f"train() runs in this process; workers={spec.workers} runs on Ray "
-                         "(training.pipeline.run picks the runner)")
+                         "(training.running.pipeline.run picks the runner)")
     spec = resolve_locations(spec)
     name = default_run_name(spec)
     get_model_info(spec.model)  # fail on a bad name before loading any data

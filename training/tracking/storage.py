@@ -106,7 +106,7 @@ def fetch(location: str, into: str | Path) -> Path:
 
 
 def record_best_checkpoint(run: Any, location: str, artifact: str | None = None) -> None:
-    """Tag the MLflow run (a `training.tracking.Run`) with its best checkpoint's location and,
+    """Tag the MLflow run (a `training.tracking.runs.Run`) with its best checkpoint's location and,
     when the checkpoint was also logged, the artifact path of that copy."""
     tags = {BEST_CHECKPOINT_TAG: location}
     if artifact is not None:

@@ -1,12 +1,12 @@
 """From a spec to a registered model: pick the runner, train, and export when the spec asks.
 
-`run(spec)` trains in this process (`training.train`) or on Ray (`training.distributed`),
-`run_sweep(spec)` runs a Ray Tune sweep (`training.sweep`), and `resume(name)` continues a Ray
+`run(spec)` trains in this process (`training.running.local`) or on Ray (`training.running.distributed`),
+`run_sweep(spec)` runs a Ray Tune sweep (`training.running.sweep`), and `resume(name)` continues a Ray
 job whose driver died. Each ends like `waldo export --run RUN --publish --alias ...` when the
 spec sets `export`, `publish` or `alias`: for a sweep, on the best trial's run.
 
 Each runner makes the spec's relative locations absolute before it starts anything
-(`training.steps.resolve_locations`), so this module does not.
+(`training.running.steps.resolve_locations`), so this module does not.
 """
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ from training.spec import ExportSpec, SweepSpec, TrainSpec
 
 if TYPE_CHECKING:
     from training.export import ExportResult
-    from training.steps import TrainResult
-    from training.sweep import SweepResult
+    from training.running.steps import TrainResult
+    from training.running.sweep import SweepResult
 
 
 def join_cluster(spec: TrainSpec) -> TrainSpec:
@@ -30,7 +30,7 @@ def join_cluster(spec: TrainSpec) -> TrainSpec:
     cluster's token settings (which this sets in the environment) when it is imported."""
     if spec.ray_address or os.environ.get("RAY_ADDRESS"):
         return spec
-    from training import cluster
+    from training.running import cluster
 
     address = cluster.address()
     return spec.model_copy(update={"ray_address": address}) if address else spec
@@ -40,12 +40,12 @@ def run(spec: TrainSpec, *, callbacks: Sequence[Any] = (),
         parent_run_id: str | None = None) -> TrainResult:
     """Train `spec` (in-process with `workers=0`, else as a Ray Train job) and export if asked."""
     if spec.workers > 0:
-        from training.distributed import train_distributed
+        from training.running.distributed import train_distributed
 
         spec = join_cluster(spec)
         result = train_distributed(spec, callbacks=callbacks, parent_run_id=parent_run_id)
     else:
-        from training.train import train
+        from training.running.local import train
 
         result = train(spec, callbacks=callbacks, parent_run_id=parent_run_id)
     result.export = export_if_asked(spec, result.run_id, result.tracking_uri)
@@ -61,7 +61,7 @@ def resume(name: str, *, storage_location: str | None = None, tracking_uri: str 
     RUNNING by the dead driver, is reopened and closed as usual, and the export the spec asked
     for follows.
     """
-    from training.distributed import load_job, train_distributed
+    from training.running.distributed import load_job, train_distributed
 
     spec, run_id, stored_uri = load_job(name, storage_location)
     update: dict[str, Any] = {"tracking_uri": tracking_uri or stored_uri}
@@ -77,7 +77,7 @@ def resume(name: str, *, storage_location: str | None = None, tracking_uri: str 
 
 def run_sweep(spec: SweepSpec) -> SweepResult:
     """Run the sweep, then export the best trial's checkpoint when the spec asks."""
-    from training.sweep import sweep
+    from training.running.sweep import sweep
 
     result = sweep(join_cluster(spec))
     if spec.exports and not result.best_run_id:

@@ -15,10 +15,10 @@ from pytorch_lightning.callbacks import Callback, WeightAveraging
 from pytorch_lightning.trainer.states import TrainerFn
 from torchvision.utils import save_image
 
-from training import viz
 from training.data import ImageDataModule
 from training.errors import WaldoError
-from training.tracking import Run
+from training.tracking import viz
+from training.tracking.runs import Run
 
 
 class TrainingDiverged(WaldoError):
@@ -108,7 +108,7 @@ class EpochFacts(Callback):
     and an elastic one how its group changed, and the share of the training loop's
     wall time spent waiting for the next batch (`data_wait_fraction`, the worst rank's; a
     GPU that starves on input shows it at once). Also runs `at_fit_start(trainer, module)` once
-    (the run's data facts, `training.steps`). One callback rather than three: Lightning calls
+    (the run's data facts, `training.running.steps`). One callback rather than three: Lightning calls
     every hook of every callback on every step.
 
     The wait is the host's time from the end of one step to the start of the next (and from

@@ -1,10 +1,10 @@
 """The training recipe's spec fields: augmentation, regularization, warmup, weight averaging,
 gradient handling and compilation. `TrainSpec` inherits them, so the CLI, YAML files, the jobs
 API and sweeps all take them. `training.data.augment` and the data modules turn them into
-transforms, `training.tasks` into losses and schedules, `training.steps` into Trainer arguments
+transforms, `training.tasks` into losses and schedules, `training.running.steps` into Trainer arguments
 and callbacks.
 
-Some defaults depend on the task and on what the pictures are (`training.catalog.DATA_KINDS`):
+Some defaults depend on the task and on what the pictures are (`training.spec.catalog.DATA_KINDS`):
 a field left out takes the value of `RECIPE_DEFAULTS` for the spec's task and data kind, filled
 in before validation, so the run's params show what was used. They were chosen by
 measurement (bench/recipes.py; the figures are in the README). Torch-free, like training.spec.
@@ -16,8 +16,8 @@ from typing import Any, Literal
 
 from pydantic import Field, NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt, model_validator
 
-from training.catalog import DATA_KINDS
-from training.specfields import SpecBase
+from training.spec.catalog import DATA_KINDS
+from training.spec.fields import SpecBase
 
 Augment = Literal["none", "basic", "trivialaugment", "randaugment", "autoaugment"]
 AUGMENTS: tuple[str, ...] = Augment.__args__  # type: ignore[attr-defined]

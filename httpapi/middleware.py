@@ -3,7 +3,7 @@ counts the bytes of a chunked body as they arrive, so a huge upload never sits i
 
 from __future__ import annotations
 
-from serving.errors import ApiError, error_response
+from httpapi.errors import ApiError, error_response
 
 
 class BodyLimit:

@@ -8,11 +8,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from training import viz
-from training.pipeline import run
+from training.running.pipeline import run
+from training.running.steps import TrainResult
 from training.spec import TrainSpec, build_spec
-from training.steps import TrainResult
-from training.tracking import start_run
+from training.tracking import viz
+from training.tracking.runs import start_run
 
 # The source's settings; `waldo compare` starts from these, and flags override them.
 SOURCE_EXPERIMENT = {

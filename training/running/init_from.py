@@ -1,6 +1,6 @@
 """Where a run's network starts: `--weights` (torchvision's or a state dict file, see
 `training.models.pretrained`) or `--init-from` an earlier Waldo network: an MLflow run id (its
-best checkpoint, through the storage record of `training.storage`), a .ckpt file, or a
+best checkpoint, through the storage record of `training.tracking.storage`), a .ckpt file, or a
 registered version, `models:/NAME@ALIAS` or `models:/NAME/VERSION` (its source run).
 
 The run's best checkpoint is found the way `training.export.source.RunSource` finds it (the
@@ -16,11 +16,11 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from training import storage
 from training.errors import WaldoError, one_line
 from training.models.pretrained import Pretrained, load_matching, load_weights, per_channel
 from training.spec import TrainSpec
-from training.tracking import read_run
+from training.tracking import storage
+from training.tracking.runs import read_run
 
 _MODEL_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[^/]+)|/(?P<version>\d+))$")
 

@@ -1,6 +1,6 @@
 """The environment of every process of a Waldo job on Ray (the Train controller, its workers,
-Tune trials): `training.distributed` gives it through the job's runtime env, and `waldo cluster
-up` (`training.cluster`) starts its head with it, so jobs joining that head need no runtime env.
+Tune trials): `training.running.distributed` gives it through the job's runtime env, and `waldo cluster
+up` (`training.running.cluster`) starts its head with it, so jobs joining that head need no runtime env.
 """
 
 # Settings for the processes of a Ray job (controller, workers, Tune trials), given through its

@@ -39,7 +39,7 @@ DATASETS: dict[str, Task] = {
 
 
 # data set name -> what its pictures are, which decides what `--augment basic` does and the
-# recipe's defaults (`training.specrecipe`): centred digits (a small random affine, no flips)
+# recipe's defaults (`training.spec.recipe`): centred digits (a small random affine, no flips)
 # or photos (a random resized crop and a horizontal flip).
 DataKind = Literal["digits", "photos"]
 DATA_KINDS: dict[str, DataKind] = {

@@ -1,0 +1,39 @@
+"""The spec: the one description of a job (`TrainSpec`, `SweepSpec`, `ExportSpec`).
+
+The CLI flags, a YAML file, the jobs API body and Ray Tune's overrides all build these, and
+each is validated once, here. Torch-free, so light processes (the jobs API) validate specs.
+
+- `specs`: the spec classes, `build_spec` and the job contract (entrypoint, environment).
+- `fields`: field types that carry their checks, bounds, and the rules each field declares.
+- `recipe`: the training recipe's fields and their defaults per task and data.
+- `catalog`: the torch-free names of networks and data sets, and the builders' arguments.
+- `files`: YAML spec files.  `flags`: one command-line flag per field.
+
+Checkpoints and pickles written before the package existed name `training.spec.TrainSpec`;
+the names below keep them loading.
+"""
+
+from training.spec.fields import DEFAULT_OPSET, check_run_name, number_kind
+from training.spec.files import load_yaml
+from training.spec.specs import (
+    DEFAULT_ATOL,
+    DEFAULT_MAX_DROP,
+    EXPORT_PRECISIONS,
+    JOB_ENTRYPOINT,
+    JOB_ENV,
+    JOB_RESULT_PREFIX,
+    JOB_SPECS,
+    WORKER_RANGE,
+    DataSpec,
+    ExportSpec,
+    SweepSpec,
+    TrainSpec,
+    build_spec,
+    format_validation_error,
+    parse_distribution,
+)
+
+__all__ = ["DEFAULT_ATOL", "DEFAULT_MAX_DROP", "DEFAULT_OPSET", "EXPORT_PRECISIONS", "JOB_ENTRYPOINT",
+           "JOB_ENV", "JOB_RESULT_PREFIX", "JOB_SPECS", "WORKER_RANGE", "DataSpec", "ExportSpec",
+           "SweepSpec", "TrainSpec", "build_spec", "check_run_name", "format_validation_error",
+           "load_yaml", "number_kind", "parse_distribution"]

@@ -1,0 +1,1 @@
+"""The `waldo` command, composed from the subcommands each package owns (`waldo.cli`)."""

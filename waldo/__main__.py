@@ -1,0 +1,5 @@
+import sys
+
+from waldo.cli import main
+
+sys.exit(main())
