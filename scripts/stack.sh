@@ -14,6 +14,7 @@
 #                             # classifies a digit; --scale ray-worker=2 adds a Ray node
 #   scripts/stack.sh down     # `down -v`, checks that no container or volume of the project is left
 #   scripts/stack.sh engine-stop  # stop the API socket and the health-check loop `engine` started
+#   scripts/stack.sh ready    # exit 0 when `ci` made the images here (podman runs), else 1
 #   scripts/stack.sh ci       # what .ci/run needs for tests/integration/test_images.py: podman,
 #                             # the bases and the serving, jobs and mlflow images (no socket, no
 #                             # stack). Exits 0 with one message when this machine cannot run a
@@ -405,6 +406,12 @@ cmd_ci() {
     say "engine, bases and images (${WALDO_IMAGES:-serving jobs mlflow}) ready in $((SECONDS - start)) s"
 }
 
+# After `ci`: whether this machine runs containers and has the images it built (.ci/run then
+# brings the whole stack up, smokes it and takes it down).
+cmd_ready() {
+    command -v podman >/dev/null && have_image "$PREFIX/serving:$TAG"
+}
+
 # shellcheck source=scripts/stack/smoke.sh
 source "$ROOT/scripts/stack/smoke.sh"
 
@@ -418,8 +425,9 @@ main() {
         down) cmd_down ;;
         engine-stop) cmd_engine_stop ;;
         ci) cmd_ci ;;
+        ready) cmd_ready ;;
         _healthchecks) healthcheck_loop ;;
-        *) echo "usage: $0 engine|bases|build|up|smoke|down|engine-stop|ci" >&2; exit 2 ;;
+        *) echo "usage: $0 engine|bases|build|up|smoke|down|engine-stop|ci|ready" >&2; exit 2 ;;
     esac
 }
 

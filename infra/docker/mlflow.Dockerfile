@@ -7,7 +7,7 @@
 ARG PYTHON_IMAGE=python:3.11.14-slim-bookworm
 FROM ${PYTHON_IMAGE}
 
-# MLFLOW_VERSION must equal the mlflow pin in pyproject.toml (tests/unit/test_infra.py checks).
+# MLFLOW_VERSION must equal the mlflow pin in pyproject.toml (tests/integration/test_infra.py checks).
 ARG MLFLOW_VERSION=3.17.2
 
 ENV PYTHONUNBUFFERED=1 \
