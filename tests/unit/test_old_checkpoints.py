@@ -11,6 +11,7 @@ import zipfile
 from pathlib import Path
 
 from support import REPO_ROOT
+
 from waldo.cli import main
 
 OLD = REPO_ROOT / "tests" / "data" / "cnn-digits-0.1.ckpt"
