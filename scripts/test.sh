@@ -1,8 +1,19 @@
 #!/usr/bin/env bash
 # Fresh machine -> whole test suite: make .venv, install Waldo with its dev tools, run the tests.
-# Extra arguments go to pytest (e.g. `scripts/test.sh -m "not slow"`).
+#   scripts/test.sh           the whole suite
+#   scripts/test.sh --fast    the fast tier: every package, but no test that trains, starts Ray,
+#                             runs containers or a browser, or is slow otherwise (markers in
+#                             pyproject.toml)
+# Other arguments go to pytest (e.g. `scripts/test.sh --fast tests/unit -x`). Both print the
+# 25 slowest tests.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+tier=()
+if [ "${1:-}" = "--fast" ]; then
+  shift
+  tier=(-m "not (trains or ray or containers or browser or slow)")
+fi
 
 [ -x .venv/bin/python ] || python3 -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip
@@ -12,4 +23,4 @@ cd "$(dirname "$0")/.."
 
 # The import-linter contracts and the import-cycle check run inside the suite
 # (tests/unit/test_import_rules.py), once.
-.venv/bin/python -m pytest "$@"
+.venv/bin/python -m pytest --durations=25 ${tier[@]+"${tier[@]}"} "$@"

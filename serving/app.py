@@ -12,10 +12,9 @@ import gc
 from contextlib import asynccontextmanager
 
 from fastapi import Depends, FastAPI
-from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
-from fastapi.responses import HTMLResponse, JSONResponse
 
 from httpapi import errors
+from httpapi.docs import install_docs
 from httpapi.middleware import BodyLimit
 from serving.deps import require_info
 from serving.manager import ModelManager
@@ -48,9 +47,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 await grpc_server.stop(grace=2)
             await manager.stop()
 
-    # With protect_info, FastAPI's own schema and docs routes are replaced by the same ones
-    # behind the key (`_protected_docs`).
-    docs = {} if not settings.protect_info else {"docs_url": None, "redoc_url": None, "openapi_url": None}
+    # /docs and /redoc are install_docs' (their JavaScript from the app, not FastAPI's CDN).
+    docs = {"docs_url": None, "redoc_url": None}
+    if settings.protect_info:
+        docs["openapi_url"] = None
     app = FastAPI(title="Waldo inference", version="0.1.0", lifespan=lifespan,
                   description="Classify and localize images with Waldo's ONNX models.", **docs)
     app.state.settings = settings
@@ -60,25 +60,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     for router in (health.router, models.router, predict.router, v2.router, page.router):
         app.include_router(router)
-    if settings.protect_info:
-        _protected_docs(app)
+    # With protect_info, /openapi.json, /docs and /redoc are behind `require_info`. A browser
+    # does not send a bearer token when Swagger UI fetches the schema: tools fetch /openapi.json
+    # with the key instead.
+    install_docs(app, [Depends(require_info)] if settings.protect_info else ())
     return app
-
-
-def _protected_docs(app: FastAPI) -> None:
-    """/openapi.json, /docs and /redoc behind `require_info`, as FastAPI's documentation does it
-    for docs behind a login. A browser does not send a bearer token when Swagger UI fetches the
-    schema: with protect_info, tools fetch /openapi.json with the key instead."""
-    info = [Depends(require_info)]
-
-    @app.get("/openapi.json", include_in_schema=False, dependencies=info)
-    async def openapi() -> JSONResponse:
-        return JSONResponse(app.openapi())
-
-    @app.get("/docs", include_in_schema=False, dependencies=info)
-    async def swagger() -> HTMLResponse:
-        return get_swagger_ui_html(openapi_url="/openapi.json", title=f"{app.title} - docs")
-
-    @app.get("/redoc", include_in_schema=False, dependencies=info)
-    async def redoc() -> HTMLResponse:
-        return get_redoc_html(openapi_url="/openapi.json", title=f"{app.title} - ReDoc")

@@ -42,7 +42,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 def build_settings(args: argparse.Namespace):
     from pathlib import Path
 
-    from serving.manager import registry_uri
+    from serving.manager import registry_uri, source_conflicts
+    from serving.repository import RepositoryError, parse_models_uri
     from serving.settings import Settings
 
     overrides = {k: v for k, v in vars(args).items()
@@ -50,9 +51,21 @@ def build_settings(args: argparse.Namespace):
     overrides.setdefault("grpc_host", args.host)
     settings = Settings(**overrides)
     for source in settings.models:
-        if registry_uri(source) is None and not Path(source).is_dir():
+        uri = registry_uri(source)
+        if uri is None and not Path(source).is_dir():
             raise ValueError(f"model source {source!r} is neither a folder nor a registry model "
                              "(NAME@ALIAS, NAME/VERSION, models:/...)")
+        if uri is not None:
+            try:
+                parse_models_uri(uri)
+            except RepositoryError as exc:
+                raise ValueError(f"model source {source!r}: {exc}") from None
+    # A model name served by two sources is refused here rather than served from one of them:
+    # which one the user meant is theirs to say (the service itself keeps the first, see
+    # ModelManager.conflicts).
+    conflicts = source_conflicts(settings.models)
+    if conflicts:
+        raise ValueError("; ".join(conflicts.values()))
     return settings
 
 

@@ -4,6 +4,12 @@ A source is a repository folder (every model in it, newest version) or one regis
 (`NAME@ALIAS`, `NAME/VERSION`, `models:/...`). Reloading asks the source again; a new version
 is loaded and smoke-tested off the event loop, and only then swapped in. A version that fails
 leaves the served one untouched.
+
+A model name comes from one source. `waldo serve` refuses to start when two sources hold the
+same name (`source_conflicts`); a service started otherwise serves the name from the source that
+gave it first, and one that meets a second source later (a folder that gains the name) keeps
+what it serves: either way the conflict is logged as one line (`conflict_line`), shown as the
+model's error, and the name's reloads are refused until one source is left.
 """
 
 from __future__ import annotations
@@ -42,6 +48,51 @@ def registry_uri(source: str) -> str | None:
     return None
 
 
+def source_holds(source: str, name: str) -> bool:
+    """Whether `source` would serve a model called `name`: a registry source names its one
+    model; a folder holds it when it has a complete version (a missing folder holds nothing)."""
+    uri = registry_uri(source)
+    if uri is None:
+        return repository.holds(source, name)
+    try:
+        return repository.parse_models_uri(uri)[0] == name
+    except RepositoryError:
+        return False
+
+
+def _source_names(source: str) -> list[str]:
+    uri = registry_uri(source)
+    try:
+        return [repository.parse_models_uri(uri)[0]] if uri is not None else list(repository.scan(source))
+    except RepositoryError:  # a missing folder or a malformed URI: reported as such elsewhere
+        return []
+
+
+def conflict_line(name: str, first: str, second: str) -> str:
+    """The one line that says model `name` comes from two sources and how to resolve it."""
+    def where(source: str) -> str:
+        if registry_uri(source) is None:
+            return f"the folder {source!r} ({os.path.join(source, name)})"
+        return f"the registry model {source!r}"
+
+    return (f"model {name!r} comes from two sources, {where(first)} and {where(second)}: serve it "
+            "from one of them (drop the other from --models / WALDO_MODELS), or export one under "
+            "another name (waldo export --name)")
+
+
+def source_conflicts(sources: list[str]) -> dict[str, str]:
+    """Each model name that more than one of `sources` holds -> its `conflict_line` (the first
+    two sources that hold it, in order). A source listed twice is one source."""
+    first: dict[str, str] = {}
+    conflicts: dict[str, str] = {}
+    for source in dict.fromkeys(sources):
+        for name in _source_names(source):
+            if name in first and name not in conflicts:
+                conflicts[name] = conflict_line(name, first[name], source)
+            first.setdefault(name, source)
+    return conflicts
+
+
 def _local_store(uri: str | None) -> str | None:
     """The folder of a local MLflow store (`sqlite:///...`, `file://...`), else None."""
     for scheme in ("sqlite:///", "file://"):
@@ -69,6 +120,9 @@ class ModelManager:
         self.json_slots = asyncio.Semaphore(settings.max_concurrent_json)  # serving.inputs.parse_json_body
         self.models: dict[str, ServedModel] = {}
         self.source_errors: dict[str, str] = {}  # folder sources that yield nothing, and why
+        # Model names that two sources hold -> the line that says so: the name stays with the
+        # source that gave it first, and its reloads are refused until one source is left.
+        self.conflicts: dict[str, str] = {}
         self._poller: asyncio.Task | None = None
         self._folders = self._server_paths()
 
@@ -118,6 +172,29 @@ class ModelManager:
             raise RepositoryError(f"{served.source} no longer holds a model named {served.name!r}")
         return found[served.name]
 
+    def _rival(self, served: ServedModel) -> str | None:
+        """Another configured source that holds `served`'s name too, if any."""
+        return next((source for source in self.settings.models
+                     if source != served.source and source_holds(source, served.name)), None)
+
+    def _conflict(self, name: str, first: str, second: str, outcome: str) -> str:
+        """Note that `second` holds `name` too while `first` serves it: log the line (once per
+        conflict, at ERROR) with `outcome`, and show it as the model's error while it serves."""
+        line = conflict_line(name, first, second)
+        if self.conflicts.get(name) != line:
+            log.error("%s; %s", line, outcome)
+            self.conflicts[name] = line
+        served = self.models.get(name)
+        if served is not None and served.model is not None:
+            served.error = self.public(line)
+        return line
+
+    def _no_conflict(self, served: ServedModel) -> None:
+        if self.conflicts.pop(served.name, None) is not None:
+            log.info("model %s comes from one source again, %s", served.name, served.source)
+            if served.model is not None:
+                served.error = None
+
     def _load(self, version: ModelVersion, source: str) -> LoadedModel:
         return runtime.load(version, self.settings, source)
 
@@ -134,8 +211,16 @@ class ModelManager:
         self.source_errors.pop(source, None)
         uri = registry_uri(source)
         if uri is not None:
-            name = repository.parse_models_uri(uri)[0]
-            self.models.setdefault(name, ServedModel(name, source, self))
+            try:
+                name = repository.parse_models_uri(uri)[0]
+            except RepositoryError as exc:
+                self.source_errors[source] = self.public(str(exc))
+                log.error("model source %s: %s", source, exc)
+                return
+            served = self.models.setdefault(name, ServedModel(name, source, self))
+            if served.source != source:  # never asked: the name is the other source's
+                self._conflict(name, served.source, source, f"serving it from {served.source} alone")
+                return
         try:
             found = await asyncio.to_thread(self._resolve, source)
         except RepositoryError as exc:
@@ -151,8 +236,7 @@ class ModelManager:
         for name, version in found.items():
             served = self.models.setdefault(name, ServedModel(name, source, self))
             if served.source != source:
-                self.source_errors[source] = self.public(
-                    f"model {name!r} is served from {served.source!r} already; {source!r} would serve it too")
+                self._conflict(name, served.source, source, f"serving it from {served.source} alone")
                 continue
             if served.model is not None or served.unloaded:  # newer versions come through reload
                 continue
@@ -228,6 +312,11 @@ class ModelManager:
         async with served.lock:
             old = served.model.version if served.model else None
             try:
+                rival = await asyncio.to_thread(self._rival, served)
+                if rival is not None:  # found now: what is served stays as it is
+                    stays = f"v{old} from {served.source} stays served" if old else "nothing is served"
+                    raise RepositoryError(self._conflict(name, served.source, rival, stays))
+                self._no_conflict(served)
                 version = await asyncio.to_thread(self._newest, served)
                 if version.version == old:
                     self.metrics.reloads.labels(name, "unchanged").inc()

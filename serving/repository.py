@@ -60,6 +60,14 @@ def _complete(path: Path) -> bool:
     return (path / MODEL_FILE).is_file() and (path / CARD_FILE).is_file()
 
 
+def _newest_version(model_dir: Path) -> ModelVersion | None:
+    versions = [p for p in model_dir.iterdir() if p.name.isdigit() and _complete(p)]
+    if not versions:
+        return None
+    newest = max(versions, key=lambda p: int(p.name))
+    return ModelVersion(model_dir.name, newest.name, newest)
+
+
 def scan(root: str | Path) -> dict[str, ModelVersion]:
     """The newest complete version of each model in a local repository folder."""
     root = Path(root)
@@ -67,11 +75,16 @@ def scan(root: str | Path) -> dict[str, ModelVersion]:
         raise RepositoryError(f"model repository {str(root)!r} is not a folder")
     found = {}
     for model_dir in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        versions = [p for p in model_dir.iterdir() if p.name.isdigit() and _complete(p)]
-        if versions:
-            newest = max(versions, key=lambda p: int(p.name))
-            found[model_dir.name] = ModelVersion(model_dir.name, newest.name, newest)
+        if (version := _newest_version(model_dir)) is not None:
+            found[model_dir.name] = version
     return found
+
+
+def holds(root: str | Path, name: str) -> bool:
+    """Whether the local repository folder `root` holds a complete version of model `name`
+    (what `scan` would find for it, without reading the rest of the folder)."""
+    model_dir = Path(root) / name
+    return not name.startswith(".") and model_dir.is_dir() and _newest_version(model_dir) is not None
 
 
 def parse_models_uri(uri: str) -> tuple[str, str | None, str | None]:
@@ -89,6 +102,9 @@ def fetch(uri: str, cache: str | Path, tracking_uri: str | None = None) -> Model
     The alias is resolved to its version number first, so the cache holds versions, never
     aliases: moving the alias and fetching again brings the new version next to the old one.
     """
+    # A service's log gets one line per fetch, not MLflow's progress bars (a user's own setting
+    # of the variable wins).
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     import mlflow
     from mlflow.artifacts import download_artifacts
     from mlflow.exceptions import MlflowException

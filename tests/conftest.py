@@ -1,12 +1,15 @@
 """Fixtures shared by every test, built on tests/support: the `waldo` command as a real
 subprocess, a scratch working folder, trained runs (one per distinct spec per session), a real
-MLflow tracking server on 127.0.0.1, and a repository of exported models."""
+MLflow tracking server on 127.0.0.1, a repository of exported models and one of tiny models
+built with onnx.helper."""
 
 from __future__ import annotations
 
 import io
 import os
+import shutil
 import sys
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,7 +18,10 @@ import pytest
 from PIL import Image
 from support import (
     BIN,
+    DIGITS_CNN,
+    LOCAL_RAY_CPUS,
     S3_BUCKET,
+    SERVED_LOCALIZER,
     RunFactory,
     TrainedRun,
     clean_env,
@@ -29,6 +35,37 @@ from support import (
 
 # Runs in this process never join a `waldo cluster up` the developer has running.
 os.environ["WALDO_CLUSTER_FILE"] = os.devnull
+
+
+# --- what each test needs, as markers (pyproject.toml describes them) -------------------------
+# A test that uses one of these fixtures, itself or through another fixture, gets its marks;
+# tests that need the same otherwise carry the marks by hand.
+FIXTURE_MARKS = {
+    "trained_run": ("trains",),  # and so tracked_cnn, model_repo and every fixture built on them
+    "local_ray": ("ray",),
+    "mlflow_server": ("servers",),
+    "s3_endpoint": ("servers",),  # and so s3
+    "browser": ("browser",),
+    "waldo": ("processes",),
+    "loaded_modules": ("processes",),
+}
+NOT_IN_UNIT = {"trains", "ray", "containers", "browser"}  # such tests live in integration or e2e
+UNIT = Path(__file__).parent / "unit"
+
+
+@pytest.hookimpl(tryfirst=True)  # before `-m` deselects by these marks
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        for fixture in getattr(item, "fixturenames", ()):
+            for mark in FIXTURE_MARKS.get(fixture, ()):
+                item.add_marker(mark)
+        wrong = NOT_IN_UNIT & {m.name for m in item.iter_markers()}
+        if wrong and item.path.is_relative_to(UNIT):
+            raise pytest.UsageError(f"{item.nodeid} is marked {', '.join(sorted(wrong))}: "
+                                    "move it to tests/integration")
+    # The tests on the session's local Ray run last, one after the other: the Ray they share
+    # then idles beside no other test.
+    items.sort(key=lambda item: "local_ray" in getattr(item, "fixturenames", ()))
 
 
 @pytest.fixture
@@ -76,14 +113,6 @@ def tracked_cnn(trained_run, mlflow_server) -> TrainedRun:
                        experiment="it")
 
 
-# The session's two served models: a digits classifier (97%+ test accuracy) and a localizer of
-# one digit on a 32x32 canvas.
-SERVED_CLASSIFIER = dict(model="cnn", data="digits", epochs=8, experiment="serving-fixture")
-SERVED_LOCALIZER = dict(task="localize", model="cnn", data="localization-digits", epochs=3,
-                        data_args={"canvas_size": 32, "train_size": 1500, "eval_size": 200},
-                        experiment="serving-fixture")
-
-
 @pytest.fixture(scope="session")
 def model_repo(tmp_path_factory, trained_run) -> tuple[Path, dict]:
     """A model repository with two real models exported by `export_run`: `cnn` and
@@ -92,12 +121,50 @@ def model_repo(tmp_path_factory, trained_run) -> tuple[Path, dict]:
     from training.spec import ExportSpec
 
     output = tmp_path_factory.mktemp("model-repo") / "models"
-    runs: dict[str, TrainedRun] = {"cnn": trained_run(**SERVED_CLASSIFIER),
+    runs: dict[str, TrainedRun] = {"cnn": trained_run(**DIGITS_CNN),
                                    "cnn-localize": trained_run(**SERVED_LOCALIZER)}
     exported = {name: export_run(ExportSpec(run=run.run_id, name=name, output=str(output),
                                             tracking_uri=run.result.tracking_uri))
                 for name, run in runs.items()}
     return output, exported
+
+
+@pytest.fixture(scope="session")
+def tiny_repo(tmp_path_factory) -> tuple[Path, dict]:
+    """A model repository of two tiny ONNX models built in well under a second (support.tiny),
+    under the same names, `cnn` and `cnn-localize`, for tests of the service rather than of a
+    trained network: (repository folder, {name: TinyModel}). Read it; copy it to add versions."""
+    from support.tiny import write_repository
+
+    output = tmp_path_factory.mktemp("tiny-repo") / "models"
+    return output, write_repository(output)
+
+
+# --- one local Ray for the session ------------------------------------------------------------
+@pytest.fixture(scope="session")
+def ray_tmp() -> Iterator[Path]:
+    """The temp folder (TMPDIR) of the session's local Ray workers, to find what they leave.
+    Short: Ray puts its session's sockets under it, and a socket path has at most 107 bytes."""
+    folder = Path(tempfile.mkdtemp(prefix="wr-", dir="/tmp"))
+    yield folder
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def local_ray(ray_tmp):
+    """One local Ray in this process (`start_local_ray`, as `waldo train --workers N` starts it)
+    for every test that runs Ray in process: LOCAL_RAY_CPUS CPUs, two training workers and one
+    for Ray Data's tasks. Its workers inherit TMPDIR from this process as it starts them. Tests
+    that need a cluster of their own (`ray start` nodes, a driver that dies) start it themselves."""
+    import ray
+
+    from training.running.distributed import start_local_ray
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("TMPDIR", str(ray_tmp))
+        context = start_local_ray(num_cpus=LOCAL_RAY_CPUS)
+    yield context
+    ray.shutdown()
 
 
 # --- a real MLflow tracking server on 127.0.0.1 -----------------------------------------------

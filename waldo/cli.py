@@ -14,6 +14,7 @@ as 143 (128 + the signal), with the MLflow run marked KILLED.
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 import typing
@@ -51,11 +52,26 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+HELP = ("-h", "--help")
+
+
+def _help_last(argv: list[str]) -> list[str]:
+    """`waldo train --help --data cifar10` reads as `waldo train --data cifar10 --help`: a spec
+    command's help shows the defaults for the task, data and model given (training.spec.flags),
+    and argparse acts on --help where it meets it."""
+    if any(a in HELP for a in argv[1:]):
+        return [argv[0], *(a for a in argv[1:] if a not in HELP), "--help"]
+    return argv
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(_help_last(list(sys.argv[1:] if argv is None else argv)))
     try:
         return args.func(args)
+    except BrokenPipeError:  # `waldo summary ... | head`: the reader left; no traceback
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
     except (WaldoError, JobsApiError) as exc:
         print(f"waldo {args.command}: error: {exc}", file=sys.stderr)
         return getattr(exc, "exit_code", EXIT_USAGE)  # 1 for a diverged run, else 2

@@ -14,6 +14,7 @@ import sys
 from fastapi import FastAPI
 from pydantic import ValidationError
 
+from httpapi.docs import install_docs
 from httpapi.middleware import BodyLimit
 from services.jobs import errors
 from services.jobs.middleware import ReadBody, RequireToken
@@ -31,13 +32,14 @@ def create_app(settings: JobsSettings | None = None) -> FastAPI:
         except ValidationError as exc:
             print(error_line(exc), file=sys.stderr)
             raise SystemExit(2) from None
-    app = FastAPI(title="Waldo jobs", version="0.1.0",
+    app = FastAPI(title="Waldo jobs", version="0.1.0", docs_url=None, redoc_url=None,
                   description="Submit train, sweep and export jobs to the Ray cluster.")
     app.state.settings = settings
     app.state.jobs = RayJobs(settings)
     errors.install(app)
     for router in (health.router, jobs.router):
         app.include_router(router)
+    install_docs(app)  # /docs and /redoc with their JavaScript served from the app, not a CDN
     # The last added runs first: the token is checked before BodyLimit counts a byte, and
     # ReadBody reads what BodyLimit lets through before FastAPI does.
     app.add_middleware(ReadBody)

@@ -203,17 +203,21 @@ class RayJobs:
         return url
 
     def _link(self, run_id: str) -> str | None:
+        """The run's page in MLflow's UI, in its model-training view (`?workflowType=
+        machine_learning`: MLflow 3's UI opens its GenAI view without it), as
+        `training.tracking.runs.run_link` writes it."""
         uri = self.settings.tracking_uri
         base = self.settings.mlflow_ui_url or uri
         if not base or not base.startswith("http"):
             return None
+        view = "?workflowType=machine_learning"
         if not uri:
-            return f"{base.rstrip('/')}/#/runs/{run_id}"
+            return f"{base.rstrip('/')}/#/runs/{run_id}{view}"
         try:
             experiment_id = self._tracking(uri).get_run(run_id).info.experiment_id
         except Exception:
-            return f"{base.rstrip('/')}/#/runs/{run_id}"
-        return f"{base.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
+            return f"{base.rstrip('/')}/#/runs/{run_id}{view}"
+        return f"{base.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}{view}"
 
     def get(self, job_id: str) -> dict[str, Any]:
         return self.describe(self._details(job_id))

@@ -43,9 +43,12 @@ class JobsSettings(BaseSettings):
 
     # Where a spec may point (paths.py): absolute folders and s3://bucket/prefix, comma-separated.
     # None configured: a spec may name no such path at all, only the server's defaults apply.
-    data_roots: Roots = Field(default_factory=list, description="roots for a spec's data_dir")
+    # Which spec fields lie under which roots is each field's rule (`Rules(root=...)`).
+    data_roots: Roots = Field(default_factory=list, description="roots for a spec's data_dir and "
+                                                                "weights file")
     storage_roots: Roots = Field(
-        default_factory=list, description="roots for a spec's storage and an export's checkpoint")
+        default_factory=list, description="roots for a spec's storage and init_from checkpoint, and "
+                                          "an export's checkpoint")
     model_roots: Roots = Field(default_factory=list, description="roots for an export's output")
 
     # How much one job may ask for.

@@ -16,15 +16,14 @@ import secrets
 import sys
 import time
 from contextlib import ExitStack
-from pathlib import Path
 
 import httpx
 import pytest
 from support import BIN, clean_env, ray_cluster, start_server, wait_http, wait_until
+from support.browser import chromium, skip_without_chromium
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.ray, pytest.mark.servers, pytest.mark.trains]
 
-CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
 MODEL = "cnn-e2e"
 
 
@@ -163,30 +162,19 @@ def test_train_register_and_serve_through_the_jobs_api(stack):
     stack["run"] = (run.info.experiment_id, run_id)
 
 
+@pytest.mark.browser
 def test_mlflow_ui_shows_the_run_and_its_metrics(stack, tmp_path):
-    if not (CHROMIUM.exists() and CHROMEDRIVER.exists()):
-        pytest.skip("Debian's chromium and chromium-driver are not installed (.ci/run installs them)")
+    skip_without_chromium()
     if "run" not in stack:
         pytest.skip("the end-to-end run did not complete")
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
     from selenium.webdriver.support.ui import WebDriverWait
 
     experiment_id, run_id = stack["run"]
-    options = webdriver.ChromeOptions()
-    options.binary_location = str(CHROMIUM)
-    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 f"--user-data-dir={tmp_path / 'chromium'}", "--window-size=1400,1000"):
-        options.add_argument(flag)
-    driver = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)
-    try:
+    with chromium(tmp_path, window="1400,1000") as driver:
         driver.get(f"{stack['mlflow']}/#/experiments/{experiment_id}/runs/{run_id}")
         WebDriverWait(driver, 90).until(lambda d: "test_acc" in d.find_element("tag name", "body").text)
         text = driver.find_element("tag name", "body").text
         assert "val_loss" in text and "test_acc" in text
-    finally:
-        driver.quit()
 
 
 def test_waldo_jobs_cli_submits_lists_and_stops(stack, waldo, tmp_path):

@@ -40,7 +40,7 @@ def finite_positive(x) -> bool:
     return isinstance(x, (int, float)) and math.isfinite(x) and x > 0
 
 
-@pytest.mark.slow
+@pytest.mark.trains  # bench/gpu_train.py trains a few steps in a subprocess
 def test_both_paths_report_throughput_ratio_and_mfu(tiny_run):
     report, _ = tiny_run
     assert [run["compile"] for run in report["runs"]] == [False]
@@ -57,7 +57,7 @@ def test_both_paths_report_throughput_ratio_and_mfu(tiny_run):
     assert report["config"]["steps"] == STEPS and report["config"]["warmup_steps"] == WARMUP
 
 
-@pytest.mark.slow
+@pytest.mark.trains
 def test_both_paths_trained_the_asked_steps_the_same_way(tiny_run):
     report, _ = tiny_run
     waldo, plain = report["runs"][0]["waldo"], report["runs"][0]["plain"]
@@ -76,7 +76,7 @@ def test_both_paths_trained_the_asked_steps_the_same_way(tiny_run):
     assert set(report["waldo_loader"]) >= {"pin_memory", "num_workers"}
 
 
-@pytest.mark.slow
+@pytest.mark.trains
 def test_prints_the_device_and_the_load_average_beside_the_figures(tiny_run):
     report, stdout = tiny_run
     assert report["device"] == "cpu" and report["device_name"] in stdout

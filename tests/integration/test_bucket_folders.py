@@ -15,8 +15,6 @@ from support.processes import clean_env, free_port, start_server
 
 from training.data.folder import FolderDataModule
 
-pytestmark = pytest.mark.slow
-
 
 def _relative(records, root: str) -> list[tuple[str, int]]:
     return [(str(path)[len(root):].lstrip("/"), target) for path, target in records]
@@ -45,6 +43,7 @@ def test_a_bucket_folder_is_the_local_folder_through_a_mirror(s3, tmp_path, monk
     assert not (again._mirror / "c2" / "0.jpg").exists()
 
 
+@pytest.mark.trains
 def test_train_in_process_from_a_bucket_folder(s3, tmp_path, waldo) -> None:
     url = upload_folder(s3, photo_folder(tmp_path / "photos", per_class=12), S3_BUCKET, "cli/photos")
     env = clean_env(WALDO_DATA_CACHE=str(tmp_path / "cache"))
@@ -68,6 +67,7 @@ def s3_with_auth(tmp_path):
     server.stop()
 
 
+@pytest.mark.slow  # four `waldo train` processes at once: half a minute on 2 cores
 def test_bad_buckets_are_one_line_with_exit_2(s3, s3_with_auth, tmp_path, waldo) -> None:
     train = ["train", "--model", "cnn", "--epochs", "1", "--no-progress-bar", "--data", "folder",
              "--data-dir"]

@@ -16,9 +16,8 @@ from training.data.folder import FolderDataModule
 from training.data.packed import pack
 from training.errors import WaldoError
 
-pytestmark = pytest.mark.slow
 
-
+@pytest.mark.slow  # four `waldo` processes at once: half a minute on 2 cores
 def test_no_writer_creates_a_bucket_and_each_says_so_first(s3, tmp_path, waldo) -> None:
     photos = photo_folder(tmp_path / "photos", per_class=4)  # with a broken file the check would name
     env = clean_env()

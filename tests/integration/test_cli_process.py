@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import pytest
 
-pytestmark = pytest.mark.slow
-
 # case id -> (argv, strings the message must contain)
 CASES: dict[str, tuple[list[str], list[str]]] = {
     "unknown-flag": (["train", "--epochz", "3"], ["--epochz"]),

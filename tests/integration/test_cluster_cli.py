@@ -10,9 +10,9 @@ import pytest
 from mlflow.tracking import MlflowClient
 from support import clean_env, free_port
 
-pytestmark = pytest.mark.slow
 
-
+@pytest.mark.ray
+@pytest.mark.trains
 def test_up_status_a_job_that_joins_it_and_down(tmp_path, waldo) -> None:
     from training.running.cluster import _session
 

@@ -5,10 +5,7 @@ from __future__ import annotations
 
 import json
 
-import pytest
 from mlflow.tracking import MlflowClient
-
-pytestmark = pytest.mark.slow
 
 
 def test_a_run_logs_its_dataset_input_and_system_metrics(trained_run):

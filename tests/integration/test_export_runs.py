@@ -19,7 +19,7 @@ import onnx
 import pytest
 from mlflow.tracking import MlflowClient
 from onnx import numpy_helper
-from support import TrainedRun, in_folder
+from support import DIGITS_CNN, TrainedRun, error_line, in_folder, waldo_main
 from support.tasks import BatchDependent
 
 import training.export.precision as precision
@@ -30,16 +30,13 @@ from training.export import export_run
 from training.spec import ExportSpec, TrainSpec
 from training.tasks import load_task_file
 from training.tracking import storage
-from waldo.cli import main
-
-pytestmark = pytest.mark.slow
 
 warnings.filterwarnings("ignore", ".*does not have many workers.*")
 
 
-# The two networks of this file: trained on digits for 10 epochs, so that int8 is judged on
-# networks that learned (val_acc > 0.9).
-DIGITS = {m: dict(model=m, data="digits", epochs=10) for m in ("cnn", "lenet5")}
+# The two networks of this file, trained on digits until they learned (val_acc > 0.9), so that
+# int8 is judged on such networks: the cnn is the one the session also serves (`model_repo`).
+DIGITS = {"cnn": DIGITS_CNN, "lenet5": dict(model="lenet5", data="digits", epochs=10)}
 
 
 @pytest.fixture
@@ -53,16 +50,7 @@ def lenet5(trained_run) -> TrainedRun:
 
 
 def run_cli(capsys, *argv: str) -> tuple[int, str, str]:
-    code = main(["export", *argv])
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def error_line(err: str) -> str:
-    assert "Traceback" not in err, err
-    lines = [line for line in err.splitlines() if line.startswith("waldo export: error:")]
-    assert len(lines) == 1, err
-    return lines[0]
+    return waldo_main(capsys, "export", *argv)
 
 
 def registered(tracking_uri: str) -> list[str]:
@@ -201,7 +189,7 @@ def test_register_locally_and_roll_back_on_a_version_clash(lenet5, capsys, tmp_p
         (out / "lenet5" / "2" / MODEL_FILE).write_bytes(b"not this one")
         code, _, err = run_cli(capsys, "--run", lenet5.run_id, "--output", str(out), "--alias",
                                "production")
-    assert code == 2 and "already exists" in error_line(err)
+    assert code == 2 and "already exists" in error_line(err, "export")
     versions = client.search_model_versions("name='lenet5'")
     assert [str(v.version) for v in versions] == ["1"]  # the new version was taken back
     assert str(client.get_model_version_by_alias("lenet5", "production").version) == "1"
@@ -216,7 +204,7 @@ def test_a_run_without_checkpoint_record(cnn, capsys, tmp_path):
     with in_folder(cnn.folder):
         code, _, err = run_cli(capsys, "--run", empty, "--register", "--alias", "production",
                                "--output", str(tmp_path))
-    line = error_line(err)
+    line = error_line(err, "export")
     assert code == 2 and empty in line and "no checkpoint" in line
     assert storage.BEST_CHECKPOINT_TAG in line
     assert not registered(uri) and not any(tmp_path.iterdir())
@@ -226,7 +214,7 @@ def test_an_unknown_run(cnn, capsys, tmp_path):
     with in_folder(cnn.folder):
         code, _, err = run_cli(capsys, "--run", "0123456789abcdef0123456789abcdef", "--publish",
                                "--output", str(tmp_path))
-    line = error_line(err)
+    line = error_line(err, "export")
     assert code == 2 and "unknown run" in line and "0123456789abcdef" in line
     assert not any(tmp_path.iterdir()) and not registered(cnn.result.tracking_uri)
 
@@ -242,7 +230,7 @@ def test_parity_failure_through_the_cli_writes_and_registers_nothing(cnn, capsys
     with in_folder(cnn.folder):
         code, stdout, err = run_cli(capsys, "--run", cnn.run_id, "--register", "--alias",
                                     "production", "--output", str(tmp_path))
-    line = error_line(err)
+    line = error_line(err, "export")
     assert code == 2 and "parity check failed" in line and "= 1 " in line
     assert not any(tmp_path.iterdir()) and not registered(cnn.result.tracking_uri)
     assert stdout == ""

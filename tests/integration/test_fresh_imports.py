@@ -9,8 +9,6 @@ import pkgutil
 import pytest
 from support import REPO_ROOT
 
-pytestmark = pytest.mark.slow  # starts processes
-
 HEAVY = {"torch", "torchvision", "pytorch_lightning", "lightning", "mlflow", "ray"}
 NOT_FAMILIES = {"heads", "pretrained"}  # training.models modules that hold no model family
 

@@ -20,7 +20,7 @@ import httpx
 import pytest
 from support import start_server
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.containers
 
 PREFIX, TAG = "waldo", "0.1.0"
 IMAGES = ("serving", "jobs", "mlflow")

@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-pytestmark = pytest.mark.slow  # starts processes
+pytestmark = pytest.mark.processes  # docker-compose, hadolint and promtool, where installed
 
 try:
     import tomllib

@@ -11,13 +11,11 @@ import sys
 import pytest
 import torch
 import torchvision
-from support import REPO_ROOT, clean_env
+from support import PUBLISHED_CNN, REPO_ROOT, clean_env, user_error_line, waldo_main
 
 from training.running.steps import prepare
 from training.spec import TrainSpec
 from training.tasks import load_task
-
-pytestmark = pytest.mark.slow
 
 
 def _calibrated_resnet18(path) -> dict[str, torch.Tensor]:
@@ -39,6 +37,7 @@ def _last(result) -> dict[str, torch.Tensor]:
     return load_task(last).net.state_dict()
 
 
+@pytest.mark.trains
 @pytest.mark.parametrize("unfreeze", [None, 1])
 def test_freeze_backbone_trains_only_the_head(in_tmp, unfreeze):
     from training.running.local import train
@@ -64,12 +63,11 @@ def test_freeze_backbone_trains_only_the_head(in_tmp, unfreeze):
 def test_init_from_a_run_and_a_registered_version(trained_run, mlflow_server, in_tmp):
     from mlflow.tracking import MlflowClient
 
-    source = trained_run(model="cnn", data="digits", epochs=1, tracking_uri=mlflow_server,
-                         experiment="init-from", publish=True, alias="init")
+    source = trained_run(**PUBLISHED_CNN, tracking_uri=mlflow_server)  # registered as cnn@production
     source_net = load_task(str(source.checkpoint)).net.state_dict()
-    version = MlflowClient(mlflow_server).get_model_version_by_alias("cnn", "init")
+    version = MlflowClient(mlflow_server).get_model_version_by_alias("cnn", "production")
     assert version.run_id == source.run_id
-    for value in (source.run_id, "models:/cnn@init", f"models:/cnn/{version.version}"):
+    for value in (source.run_id, "models:/cnn@production", f"models:/cnn/{version.version}"):
         spec = TrainSpec(model="cnn", data="digits", init_from=value, tracking_uri=mlflow_server)
         _, task = prepare(spec)
         for key, tensor in task.net.state_dict().items():
@@ -83,13 +81,18 @@ def test_init_from_a_run_and_a_registered_version(trained_run, mlflow_server, in
         assert torch.equal(tensor, source_net[key]), key
 
 
-def test_unknown_init_from_is_one_line_exit_2(mlflow_server, tmp_path):
-    for value in ("0123456789abcdef0123456789abcdef", "models:/nope@none", "missing.ckpt"):
-        proc = subprocess.run(
-            [sys.executable, "-m", "waldo", "train", "--init-from", value,
-             "--tracking-uri", mlflow_server, "--no-progress-bar"],
-            cwd=tmp_path, env={**clean_env(), "PYTHONPATH": str(REPO_ROOT)},
-            capture_output=True, text=True, timeout=120)
-        lines = [line for line in proc.stderr.splitlines() if line.strip()]
-        assert proc.returncode == 2 and len(lines) == 1, proc.stderr
-        assert value in lines[0] or repr(value) in lines[0]
+@pytest.mark.processes
+def test_unknown_init_from_is_one_line_exit_2(mlflow_server, in_tmp, capsys):
+    # The first through the console script (`python -m waldo`), the others in this process.
+    value = "0123456789abcdef0123456789abcdef"
+    proc = subprocess.run(
+        [sys.executable, "-m", "waldo", "train", "--init-from", value,
+         "--tracking-uri", mlflow_server, "--no-progress-bar"],
+        cwd=in_tmp, env={**clean_env(), "PYTHONPATH": str(REPO_ROOT)},
+        capture_output=True, text=True, timeout=120)
+    assert value in user_error_line(proc.returncode, proc.stderr)
+    for value in ("models:/nope@none", "missing.ckpt"):
+        status, _, err = waldo_main(capsys, "train", "--init-from", value,
+                                    "--tracking-uri", mlflow_server, "--no-progress-bar")
+        line = user_error_line(status, err)
+        assert value in line or repr(value) in line

@@ -17,7 +17,8 @@ JOB = {"kind": "train", "spec": {"model": "cnn", "data": "digits", "epochs": 1, 
                                  "export": True, "publish": True, "alias": "production"}}
 
 
-@pytest.mark.slow
+@pytest.mark.trains
+@pytest.mark.processes
 def test_a_train_job_ends_with_a_result_line_that_mlflow_confirms(tmp_path):
     from mlflow.tracking import MlflowClient
 

@@ -20,7 +20,7 @@ import httpx
 import pytest
 from support import Server, clean_env, free_port, start_server
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.servers
 
 TOKEN = secrets.token_hex(24)
 LIMIT = 64 * 2**10
@@ -105,8 +105,11 @@ def test_server_fields_and_paths_outside_the_roots_are_422_and_the_service_answe
             f"field 'data_dir': {outside!r} (= {str(root / 'etc')!r}) is outside the allowed roots: "
             f"{root / 'data'}")}}
 
-        # Still serving: health, and an admitted request goes on to the (absent) cluster.
+        # Still serving: health, the typed request body, and an admitted request goes on to the
+        # (absent) cluster.
         assert api.get("/healthz").json() == {"status": "ok"}
+        schemas = api.get("/openapi.json").json()["components"]["schemas"]
+        assert {"TrainSpec", "SweepSpec", "ExportSpec"} <= set(schemas)
         listed = api.get("/v1/jobs")
         assert listed.status_code == 503 and listed.json()["error"]["code"] == "cluster_unavailable"
     assert not (root / "x.db").exists()

@@ -10,24 +10,14 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 from PIL import Image
-from support import TrainedRun
+from support import TrainedRun, artifact_paths, user_error_line, waldo_main
 
-from training import cli
 from training.data import create_datamodule
 from training.tasks import ClassificationTask, LocalizationTask, load_task
-
-pytestmark = pytest.mark.slow
 
 EPOCH_METRICS = ["train_loss", "val_loss", "val_obj_acc", "val_cls_acc", "val_iou", "val_iou50"]
 TEST_METRICS = ["test_loss", "test_obj_acc", "test_cls_acc", "test_iou", "test_iou50"]
 CANVAS = 64
-
-
-def artifact_paths(client: MlflowClient, run_id: str, path: str | None = None) -> list[str]:
-    out = []
-    for info in client.list_artifacts(run_id, path):
-        out += artifact_paths(client, run_id, info.path) if info.is_dir else [info.path]
-    return out
 
 
 @pytest.fixture(scope="module")
@@ -192,7 +182,7 @@ def test_predict_missing_checkpoint_subprocess(cli_runs):
 @pytest.mark.parametrize("case", ["missing-image", "not-an-image", "directory-as-image",
                                   "text-as-checkpoint", "png-as-checkpoint"])
 def test_predict_user_errors_in_process(loc_run, pngs, capsys, case):
-    """The same through `cli.main` (cheaper than a subprocess): status 2, one stderr line.
+    """The same through `waldo.cli.main` (cheaper than a subprocess): status 2, one stderr line.
     A file that is not a checkpoint at all must be a user error too, not a traceback."""
     folder, images = pngs
     best = str(loc_run.checkpoint)
@@ -205,19 +195,18 @@ def test_predict_user_errors_in_process(loc_run, pngs, capsys, case):
         "text-as-checkpoint": ([str(folder / "notes.ckpt"), png], "notes.ckpt"),
         "png-as-checkpoint": ([png, png], png),
     }[case]
-    status = cli.main(["predict", "--checkpoint", argv[0], *argv[1:]])
-    captured = capsys.readouterr()
-    lines = [line for line in captured.err.splitlines() if line.strip()]
-    assert status == 2 and len(lines) == 1, captured.err
-    assert lines[0].startswith("waldo predict: error:") and expected in lines[0]
-    assert captured.out == ""
+    status, out, err = waldo_main(capsys, "predict", "--checkpoint", *argv)
+    line = user_error_line(status, err)
+    assert line.startswith("waldo predict: error:") and expected in line
+    assert out == ""
 
 
 def test_predict_json_matches_the_printed_lines(loc_run, pngs, capsys):
     files = pngs[1]["loc"][0]
-    assert cli.main(["predict", "--json", "--checkpoint", str(loc_run.checkpoint),
-                     *files]) == 0
-    results = json.loads(capsys.readouterr().out)
+    status, out, err = waldo_main(capsys, "predict", "--json", "--checkpoint",
+                                  str(loc_run.checkpoint), *files)
+    assert status == 0, err
+    results = json.loads(out)
     assert [r["image"] for r in results] == files
     for r in results:
         assert set(r) == {"image", "p_c", "object", "label", "probability", "box"}

@@ -17,7 +17,7 @@ from training.data.digits import DigitsDataModule
 from training.data.localization import LocalizationDigitsDataModule
 from training.tasks import ClassificationTask, LocalizationTask, load_task
 
-pytestmark = pytest.mark.slow  # trains (a few batches)
+pytestmark = pytest.mark.trains  # a few batches
 
 warnings.filterwarnings("ignore", ".*does not have many workers.*")
 

@@ -14,7 +14,7 @@ from training.commands.compare import compare
 from training.spec import TrainSpec
 from training.tasks import ClassificationTask
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.trains
 
 EPOCH_METRICS = ["train_loss", "val_loss", "train_acc", "val_acc", "data_wait_fraction"]
 

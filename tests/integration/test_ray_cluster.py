@@ -10,13 +10,14 @@ import pytest
 from mlflow.tracking import MlflowClient
 from support import ray_cluster
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.ray, pytest.mark.trains]
 
 
-@pytest.fixture
-def two_node_cluster(tmp_path):
-    """A head and one worker node, one CPU each, token auth on."""
-    with ray_cluster(tmp_path / "ray", workers=1, num_cpus=1) as cluster:
+@pytest.fixture(scope="module")
+def two_node_cluster(tmp_path_factory):
+    """A head and one worker node, one CPU each, token auth on: the module's tests share it, the
+    one that kills its worker node last."""
+    with ray_cluster(tmp_path_factory.mktemp("ray"), workers=1, num_cpus=1) as cluster:
         yield cluster
 
 
@@ -32,39 +33,40 @@ def test_two_nodes_get_one_worker_each(two_node_cluster, tmp_path, mlflow_server
     assert len(nodes) == 2, nodes
 
 
-def test_elastic_job_keeps_training_when_a_node_dies(tmp_path, mlflow_server, waldo):
+def test_elastic_job_keeps_training_when_a_node_dies(two_node_cluster, tmp_path, mlflow_server,
+                                                     waldo):
     """`--workers 1-2` on two nodes: two workers, then one after the second node is killed
-    (its raylet and everything on it), resuming from the last checkpoint; every epoch trains."""
+    (its raylet and everything on it), resuming from the last checkpoint; every epoch trains.
+    Last in this module: the cluster has one node left after it."""
     import time
 
     from support import wait_until
 
-    epochs = 12
-    with ray_cluster(tmp_path / "ray", workers=1, num_cpus=1) as cluster:
-        job = waldo.start("train", "--model", "cnn", "--data", "digits", "--epochs", str(epochs),
-                          "--workers", "1-2", "--ray-address", cluster.address, "--tracking-uri",
-                          mlflow_server, "--experiment", "elastic", "--run-name", "elastic",
-                          "--augment", "none", "--no-progress-bar", cwd=tmp_path, env=cluster.env)
-        client = MlflowClient(mlflow_server)
+    epochs, cluster = 8, two_node_cluster
+    job = waldo.start("train", "--model", "cnn", "--data", "digits", "--epochs", str(epochs),
+                      "--workers", "1-2", "--ray-address", cluster.address, "--tracking-uri",
+                      mlflow_server, "--experiment", "elastic", "--run-name", "elastic",
+                      "--augment", "none", "--no-progress-bar", cwd=tmp_path, env=cluster.env)
+    client = MlflowClient(mlflow_server)
 
-        def workers_logged() -> list[float]:
-            experiment = client.get_experiment_by_name("elastic")
-            runs = client.search_runs([experiment.experiment_id]) if experiment else []
-            if not runs:
-                return []
-            return [m.value for m in client.get_metric_history(runs[0].info.run_id, "workers")]
+    def workers_logged() -> list[float]:
+        experiment = client.get_experiment_by_name("elastic")
+        runs = client.search_runs([experiment.experiment_id]) if experiment else []
+        if not runs:
+            return []
+        return [m.value for m in client.get_metric_history(runs[0].info.run_id, "workers")]
 
-        try:
-            wait_until(lambda: len(workers_logged()) >= 2, what="two epochs on two workers",
-                       timeout=300, proc=job)
-            assert job.poll() is None, job.stderr.read()[-3000:]
-            cluster.kill_node(0)
-            started = time.monotonic()
-            out, err = job.communicate(timeout=600)
-        finally:
-            if job.poll() is None:
-                job.kill()
-        assert job.returncode == 0, err[-3000:]
+    try:
+        wait_until(lambda: len(workers_logged()) >= 2, what="two epochs on two workers",
+                   timeout=300, proc=job)
+        assert job.poll() is None, job.stderr.read()[-3000:]
+        cluster.kill_node(0)
+        started = time.monotonic()
+        out, err = job.communicate(timeout=600)
+    finally:
+        if job.poll() is None:
+            job.kill()
+    assert job.returncode == 0, err[-3000:]
     run = client.search_runs([client.get_experiment_by_name("elastic").experiment_id])[0]
     history = sorted(client.get_metric_history(run.info.run_id, "workers"), key=lambda m: m.step)
     counts = [m.value for m in history]

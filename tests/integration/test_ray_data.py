@@ -17,19 +17,8 @@ from training.data.folder import FolderDataModule
 from training.data.localization import LocalizationFolderDataModule
 from training.data.packed import LocalizationPackedDataModule, PackedDataModule, pack
 
-pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-def ray_with_room(tmp_path_factory):
-    """A local Ray with a CPU for the data tasks beside two training workers."""
-    import ray
-
-    from training.running.distributed import start_local_ray
-
-    context = start_local_ray(num_cpus=3)
-    yield context
-    ray.shutdown()
+# On the session's local Ray (the `local_ray` fixture, tests/conftest.py): it has a CPU for the
+# data tasks beside two training workers.
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +31,7 @@ def _fingerprints(rows) -> list[tuple[int, float]]:
     return sorted((int(y), float(np.asarray(x, dtype=np.float64).sum())) for x, y in rows)
 
 
-def test_the_plan_is_the_in_process_data(ray_with_room, photos, s3, tmp_path) -> None:
+def test_the_plan_is_the_in_process_data(local_ray, photos, s3, tmp_path) -> None:
     from training.data.raydata import plan
 
     pack(FolderDataModule(data_dir=photos, image_size=32), str(tmp_path / "p"))
@@ -70,7 +59,7 @@ def test_the_plan_is_the_in_process_data(ray_with_room, photos, s3, tmp_path) ->
 
 
 def test_decoded_images_are_cached_when_they_fit_and_augmented_anew_every_epoch(
-        ray_with_room, photos, tmp_path) -> None:
+        local_ray, photos, tmp_path) -> None:
     from ray.data.dataset import MaterializedDataset
 
     from training.data.raydata import cache_decoded, plan
@@ -92,8 +81,9 @@ def test_decoded_images_are_cached_when_they_fit_and_augmented_anew_every_epoch(
     assert _fingerprints(first) != _fingerprints(second)
 
 
+@pytest.mark.trains
 def test_two_workers_train_from_a_folder_local_and_in_a_bucket_and_from_packed_shards(
-        ray_with_room, photos, s3, tmp_path) -> None:
+        local_ray, photos, s3, tmp_path) -> None:
     from training.running.pipeline import run
     from training.spec import TrainSpec
 
@@ -120,7 +110,7 @@ def test_two_workers_train_from_a_folder_local_and_in_a_bucket_and_from_packed_s
     assert max(accuracy.values()) - min(accuracy.values()) <= 0.01, accuracy
 
 
-def test_a_pack_unlike_its_manifest_stops_the_plan_with_one_line(ray_with_room, photos, s3, tmp_path) -> None:
+def test_a_pack_unlike_its_manifest_stops_the_plan_with_one_line(local_ray, photos, s3, tmp_path) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -154,7 +144,8 @@ def _box_fingerprints(rows) -> list[tuple]:
                    float(np.asarray(x, dtype=np.float64).sum())) for x, y in rows)
 
 
-def test_localization_streams_with_its_boxes_and_trains_on_two_workers(ray_with_room, tmp_path) -> None:
+@pytest.mark.trains
+def test_localization_streams_with_its_boxes_and_trains_on_two_workers(local_ray, tmp_path) -> None:
     from mlflow.tracking import MlflowClient
 
     from training.data.raydata import plan

@@ -14,7 +14,7 @@ from pytorch_lightning.callbacks import Callback
 from training.spec import TrainSpec
 from training.tasks import load_task
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.trains
 
 
 class Probe(Callback):

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
 from PIL import Image
-from support import REPO_ROOT, TrainedRun, clean_env
+from support import PUBLISHED_CNN, REPO_ROOT, TrainedRun, clean_env
 
 from serving.modelcard import CARD_FILE, MODEL_FILE, ModelCard
 from serving.repository import RepositoryError, fetch
@@ -27,9 +27,7 @@ from training.commands.predict import predict
 from training.data import create_datamodule
 from waldo.cli import main
 
-pytestmark = pytest.mark.slow
-
-NAME, ALIAS = "cnn", "production"
+NAME, ALIAS = PUBLISHED_CNN["model"], PUBLISHED_CNN["alias"]
 
 # Serving's side, run as its own process: the repository, the card and onnxruntime only.
 PLAIN_ORT = r"""
@@ -68,8 +66,7 @@ print(json.dumps({
 def trained(trained_run, mlflow_server) -> TrainedRun:
     """`waldo train --model cnn --epochs 3 --publish --alias production`: train, then export
     the run's best checkpoint and register it."""
-    return trained_run(model="cnn", data="digits", epochs=3, tracking_uri=mlflow_server,
-                       experiment="it-registry", publish=True, alias=ALIAS)
+    return trained_run(**PUBLISHED_CNN, tracking_uri=mlflow_server)
 
 
 @pytest.fixture(scope="module")

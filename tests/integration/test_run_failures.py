@@ -17,8 +17,6 @@ import torch
 from mlflow.tracking import MlflowClient
 from support import wait_until
 
-pytestmark = pytest.mark.slow
-
 ERROR_LINE = "waldo train: error: training loss became {} at epoch 0, step {}; the run diverged"
 
 
@@ -45,6 +43,7 @@ def finite_checkpoints(folder: Path) -> bool:
 
 
 # --- the `waldo` command ----------------------------------------------------------------------
+@pytest.mark.trains
 def test_a_diverging_run_stops_at_once_fails_and_keeps_no_broken_weights(tmp_path, waldo):
     uri, client = store(tmp_path)
     # Adam moves every weight by about lr on the first step: 1e30 overflows float32 at step 1.
@@ -81,6 +80,7 @@ def test_an_alias_bomb_is_refused_quickly_before_any_run(tmp_path, waldo):
     assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "waldo_runs").exists()
 
 
+@pytest.mark.trains
 def test_sigterm_and_ctrl_c_end_the_run_killed(tmp_path, waldo):
     """Both signals at once (each process pays the interpreter and torch start-up), once the
     run trains: Lightning handles both signals itself during `fit`. A first checkpoint in the
@@ -145,6 +145,7 @@ def breaking_module(what: str):
     return Module()
 
 
+@pytest.mark.trains
 @pytest.mark.parametrize("what,every,expected", [
     ("loss", 1, "training loss became nan at epoch 0, step 3; the run diverged: lower --lr"),
     ("loss", 4, "training loss became nan at epoch 0, step 3; the run diverged: lower --lr"),

@@ -1,5 +1,7 @@
-"""The inference service in-process (FastAPI's TestClient runs the lifespan): endpoints,
-malformed input, auth, reload safety, metrics, and parity with the torch model."""
+"""The inference service in-process (FastAPI's TestClient runs the lifespan) on the tiny models
+of `tiny_repo` (support.tiny), whose answers the tests know: endpoints, malformed input, auth,
+reload safety and metrics; and, on the session's trained `model_repo`, parity with the torch
+model."""
 
 from __future__ import annotations
 
@@ -15,44 +17,33 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
+from support.serving import metric
+from support.tiny import (
+    BOX,
+    expected_class,
+    expected_probabilities,
+    publish,
+    sample_images,
+)
+from support.tiny import png_bytes as png
 
 from serving.app import create_app
 from serving.modelcard import CARD_FILE, MODEL_FILE
 from serving.settings import Settings
 
-pytestmark = pytest.mark.slow  # the model_repo fixture trains two small networks
 
-
-def png(pixels: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(pixels).save(buf, "PNG")
-    return buf.getvalue()
-
-
-def digit_samples(count: int = 12) -> tuple[list[np.ndarray], list[int]]:
-    """uint8 28x28 digits of the held-out test split, as the training data module builds them."""
-    from training.data.digits import DigitsDataModule
-
-    dm = DigitsDataModule()
-    dm.setup("test")
-    images, labels = [], []
-    for i in range(count):
-        x, y = dm.test_set[i]
-        images.append(x[0].numpy())
-        labels.append(int(y))
-    return images, labels
+@pytest.fixture(scope="module")
+def samples() -> tuple[list[np.ndarray], list[int]]:
+    """Twelve 28x28 images and the class the tiny classifier gives each."""
+    images = sample_images()
+    return images, [expected_class(pixels) for pixels in images]
 
 
 @pytest.fixture(scope="module")
-def samples():
-    return digit_samples()
-
-
-@pytest.fixture(scope="module")
-def repo(model_repo, tmp_path_factory) -> Path:
-    """A private copy of the shared repository, so tests may add versions to it."""
+def repo(tiny_repo, tmp_path_factory) -> Path:
+    """A private copy of the shared tiny repository, so tests may add versions to it."""
     root = tmp_path_factory.mktemp("serving-app") / "models"
-    shutil.copytree(model_repo[0], root)
+    shutil.copytree(tiny_repo[0], root)
     return root
 
 
@@ -93,17 +84,19 @@ def test_readyz_is_503_when_a_source_holds_nothing(tmp_path):
 
 
 # --- predict --------------------------------------------------------------------------------
-def test_classifies_uploaded_digits(client, samples):
+def test_classifies_uploaded_images(client, samples):
     images, labels = samples
     answer = client.post("/v1/models/cnn/predict?top_k=3", files=files(*map(png, images)))
     assert answer.status_code == 200, answer.text
     body = answer.json()
     assert body["model"] == "cnn" and body["version"] == "1" and len(body["predictions"]) == len(images)
-    predicted = [int(p["label"]) for p in body["predictions"]]
-    assert sum(p == y for p, y in zip(predicted, labels)) >= len(labels) - 1
-    for p in body["predictions"]:
+    assert [int(p["label"]) for p in body["predictions"]] == labels
+    for p, pixels in zip(body["predictions"], images):
         assert len(p["top_k"]) == 3 and p["top_k"][0]["label"] == p["label"]
         assert p["top_k"][0]["probability"] >= p["top_k"][1]["probability"]
+        known = expected_probabilities(pixels)
+        for top in p["top_k"]:
+            assert top["probability"] == pytest.approx(known[int(top["label"])], abs=1e-5)
 
 
 def test_json_base64_and_tensor_instances_agree_with_multipart(client, samples):
@@ -126,13 +119,30 @@ def test_localization_box_comes_back_in_the_pixels_of_the_original_image(client)
     large = client.post("/v1/models/cnn-localize/predict", files=files(png(big))).json()["predictions"][0]
     assert set(small) == {"p_c", "object", "label", "probability", "box"}
     assert 0 <= small["p_c"] <= 1
-    for key in "xywh":
-        assert large["box"][key] == pytest.approx(3 * small["box"][key], rel=1e-3, abs=1e-3)
+    for key, fraction in zip("xywh", BOX):  # the tiny localizer's box, in each image's pixels
+        assert small["box"][key] == pytest.approx(32 * fraction, abs=1e-4)
+        assert large["box"][key] == pytest.approx(96 * fraction, abs=1e-4)
 
 
-def test_service_outputs_equal_the_torch_model(client, model_repo, samples):
-    """Preprocessing parity: the probabilities the service returns for PNG uploads equal the
-    torch model's on the training transform of the same pixels, within 1e-4."""
+def digit_samples(count: int = 12) -> tuple[list[np.ndarray], list[int]]:
+    """uint8 28x28 digits of the held-out test split, as the training data module builds them."""
+    from training.data.digits import DigitsDataModule
+
+    dm = DigitsDataModule()
+    dm.setup("test")
+    images, labels = [], []
+    for i in range(count):
+        x, y = dm.test_set[i]
+        images.append(x[0].numpy())
+        labels.append(int(y))
+    return images, labels
+
+
+@pytest.mark.trains
+def test_service_outputs_equal_the_torch_model(model_repo):
+    """Preprocessing parity: the probabilities the service returns for PNG uploads of held-out
+    digits equal the trained torch model's on the training transform of the same pixels,
+    within 1e-4, and it gets at least 7 of 8 right."""
     import torch
 
     from training.data.digits import DigitsDataModule
@@ -141,11 +151,13 @@ def test_service_outputs_equal_the_torch_model(client, model_repo, samples):
     task = load_task(str(model_repo[1]["cnn"].checkpoint)).eval()
     dm = DigitsDataModule()
     dm.setup("test")
-    images = samples[0][:8]
+    images, labels = digit_samples(8)
     with torch.no_grad():
         batch = dm.batch_transform()(torch.from_numpy(np.stack(images))[:, None])
         expected = torch.softmax(task(batch), dim=1).numpy()
-    body = client.post("/v1/models/cnn/predict?top_k=10", files=files(*map(png, images))).json()
+    with make_client(model_repo[0]) as client:
+        body = client.post("/v1/models/cnn/predict?top_k=10", files=files(*map(png, images))).json()
+    assert sum(int(p["label"]) == y for p, y in zip(body["predictions"], labels)) >= len(labels) - 1
     for row, prediction in zip(expected, body["predictions"]):
         got = {int(t["label"]): t["probability"] for t in prediction["top_k"]}
         np.testing.assert_allclose([got[k] for k in range(10)], row, atol=1e-4, rtol=0)
@@ -252,20 +264,13 @@ def test_still_serving_after_every_malformed_request(client, samples):
 
 
 # --- metrics --------------------------------------------------------------------------------
-def metric(text: str, name: str) -> float:
-    for line in text.splitlines():
-        if line.startswith(name + " ") or line.startswith(name + "{") and line.split(" ")[0] == name:
-            return float(line.rsplit(" ", 1)[1])
-    raise AssertionError(f"{name} not in the metrics")
-
-
 def test_prometheus_metrics_count_requests_batches_and_versions(client):
     before = client.get("/metrics").text
     for _ in range(3):
         assert client.post("/v1/models/cnn/predict", files=files(GOOD, GOOD)).status_code == 200
     after = client.get("/metrics").text
     ok = 'waldo_requests_total{model="cnn",protocol="v1",status="200"}'
-    assert metric(after, ok) - (metric(before, ok) if ok in before else 0) == 3
+    assert metric(after, ok) - metric(before, ok, default=0.0) == 3
     images = 'waldo_batch_size_sum{model="cnn"}'
     assert metric(after, images) - metric(before, images) == 6
     assert metric(after, 'waldo_model_version{model="cnn"}') == 1
@@ -291,9 +296,7 @@ def test_bearer_token_guards_predict_and_reload(repo):
 # --- reload ---------------------------------------------------------------------------------
 def add_version(repo: Path, name: str, version: str, model_from: Path, card_from: Path) -> Path:
     folder = repo / name / version
-    folder.mkdir(parents=True)
-    shutil.copy(model_from, folder / MODEL_FILE)
-    shutil.copy(card_from, folder / CARD_FILE)
+    publish(folder, {MODEL_FILE: model_from, CARD_FILE: card_from})
     return folder
 
 

@@ -1,7 +1,8 @@
 """The inference service against hostile and careless clients, as a real `waldo serve` process
-on 127.0.0.1: connections that send nothing, half their headers or a trickle of body; bodies
-sent whole before the answer is read; malformed framing; requests whose images would decode to
-more memory than the service allows; and more idle connections than the process has files.
+on 127.0.0.1 (serving the tiny models of `tiny_repo`): connections that send nothing, half their
+headers or a trickle of body; bodies sent whole before the answer is read; malformed framing;
+requests whose images would decode to more memory than the service allows; and more idle
+connections than the process has files.
 
 Every case checks the status (or the close), the one-line answer or log line, that no traceback
 was logged, and that the service still answers.
@@ -18,29 +19,28 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
+import numpy as np
 import pytest
 import requests
+import tritonclient.grpc as tgrpc
 from PIL import Image
-from support import Server, clean_env, start_server, waldo_command
+from support import Server, wait_until
+from support.serving import metric, waldo_serve
+from support.v2 import start_v2, tensor_input
+from tritonclient.utils import InferenceServerException
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.servers
 
 HEADER_TIMEOUT_S, BODY_TIMEOUT_S = 1.0, 2.0
 
 
-def waldo_serve(models: Path, workdir: Path, *, prefix: tuple[str, ...] = (), **env: str) -> Server:
-    return start_server(lambda port: [*prefix, *waldo_command(), "serve", "--models", str(models),
-                                      "--host", "127.0.0.1", "--port", str(port)],
-                        workdir=workdir, env=clean_env(**env))
-
-
 @pytest.fixture(scope="module")
-def server(model_repo, tmp_path_factory) -> Iterator[Server]:
+def server(tiny_repo, tmp_path_factory) -> Iterator[Server]:
     """Short timeouts, so that slow clients are closed within the test's patience."""
-    repo, _ = model_repo
+    repo, _ = tiny_repo
     running = waldo_serve(repo, tmp_path_factory.mktemp("limits"),
-                          WALDO_HEADER_TIMEOUT_S=str(HEADER_TIMEOUT_S),
-                          WALDO_BODY_TIMEOUT_S=str(BODY_TIMEOUT_S))
+                          env={"WALDO_HEADER_TIMEOUT_S": str(HEADER_TIMEOUT_S),
+                               "WALDO_BODY_TIMEOUT_S": str(BODY_TIMEOUT_S)})
     try:
         yield running
     finally:
@@ -103,7 +103,7 @@ def test_a_body_trickled_a_byte_at_a_time_is_cut_off(server: Server) -> None:
     with pytest.raises(OSError):  # broken pipe or reset once the server has closed
         for _ in range(30):
             sock.sendall(b" ")
-            time.sleep(0.25)
+            time.sleep(0.25)  # the trickle itself: a byte every quarter of a second
     assert time.monotonic() - started < BODY_TIMEOUT_S + 2
     sock.close()
     line = f"closed the connection from 127.0.0.1:{port}: its request body did not arrive within 2 s"
@@ -181,25 +181,12 @@ def test_a_request_of_many_large_images_is_decoded_one_at_a_time(server: Server)
     still_serves(server)
 
 
-def test_an_answer_over_max_response_bytes_is_refused_before_any_work(model_repo, tmp_path: Path) -> None:
+def test_an_answer_over_max_response_bytes_is_refused_before_any_work(tiny_repo, tmp_path: Path) -> None:
     """With max_response_bytes at 2 kB, 64 rows are refused (413, RESOURCE_EXHAUSTED over gRPC)
     from the size they would make, reckoned before anything is decoded or inferred; one row
     is answered, on /v1, /v2 and gRPC alike."""
-    import numpy as np
-    import tritonclient.grpc as tgrpc
-    from support import free_port
-    from tritonclient.utils import InferenceServerException
-
-    repo, _ = model_repo
-    grpc_ports: list[int] = []
-
-    def argv(port: int) -> list[str]:
-        grpc_ports.append(free_port())
-        return [*waldo_command(), "serve", "--models", str(repo), "--host", "127.0.0.1", "--port", str(port),
-                "--grpc-port", str(grpc_ports[-1])]
-
-    server = start_server(argv, workdir=tmp_path, env=clean_env(WALDO_MAX_RESPONSE_BYTES="2048"))
-    client = tgrpc.InferenceServerClient(f"127.0.0.1:{grpc_ports[-1]}")
+    v2_server = start_v2(tiny_repo[0], tmp_path, env={"WALDO_MAX_RESPONSE_BYTES": "2048"})
+    server, client = v2_server.server, v2_server.grpc
     try:
         for rows, status in ((64, 413), (1, 200)):
             x = np.zeros((rows, 1, 28, 28), np.float32)
@@ -211,8 +198,7 @@ def test_an_answer_over_max_response_bytes_is_refused_before_any_work(model_repo
             v1 = httpx.post(server.url + "/v1/models/cnn/predict", params={"top_k": 10}, timeout=60,
                             json={"instances": x.tolist()})
             assert v1.status_code == status, v1.text
-            tensor = tgrpc.InferInput("input", list(x.shape), "FP32")
-            tensor.set_data_from_numpy(x)
+            tensor = tensor_input(tgrpc, x)
             if status == 413:
                 assert "(max_response_bytes)" in v2.json()["error"]
                 assert v1.json()["error"]["code"] == "too_large"
@@ -223,23 +209,41 @@ def test_an_answer_over_max_response_bytes_is_refused_before_any_work(model_repo
                 assert client.infer("cnn", [tensor]).as_numpy("probabilities").shape == (1, 10)
             still_serves(server)
         metrics = httpx.get(server.url + "/metrics", timeout=10).text
-        assert 'waldo_batch_size_sum{model="cnn"} 3.0' in metrics  # rows inferred: no refused one ran
+        assert metric(metrics, 'waldo_batch_size_sum{model="cnn"}') == 3  # rows inferred: no refused one ran
     finally:
-        client.close()
-        server.stop()
+        v2_server.stop()
 
 
 # --- more idle connections than files ---------------------------------------------------------
-def test_healthz_answers_with_more_idle_connections_than_open_files(model_repo, tmp_path: Path) -> None:
+def closed_by_peer(sock: socket.socket) -> bool:
+    """Whether the other end has closed `sock`, without waiting (leaves it non-blocking)."""
+    sock.setblocking(False)
+    try:
+        return sock.recv(1, socket.MSG_PEEK) == b""
+    except BlockingIOError:
+        return False
+    except OSError:  # reset
+        return True
+
+
+def test_healthz_answers_with_more_idle_connections_than_open_files(tiny_repo, tmp_path: Path) -> None:
     """With 256 files, 400 idle connections: the service caps its connections to fit, closes the
     oldest idle one for each newcomer, keeps answering, and logs a few lines, not a flood."""
-    repo, _ = model_repo
+    repo, _ = tiny_repo
     server = waldo_serve(repo, tmp_path, prefix=("prlimit", "--nofile=256:256", "--"))
     sockets = []
     try:
         for _ in range(400):
             sockets.append(connect(server))
-        time.sleep(1.5)
+        # The cap is 128: once the service has taken all 400 in, it has closed 272 of them.
+        closed: set[int] = set()
+
+        def taken_in() -> bool:
+            closed.update(i for i, sock in enumerate(sockets) if i not in closed and closed_by_peer(sock))
+            return len(closed) >= 400 - 128
+
+        wait_until(taken_in, what="the service closes the oldest idle connections past its cap",
+                   timeout=30, proc=server.proc, log=server.log, detail=lambda: f"{len(closed)} closed")
         started = time.monotonic()
         assert httpx.get(server.url + "/healthz", timeout=10).status_code == 200
         assert time.monotonic() - started < 2
@@ -273,28 +277,16 @@ def closed_by_server(sock: socket.socket, wait_s: float) -> bool:
 
 
 def test_a_grpc_flood_leaves_healthz_answering_and_grpc_back_within_the_header_timeout(
-        model_repo, tmp_path: Path) -> None:
+        tiny_repo, tmp_path: Path) -> None:
     """With 512 files, 600 gRPC connections that send nothing or only the HTTP/2 preface: gRPC's
     share of the one connection budget holds some of them until the header timeout and closes
     the rest at once, so /healthz answers within a second throughout, the process never runs
     out of files, and gRPC inference works again once the header timeout has passed."""
-    import numpy as np
-    import tritonclient.grpc as tgrpc
-    from support import free_port
-
-    repo, _ = model_repo
-    grpc_ports: list[int] = []
-
-    def argv(port: int) -> list[str]:
-        grpc_ports.append(free_port())
-        return ["prlimit", "--nofile=512:512", "--", *waldo_command(), "serve", "--models", str(repo),
-                "--host", "127.0.0.1", "--port", str(port), "--grpc-port", str(grpc_ports[-1])]
-
-    server = start_server(argv, workdir=tmp_path,
-                          env=clean_env(WALDO_HEADER_TIMEOUT_S=str(GRPC_HEADER_TIMEOUT_S)))
-    grpc_address = f"127.0.0.1:{grpc_ports[-1]}"
-    tensor = tgrpc.InferInput("input", [1, 1, 28, 28], "FP32")
-    tensor.set_data_from_numpy(np.zeros((1, 1, 28, 28), np.float32))
+    v2_server = start_v2(tiny_repo[0], tmp_path, prefix=("prlimit", "--nofile=512:512", "--"),
+                         env={"WALDO_HEADER_TIMEOUT_S": str(GRPC_HEADER_TIMEOUT_S)})
+    server, grpc_address = v2_server.server, v2_server.grpc_address
+    grpc_port = int(grpc_address.rsplit(":", 1)[1])
+    tensor = tensor_input(tgrpc, np.zeros((1, 1, 28, 28), np.float32))
 
     def grpc_infers() -> bool:
         client = tgrpc.InferenceServerClient(grpc_address)  # a new channel: no reconnect backoff
@@ -309,7 +301,7 @@ def test_a_grpc_flood_leaves_healthz_answering_and_grpc_back_within_the_header_t
     try:
         assert grpc_infers()
         for i in range(600):
-            sock = socket.create_connection(("127.0.0.1", grpc_ports[-1]), timeout=10)
+            sock = socket.create_connection(("127.0.0.1", grpc_port), timeout=10)
             if i % 2:
                 sock.sendall(HTTP2_PREFACE)
             sockets.append(sock)
@@ -322,10 +314,8 @@ def test_a_grpc_flood_leaves_healthz_answering_and_grpc_back_within_the_header_t
             assert len(list(Path(f"/proc/{server.proc.pid}/fd").iterdir())) < 512
             time.sleep(0.1)
         assert slowest < 1, slowest
-        deadline = flooded_at + GRPC_HEADER_TIMEOUT_S + 5
-        while not grpc_infers():
-            assert time.monotonic() < deadline, "gRPC inference did not come back after the flood"
-        assert time.monotonic() - flooded_at < GRPC_HEADER_TIMEOUT_S + 5
+        wait_until(grpc_infers, what="gRPC inference comes back after the flood", interval=0,
+                   timeout=flooded_at + GRPC_HEADER_TIMEOUT_S + 5 - time.monotonic(), proc=server.proc)
         # Every flooding connection is closed by the server: at once past the share, or at the
         # header timeout; none is left holding a file.
         assert all(closed_by_server(sock, 2) for sock in sockets)
@@ -336,4 +326,4 @@ def test_a_grpc_flood_leaves_healthz_answering_and_grpc_back_within_the_header_t
     finally:
         for sock in sockets:
             sock.close()
-        server.stop()
+        v2_server.stop()

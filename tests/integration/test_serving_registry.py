@@ -12,7 +12,7 @@ from serving.settings import Settings
 from training.export import export_run
 from training.spec import ExportSpec
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.trains
 
 NAME = "digits-served"
 

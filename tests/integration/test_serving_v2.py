@@ -1,6 +1,7 @@
 """The Open Inference Protocol (KServe v2) as standard clients speak it: Triton's released
 `tritonclient` (HTTP and gRPC) and `perf_analyzer`, against a real `waldo serve --grpc-port` on
-127.0.0.1, on the session's trained `cnn` and `cnn-localize`.
+127.0.0.1, on the tiny `cnn` and `cnn-localize` of `tiny_repo` (support.tiny), whose answers the
+tests know.
 
 The answers must be the friendly API's (`/v1/models/{m}/predict`) to within 1e-6, and malformed
 requests must get a 4xx (`{"error": ...}`) or the matching gRPC status while the service stays up.
@@ -22,19 +23,20 @@ import pytest
 import tritonclient.grpc as tgrpc
 import tritonclient.http as thttp
 from support import BIN
+from support.tiny import bar, expected_p_c, expected_probabilities, png_bytes, sample_images
 from support.v2 import V2Server, image_input, infer_body, start_v2, status_of, tensor_input
 from tritonclient.grpc import service_pb2 as pb
 from tritonclient.grpc import service_pb2_grpc as pb_grpc
 from tritonclient.utils import InferenceServerException
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.servers
 
 PERF_ANALYZER = BIN / "perf_analyzer"
 
 
 @pytest.fixture(scope="module")
-def v2(model_repo, tmp_path_factory) -> Iterator[V2Server]:
-    running = start_v2(model_repo[0], tmp_path_factory.mktemp("serving-v2"))
+def v2(tiny_repo, tmp_path_factory) -> Iterator[V2Server]:
+    running = start_v2(tiny_repo[0], tmp_path_factory.mktemp("serving-v2"))
     try:
         yield running
     finally:
@@ -42,8 +44,14 @@ def v2(model_repo, tmp_path_factory) -> Iterator[V2Server]:
 
 
 @pytest.fixture(scope="module")
-def pngs(digits) -> list[bytes]:
-    return [png for _, png in digits[:4]]
+def images() -> list[np.ndarray]:
+    """Four 28x28 images of different classes (support.tiny.sample_images)."""
+    return sample_images(4)
+
+
+@pytest.fixture(scope="module")
+def pngs(images) -> list[bytes]:
+    return [png_bytes(pixels) for pixels in images]
 
 
 def friendly_probabilities(url: str, model: str, png: bytes) -> np.ndarray:
@@ -88,7 +96,8 @@ def test_metadata_ready_config_and_index_over_both_protocols(v2: V2Server) -> No
 
 
 @pytest.mark.parametrize("protocol", ["http", "grpc"])
-def test_images_and_tensors_give_the_friendly_apis_probabilities(v2: V2Server, pngs, protocol) -> None:
+def test_images_and_tensors_give_the_friendly_apis_probabilities(v2: V2Server, images, pngs,
+                                                                  protocol) -> None:
     from PIL import Image
 
     from serving.processing import preprocess
@@ -96,6 +105,8 @@ def test_images_and_tensors_give_the_friendly_apis_probabilities(v2: V2Server, p
 
     module, client = (thttp, v2.http) if protocol == "http" else (tgrpc, v2.grpc)
     expected = np.stack([friendly_probabilities(v2.url, "cnn", png) for png in pngs])
+    known = np.stack([expected_probabilities(pixels) for pixels in images])
+    np.testing.assert_allclose(expected, known, atol=1e-5, rtol=0)  # the friendly API is right
     before = client.get_inference_statistics("cnn") if protocol == "http" else None
 
     sends = {"binary images": [image_input(module, pngs)]}
@@ -126,13 +137,15 @@ def test_images_and_tensors_give_the_friendly_apis_probabilities(v2: V2Server, p
         assert count(after) - count(before) == len(sends) + 1
 
 
-def test_localizer_answers_as_the_friendly_api(v2: V2Server, canvas_png) -> None:
-    _, png, _ = canvas_png
+def test_localizer_answers_as_the_friendly_api(v2: V2Server) -> None:
+    pixels = bar(3, size=32)  # p_c about 0.85: far from 0 and 1, where a wrong one would hide
+    png = png_bytes(pixels)
     y = v2.grpc.infer("cnn-localize", [image_input(tgrpc, [png])]).as_numpy("y")
     friendly = httpx.post(f"{v2.url}/v1/models/cnn-localize/predict",
                           files={"file": ("c.png", png, "image/png")}, timeout=60).json()["predictions"][0]
     assert y.shape == (1, 15)
     assert abs(float(y[0, 0]) - friendly["p_c"]) < 1e-6
+    assert abs(friendly["p_c"] - expected_p_c(pixels)) < 1e-5
     assert str(int(np.argmax(y[0, 5:]))) == friendly["label"]
 
 
@@ -263,7 +276,7 @@ def test_malformed_v1_tensors_get_a_4xx_naming_the_value_and_the_service_stays_u
     assert "Traceback" not in v2.server.tail(10_000_000)
 
 
-def test_malformed_grpc_requests_get_the_matching_status(v2: V2Server, pngs) -> None:
+def test_malformed_grpc_requests_get_the_matching_status(v2: V2Server) -> None:
     good = np.zeros((1, 1, 28, 28), np.float32)
     wrong_type = tgrpc.InferInput("input", [1, 1, 28, 28], "INT64")
     wrong_type.set_data_from_numpy(good.astype(np.int64))
@@ -358,6 +371,7 @@ def _perf_analyzer_works() -> bool:
     return subprocess.run([str(PERF_ANALYZER), "--version"], capture_output=True).returncode == 0
 
 
+@pytest.mark.slow  # about 30 s of load on 2 cores
 @pytest.mark.skipif(not _perf_analyzer_works(),
                     reason="perf_analyzer is not set up (scripts/perf_analyzer.sh prints why)")
 def test_perf_analyzer_loads_both_protocols_from_1_to_64_without_errors(v2: V2Server, pngs,

@@ -1,7 +1,8 @@
 """Repository control and access over the Open Inference Protocol, with Triton's released
 clients against real `waldo serve --grpc-port` servers (each test starts its own, configured for
 it): unload and load and what readiness says meanwhile, a broken version that never replaces the
-served one, the bearer tokens of inference and repository control, and `WALDO_PROTECT_INFO`."""
+served one, the bearer tokens of inference and repository control, and `WALDO_PROTECT_INFO`.
+Each serves a copy of the tiny `cnn` of `tiny_repo` (support.tiny)."""
 
 from __future__ import annotations
 
@@ -13,21 +14,17 @@ import httpx
 import pytest
 import tritonclient.grpc as tgrpc
 import tritonclient.http as thttp
+from support.tiny import sample_pngs
 from support.v2 import image_input, infer_body, start_v2, status_of
 from tritonclient.utils import InferenceServerException
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.servers
 
 
-@pytest.fixture(scope="module")
-def pngs(digits) -> list[bytes]:
-    return [png for _, png in digits[:4]]
-
-
-def test_unload_load_and_a_broken_version_that_never_replaces_the_served_one(model_repo, tmp_path,
-                                                                              pngs) -> None:
+def test_unload_load_and_a_broken_version_that_never_replaces_the_served_one(tiny_repo, tmp_path) -> None:
+    pngs = sample_pngs(1)
     repo = tmp_path / "models"
-    shutil.copytree(model_repo[0] / "cnn", repo / "cnn")
+    shutil.copytree(tiny_repo[0] / "cnn", repo / "cnn")
     server = start_v2(repo, tmp_path / "server", env={"WALDO_MODEL_CONTROL": "explicit"})
     try:
         image = [image_input(tgrpc, pngs[:1])]
@@ -71,9 +68,10 @@ def test_unload_load_and_a_broken_version_that_never_replaces_the_served_one(mod
         server.stop()
 
 
-def test_bearer_token_guards_infer_and_the_repository_on_both_protocols(model_repo, tmp_path, pngs) -> None:
+def test_bearer_token_guards_infer_and_the_repository_on_both_protocols(tiny_repo, tmp_path) -> None:
+    pngs = sample_pngs(1)
     repo = tmp_path / "models"
-    shutil.copytree(model_repo[0] / "cnn", repo / "cnn")
+    shutil.copytree(tiny_repo[0] / "cnn", repo / "cnn")
     token, admin = "v2-token-0123456789", "v2-admin-0123456789"
     server = start_v2(repo, tmp_path / "server", env={"WALDO_API_KEY": token, "WALDO_ADMIN_KEY": admin})
     try:
@@ -102,9 +100,9 @@ def test_bearer_token_guards_infer_and_the_repository_on_both_protocols(model_re
         server.stop()
 
 
-def test_protect_info_puts_metadata_behind_the_key_on_both_protocols(model_repo, tmp_path) -> None:
+def test_protect_info_puts_metadata_behind_the_key_on_both_protocols(tiny_repo, tmp_path) -> None:
     repo = tmp_path / "models"
-    shutil.copytree(model_repo[0] / "cnn", repo / "cnn")
+    shutil.copytree(tiny_repo[0] / "cnn", repo / "cnn")
     token, admin = "info-token-0123456789", "info-admin-0123456789"
     server = start_v2(repo, tmp_path / "server", env={"WALDO_API_KEY": token, "WALDO_ADMIN_KEY": admin,
                                                       "WALDO_PROTECT_INFO": "true"})

@@ -8,8 +8,7 @@ from __future__ import annotations
 import pytest
 from support import S3_BUCKET as BUCKET  # the `s3` fixture's bucket
 
-pytestmark = pytest.mark.slow
-
+pytestmark = pytest.mark.trains
 
 
 def test_in_process_run_checkpoints_into_the_bucket_and_exports_from_it(s3, in_tmp):

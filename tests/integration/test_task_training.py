@@ -17,7 +17,7 @@ from training.tasks import ClassificationTask
 
 warnings.filterwarnings("ignore", ".*does not have many workers.*")
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.trains
 
 
 @pytest.fixture(scope="module")

@@ -14,8 +14,6 @@ from pathlib import Path
 import pytest
 from support.images import classes, solid, truncated_jpeg
 
-pytestmark = pytest.mark.slow
-
 TRAIN = ["train", "--model", "cnn", "--epochs", "1", "--image-size", "28", "--batch-size", "8",
          "--no-progress-bar"]
 
@@ -41,6 +39,7 @@ def broken_folder(root: Path) -> list[Path]:
             truncated_jpeg(root / "test" / "cat" / "late.jpg")]
 
 
+@pytest.mark.trains
 def test_unreadable_images_are_skipped_named_and_counted_on_the_run(tmp_path, waldo):
     from mlflow.tracking import MlflowClient
 
@@ -128,6 +127,7 @@ def refused(tmp_path_factory, waldo) -> dict[str, tuple[int, str, str]]:
     return waldo.run_all(argv, cwd=cwd)
 
 
+@pytest.mark.slow  # six `waldo train` processes at once: half a minute on 2 cores
 @pytest.mark.parametrize("case", list(CASES))
 def test_data_that_cannot_train_stops_with_one_line_and_exit_2(refused, case):
     returncode, _, stderr = refused[case]
@@ -142,6 +142,7 @@ def test_data_that_cannot_train_stops_with_one_line_and_exit_2(refused, case):
         assert stderr.strip() == errors[0], stderr
 
 
+@pytest.mark.trains
 def test_an_allowed_overlap_trains_and_is_recorded_on_the_run(tmp_path, waldo):
     from mlflow.tracking import MlflowClient
 

@@ -29,6 +29,7 @@ from support.processes import (
     wait_until,
 )
 
+LOCAL_RAY_CPUS = 3  # the session's local Ray (the `local_ray` fixture): two workers and Ray Data
 STARTED = "Ray runtime started."  # what `ray start` prints once its node has joined
 REGISTER_TIMEOUT = "timed out during startup"  # its raylet missed Ray's 30 s to register
 REGISTER_ATTEMPTS = 3

@@ -112,6 +112,17 @@ def wait_until(predicate: Callable[[], object], *, what: str, timeout: float = S
         time.sleep(interval)
 
 
+def poll(predicate: Callable[[], object], *, timeout: float, interval: float = 0.2) -> bool:
+    """Poll `predicate` until it is true or `timeout` passes; whether it came true. For a wait
+    whose end is welcome but not required (`wait_until` fails the test instead)."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(interval)
+    return True
+
+
 def http_status(url: str, timeout: float = 3) -> int | None:
     """The status `GET url` answers with, or None when nothing answers."""
     try:

@@ -18,6 +18,20 @@ import pytest
 
 from training.spec import TrainSpec
 
+# Specs that several tests train, so that the session trains each once (`trained_run`):
+# the digits classifier that is served (`model_repo`, 97%+ test accuracy) and exported
+# (tests/integration/test_export_runs.py), and the localizer of one digit on a 32x32 canvas
+# that is served.
+DIGITS_CNN = dict(model="cnn", data="digits", epochs=8)  # in the default experiment, `waldo`
+# The cnn that `waldo train --publish --alias production` registers (as `cnn`) on the session's
+# tracking server (add tracking_uri=mlflow_server): tests/integration/test_registry.py and
+# test_init_from.py (which starts runs from it).
+PUBLISHED_CNN = dict(model="cnn", data="digits", epochs=3, experiment="it-registry", publish=True,
+                     alias="production")
+SERVED_LOCALIZER = dict(task="localize", model="cnn", data="localization-digits", epochs=3,
+                        data_args={"canvas_size": 32, "train_size": 1500, "eval_size": 200},
+                        experiment="serving-fixture")
+
 
 @contextlib.contextmanager
 def in_folder(folder: Path) -> Iterator[Path]:
@@ -60,6 +74,14 @@ class TrainedRun:
         if "://" in location and not location.startswith("file://"):
             raise ValueError(f"the best checkpoint of run {self.run_id} is not local: {location}")
         return self.folder / location.removeprefix("file://")
+
+
+def artifact_paths(client, run_id: str, path: str | None = None) -> list[str]:
+    """Every file artifact of MLflow run `run_id` (`client`: an MlflowClient), recursively."""
+    out = []
+    for info in client.list_artifacts(run_id, path):
+        out += artifact_paths(client, run_id, info.path) if info.is_dir else [info.path]
+    return out
 
 
 class RunFactory:

@@ -50,6 +50,10 @@ def localization_task(dm, model: str = "cnn", **kwargs) -> LocalizationTask:
                             labels=dm.labels, mean=list(dm.mean), std=list(dm.std), **kwargs)
 
 
+def n_params(net: nn.Module) -> int:
+    return sum(p.numel() for p in net.parameters())
+
+
 class BatchDependent(nn.Module):
     """Python control flow on the batch size: tracing at batch 2 freezes the other branch, so
     the ONNX file is wrong at batch 1. The classic way a traced export goes silently wrong."""

@@ -4,6 +4,7 @@ with a released `tritonclient` for each protocol, and the inputs and bodies the 
 from __future__ import annotations
 
 import base64
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +14,7 @@ import tritonclient.http as thttp
 from tritonclient.utils import InferenceServerException
 
 from support.processes import Server, clean_env, free_port, start_server
-from support.waldo import waldo_command
+from support.serving import serve_argv
 
 
 class V2Server:
@@ -31,13 +32,14 @@ class V2Server:
         self.server.stop()
 
 
-def start_v2(models: Path, workdir: Path, env: dict[str, str] | None = None) -> V2Server:
+def start_v2(models: Path, workdir: Path, env: dict[str, str] | None = None, *,
+             prefix: Sequence[str] = ()) -> V2Server:
+    """`waldo serve --grpc-port` on two free ports (see `support.serving.waldo_serve`)."""
     grpc_ports: list[int] = []
 
     def argv(port: int) -> list[str]:
-        grpc_ports.append(free_port())
-        return [*waldo_command(), "serve", "--models", str(models), "--host", "127.0.0.1",
-                "--port", str(port), "--grpc-port", str(grpc_ports[-1])]
+        grpc_ports.append(free_port())  # a new one on each try, as for the HTTP port
+        return serve_argv(models, port, "--grpc-port", str(grpc_ports[-1]), prefix=prefix)
 
     return V2Server(start_server(argv, workdir=workdir, env=clean_env(**(env or {}))), grpc_ports[-1], models)
 

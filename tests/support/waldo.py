@@ -56,6 +56,38 @@ def run_waldo_all(cases: dict[str, list[str]], *, cwd: Path,
     return {case: (p.returncode, p.stdout, p.stderr) for case, p in done.items()}
 
 
+def waldo_main(capsys, *args: str) -> tuple[int, str, str]:
+    """`waldo ARGS...` in this process through `waldo.cli.main`, cheaper than a subprocess where
+    the console script itself is not what is tested: (status, stdout, stderr). argparse's own
+    errors (SystemExit) give their status too."""
+    from waldo.cli import main
+
+    try:
+        status = main(list(args))
+    except SystemExit as exc:
+        status = exc.code
+    out, err = capsys.readouterr()
+    return status, out, err
+
+
+def user_error_line(status: int | None, err: str) -> str:
+    """The one line a user error prints: status 2, one non-blank line on stderr, no traceback
+    (fails the test otherwise)."""
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert "Traceback" not in err, err
+    assert status == 2 and len(lines) == 1, f"status {status}, expected 2 and one line:\n{err}"
+    return lines[0]
+
+
+def error_line(err: str, command: str) -> str:
+    """The one `waldo COMMAND: error:` line on stderr (fails the test on a traceback, or on
+    none or several such lines)."""
+    assert "Traceback" not in err, err
+    lines = [line for line in err.splitlines() if line.startswith(f"waldo {command}: error:")]
+    assert len(lines) == 1, err
+    return lines[0]
+
+
 def modules_loaded_by(script: str) -> set[str]:
     """Top-level modules in sys.modules after running `script` in a fresh interpreter."""
     code = script + "\nimport json, sys\nprint(json.dumps(sorted({m.split('.')[0] for m in sys.modules})))\n"

@@ -5,8 +5,7 @@ console script is in tests/integration/test_cli_process.py."""
 from __future__ import annotations
 
 import pytest
-
-from waldo.cli import main
+from support import user_error_line, waldo_main
 
 # case id -> (argv, strings the message must contain)
 CASES: dict[str, tuple[list[str], list[str]]] = {
@@ -66,17 +65,10 @@ def test_user_error_is_one_line_and_exit_2(in_tmp, capsys, case):
     (in_tmp / "bad.yaml").write_text("epoch: 3\n")
     (in_tmp / "bool.yaml").write_text("epochs: true\n")
     argv, expected = CASES[case]
-    try:
-        status = main(argv)
-    except SystemExit as exc:  # argparse's own errors
-        status = exc.code
-    err = capsys.readouterr().err
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert "Traceback" not in err, err
-    assert len(lines) == 1, f"expected one line on stderr, got:\n{err}"
-    assert status == 2, err
-    assert "error" in lines[0]
+    status, _, err = waldo_main(capsys, *argv)
+    line = user_error_line(status, err)
+    assert "error" in line
     for text in expected:
-        assert text in lines[0], f"{text!r} not named in: {lines[0]}"
+        assert text in line, f"{text!r} not named in: {line}"
     # A rejected spec never opens an MLflow run or a checkpoint folder.
     assert not (in_tmp / "waldo_runs").exists() and not (in_tmp / "mlflow.db").exists()

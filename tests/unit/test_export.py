@@ -19,6 +19,7 @@ import onnx
 import pytest
 import pytorch_lightning as pl
 import torch
+from support import error_line
 from support.tasks import BatchDependent
 
 import training.export.precision as precision
@@ -315,13 +316,6 @@ def test_export_flags_are_the_spec_fields(capsys):
 
 
 # --- user errors: exit 2, one line, nothing written -----------------------------------------
-def error_line(err: str) -> str:
-    assert "Traceback" not in err, err
-    lines = [line for line in err.splitlines() if line.startswith("waldo export: error:")]
-    assert len(lines) == 1, err
-    return lines[0]
-
-
 @pytest.mark.parametrize("argv, expected", [
     (["--run", "r", "--alias", "latest"], ["'latest'", "reserved"]),
     (["--run", "r", "--alias", "v2", "--register"], ["'v2'", "reserved"]),
@@ -335,7 +329,7 @@ def error_line(err: str) -> str:
 ])
 def test_user_errors_exit_2_with_one_line(capsys, tmp_path, argv, expected):
     code = main(["export", *argv, "--output", str(tmp_path)])
-    line = error_line(capsys.readouterr().err)
+    line = error_line(capsys.readouterr().err, "export")
     assert code == 2
     for text in expected:
         assert text in line, line
@@ -346,6 +340,6 @@ def test_a_file_that_is_no_checkpoint(capsys, tmp_path):
     bogus = tmp_path / "notes.ckpt"
     bogus.write_text("not a checkpoint")
     code = main(["export", "--checkpoint", str(bogus), "--output", str(tmp_path / "models")])
-    line = error_line(capsys.readouterr().err)
+    line = error_line(capsys.readouterr().err, "export")
     assert code == 2 and "is not a Waldo checkpoint" in line
     assert not (tmp_path / "models").exists()

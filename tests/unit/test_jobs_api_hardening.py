@@ -178,6 +178,22 @@ def test_deep_nesting_is_a_4xx_json_error_never_a_500(api, fake, depth, opening,
     assert not fake.jobs
 
 
+@pytest.mark.parametrize("body", [{"kind": "x" * 100_000, "spec": {}}, {"spec": {}}, [1],
+                                  {"kind": {"a": "train"}, "spec": {}}])
+def test_a_body_of_no_known_kind_is_refused_in_a_short_line(api, fake, body):
+    answer = api().post("/v1/jobs", json=body)
+    assert answer.status_code == 422
+    assert answer.json() == {"error": {"code": "invalid_input",
+                                       "message": "body: give kind: one of train, sweep, export"}}
+    assert not fake.jobs
+
+
+def test_only_the_spec_of_the_bodys_kind_is_tried(api, fake):
+    answer = api().post("/v1/jobs", json={"kind": "train", "spec": {"run": "r"}})
+    refused(answer, "invalid_spec", "unknown field 'run'")  # ExportSpec's field, not TrainSpec's
+    assert "exactly one of run" not in answer.json()["error"]["message"]
+
+
 def test_nesting_within_the_limits_is_accepted(api, fake):
     args = {"x": {"a": [1, 2]}}  # training.spec allows data_args 4 levels deep
     assert sent_spec(fake, api().post("/v1/jobs", json={"kind": "train", "spec": {"data_args": args}}))[
@@ -431,7 +447,7 @@ def test_listing_looks_runs_up_in_the_servers_mlflow_only(api, fake, opened, tmp
     listed = api(tracking_uri="http://mlflow.internal:5000").get("/v1/jobs").json()["jobs"]
     assert opened and set(opened) == {"http://mlflow.internal:5000"}
     assert {j["id"]: j["mlflow_run_url"] for j in listed}["waldo-export-b"] == \
-        "http://mlflow.internal:5000/#/runs/r1"
+        "http://mlflow.internal:5000/#/runs/r1?workflowType=machine_learning"
 
 
 # --- settings that do not validate: one line --------------------------------------------------------

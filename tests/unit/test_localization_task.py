@@ -9,7 +9,7 @@ import warnings
 
 import pytest
 import torch
-from support.tasks import canvas_module
+from support.tasks import canvas_module, n_params
 from support.tasks import localization_task as make_task
 from torch import nn
 
@@ -39,10 +39,6 @@ def test_output_is_an_activated_5_plus_k_vector(model, channels, size):
     assert ((y[:, 5:] >= 0) & (y[:, 5:] <= 1)).all()
     torch.testing.assert_close(y[:, 5:].sum(1), torch.ones(3))  # class probabilities
     assert not torch.allclose(y[0], y[1])  # depends on the input
-
-
-def n_params(net: nn.Module) -> int:
-    return sum(p.numel() for p in net.parameters())
 
 
 # Localizers for 10 classes (the localization-digits canvas is 1x64x64): backbone without its

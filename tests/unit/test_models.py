@@ -13,6 +13,7 @@ import re
 import pytest
 import torch
 import torchvision
+from support.tasks import n_params
 from torch import nn
 
 from training.errors import WaldoError
@@ -35,10 +36,6 @@ PUBLISHED = {
 
 # The source material's networks: 10 classes on 1x28x28.
 SOURCE_COUNTS = {"mlp": 178_110, "cnn": 5_386, "lenet5": 61_706}
-
-
-def n_params(net: nn.Module) -> int:
-    return sum(p.numel() for p in net.parameters())
 
 
 def test_registry_holds_every_classic_and_source_network():

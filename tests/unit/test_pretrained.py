@@ -17,13 +17,13 @@ from functools import cache
 import pytest
 import torch
 import torchvision
+from support import user_error_line, waldo_main
 
 from training.models import create_localizer, create_model
 from training.models._layers import backbone_modules
 from training.models.pretrained import adapt_input_conv, load_matching
 from training.running.steps import prepare
 from training.spec import TrainSpec
-from waldo.cli import main
 
 CLASSICS = ["alexnet", "vgg11", "vgg16", "vgg19", "resnet18", "resnet34", "resnet50", "googlenet"]
 IMAGENET_MEAN, IMAGENET_STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
@@ -49,14 +49,8 @@ def hub_file(tmp_path, monkeypatch, arch: str = "resnet18"):
 
 
 def one_line_error(capsys, argv: list[str]) -> str:
-    try:
-        status = main(argv)
-    except SystemExit as exc:
-        status = exc.code
-    err = capsys.readouterr().err
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert "Traceback" not in err and len(lines) == 1 and status == 2, (status, err)
-    return lines[0]
+    status, _, err = waldo_main(capsys, *argv)
+    return user_error_line(status, err)
 
 
 def test_weights_default_comes_from_the_hub_cache(tmp_path, monkeypatch):

@@ -9,8 +9,10 @@ import torch
 from support.tasks import classification_task, digits_module
 
 from training.data.augment import Augmented, per_image_transform, random_affine
-from training.spec import TrainSpec
-from training.spec.recipe import RECIPE_DEFAULTS
+from training.spec import SweepSpec, TrainSpec
+from training.spec.catalog import DATA_KINDS
+from training.spec.recipe import DEFAULT_KIND, RECIPE_DEFAULTS, VARYING
+from waldo.cli import main
 
 
 # --- defaults per task and data kind ----------------------------------------------------------
@@ -33,6 +35,68 @@ def test_a_given_recipe_value_wins_over_the_default_also_when_it_is_falsy():
     assert TrainSpec(epochs=5).epochs == 5
     assert TrainSpec.model_validate({"ema_decay": None}).ema_decay is None  # YAML null: off
     assert TrainSpec().ema_decay == RECIPE_DEFAULTS[("classify", "digits")]["ema_decay"]
+
+
+def test_the_declared_defaults_are_the_ones_used_for_the_default_task_and_data():
+    declared = {name: field.get_default(call_default_factory=True)
+                for name, field in TrainSpec.model_fields.items()}
+    assert (declared["task"], DATA_KINDS[declared["data"]]) == DEFAULT_KIND
+    assert TrainSpec().model_dump() == declared  # nothing filled in differs from the declaration
+    for name in VARYING:
+        assert declared[name] == RECIPE_DEFAULTS[DEFAULT_KIND][name]
+    for kind, row in RECIPE_DEFAULTS.items():  # the other rows hold only what they change
+        if kind != DEFAULT_KIND:
+            assert row and all(declared[name] != value for name, value in row.items()), kind
+
+
+# One data set of each task and kind of pictures.
+EXAMPLES = {("classify", "digits"): "mnist-5k", ("classify", "photos"): "cifar10",
+            ("localize", "digits"): "localization-digits", ("localize", "photos"): "localization-folder"}
+
+
+def test_the_json_schema_shows_the_declared_defaults_and_how_they_vary():
+    assert set(EXAMPLES) == set(RECIPE_DEFAULTS)
+    schema = TrainSpec.model_json_schema()
+    for name in VARYING:
+        prop = schema["properties"][name]
+        assert prop["default"] == TrainSpec.model_fields[name].default
+        assert prop["x-waldo-defaults"] == {f"{task}/{kind}": getattr(TrainSpec(task=task, data=data), name)
+                                            for (task, kind), data in EXAMPLES.items()}
+    assert schema["x-waldo-data-kinds"] == DATA_KINDS
+
+
+@pytest.mark.parametrize("command", [["train"], ["sweep"], ["jobs", "submit", "train"]])
+@pytest.mark.parametrize("flags, data", [([], "mnist-5k"), (["--data", "cifar10"], "cifar10"),
+                                         (["--task", "localize", "--data", "localization-folder"],
+                                          "localization-folder")])
+def test_help_shows_the_defaults_for_the_data_given(capsys, command, flags, data):
+    with pytest.raises(SystemExit) as exited:
+        main([*command, *flags, "--help"])
+    assert exited.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())
+    spec = TrainSpec(**{"data": data, **({"task": "localize"} if "localize" in flags else {})})
+    for name in ("epochs", "batch_size", "ema_decay"):
+        shown = "null" if getattr(spec, name) is None else str(getattr(spec, name))
+        assert f"(default for {spec.task} on {data}: {shown}; see --data)" in text, (name, text)
+    assert "(default: 0.003)" in text and "chosen per task" not in text
+
+
+def test_print_spec_prints_every_field_resolved_and_exits_without_training(capsys, tmp_path, monkeypatch):
+    import yaml
+
+    monkeypatch.chdir(tmp_path)  # a run would leave mlflow.db and waldo_runs here
+
+    assert main(["train", "--data", "cifar10", "--lr", "0.01", "--print-spec"]) == 0
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed == TrainSpec(data="cifar10", lr=0.01).model_dump(mode="json")
+    assert printed["epochs"] == RECIPE_DEFAULTS[("classify", "photos")]["epochs"]
+    assert main(["sweep", "--search", "lr=uniform(0.1,1)", "--print-spec"]) == 0
+    assert yaml.safe_load(capsys.readouterr().out) == SweepSpec(search={"lr": "uniform(0.1,1)"}).model_dump(
+        mode="json")
+    assert main(["train", "--epochs", "0", "--print-spec"]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "'epochs'" in err
+    assert not list(tmp_path.iterdir())
 
 
 # --- per-image augmentation -------------------------------------------------------------------

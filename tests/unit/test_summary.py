@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -88,3 +89,18 @@ def test_num_classes_changes_the_last_layer(capsys):
 def test_lenet5_first_conv_keeps_28x28_with_padding(capsys):
     report = json.loads(summary(capsys, "--model", "lenet5", "--input-shape", "1,28,28", "--json"))
     assert report["layers"][0]["output"] == "28x28x6"
+
+
+def test_text_summary_names_the_order_of_each_shape(capsys):
+    """--input-shape is C,H,W and feature maps print HxWxC: the table says which is which."""
+    text = summary(capsys, "--model", "cnn", "--input-shape", "1,28,28")
+    lines = text.splitlines()
+    header = lines[0].split("  ")
+    output = next(h.strip() for h in header if h.strip().startswith("output"))
+    order = re.fullmatch(r"output \((\w)x(\w)x(\w)\)", output)
+    assert order, lines[0]
+    # The first conv's output read in the order the header names: 8 channels of 24x24.
+    first = dict(zip(order.groups(), table_rows(text)[0][2].split("x")))
+    assert first == {"H": "24", "W": "24", "C": "8"}, (lines[0], table_rows(text)[0])
+    # The last line gives the input in the order --input-shape takes it.
+    assert "C,H,W = 1,28,28" in lines[-1], lines[-1]

@@ -13,7 +13,7 @@ import os
 import re
 
 from training.errors import WaldoError
-from training.spec import ExportSpec, SweepSpec, TrainSpec
+from training.spec import ExportSpec, SweepSpec, TrainSpec, fields_with
 from training.spec.flags import Number, add_spec_flags, spec_from_args
 
 
@@ -27,16 +27,29 @@ def _report(result) -> None:
         print("\n".join(result.export.summary()))
 
 
-_RESUME_FLAGS = {"storage", "tracking_uri", "ray_address"}
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _printed(args: argparse.Namespace, spec) -> bool:
+    """With --print-spec: print the resolved spec as YAML (every field, the values a run would
+    use), and say so, so the command ends there."""
+    if getattr(args, "print_spec", False):
+        print(spec.to_yaml(), end="")
+        return True
+    return False
 
 
 def cmd_train(args: argparse.Namespace) -> int:
     if args.resume:
-        given = sorted(k for k in vars(args) if k in TrainSpec.model_fields and k not in _RESUME_FLAGS)
-        if given or args.config:
-            flags = ", ".join("--" + k.replace("_", "-") for k in given) or "--config"
+        # Where to find and track the job (fields that declare `resume=True`); the spec is the job's.
+        keeps = fields_with(TrainSpec, "resume")
+        given = sorted(k for k in vars(args) if k in TrainSpec.model_fields and k not in keeps)
+        given += ["config"] * bool(args.config) + ["print_spec"] * bool(args.print_spec)
+        if given:
             raise WaldoError(f"--resume continues a job with the spec it was started with; it "
-                             f"takes only --storage, --tracking-uri and --ray-address (got {flags})")
+                             f"takes only {', '.join(map(_flag, keeps))} (got "
+                             f"{', '.join(map(_flag, given))})")
         from training.running.pipeline import resume
 
         _report(resume(args.resume, storage_location=getattr(args, "storage", None),
@@ -44,6 +57,8 @@ def cmd_train(args: argparse.Namespace) -> int:
                        ray_address=getattr(args, "ray_address", None)))
         return 0
     spec = spec_from_args(args)
+    if _printed(args, spec):
+        return 0
     from training.running.pipeline import run
 
     _report(run(spec))
@@ -52,6 +67,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_sweep(args: argparse.Namespace) -> int:
     spec = spec_from_args(args, spec_cls=SweepSpec)
+    if _printed(args, spec):
+        return 0
     from training.running.pipeline import run_sweep
 
     result = run_sweep(spec)
@@ -61,6 +78,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     print(f"best: {json.dumps(result.best_config)} -> {result.best_metric:.4f}")
     print(f"parent run {result.parent_run_id}; best trial's run {result.best_run_id}; "
           f"best checkpoint: {result.best_checkpoint}")
+    print(f"see the sweep: {result.ui_hint}")
     if result.export is not None:
         print("\n".join(result.export.summary()))
     return 0
@@ -68,6 +86,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 def cmd_compare(args: argparse.Namespace) -> int:
     from training.commands.compare import SOURCE_EXPERIMENT, compare
+    from training.tracking.runs import ui_hint
 
     # The first network stands for all in the spec; `compare` checks each one's spec (its
     # name, its model_args) before any of them trains.
@@ -77,6 +96,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
         print(f"{name}: ", end="")
         _report(result)
     print(f"comparison plot: run {parent_id}, artifact val_acc_comparison.png")
+    any_result = next(iter(results.values()))  # the children share the parent's experiment
+    print(f"see the comparison: {ui_hint(any_result.tracking_uri, any_result.experiment_id, parent_id)}")
     return 0
 
 
@@ -125,6 +146,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 def cmd_export(args: argparse.Namespace) -> int:
     spec = spec_from_args(args, spec_cls=ExportSpec)  # a bad value fails here, before torch is imported
+    if _printed(args, spec):
+        return 0
     from training.export import export_run
 
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one line per step
@@ -182,6 +205,8 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 
 _PORT = Number("an integer", low=1, high=65535)
+_PRINT_SPEC = ("print the resolved spec as YAML (every field, the values that would be used) "
+               "and exit without running")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -190,9 +215,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="train one network and track it in MLflow",
                        description="Train a network locally and log the run to MLflow.")
     add_spec_flags(p)
+    p.add_argument("--print-spec", action="store_true", help=_PRINT_SPEC)
     p.add_argument("--resume", metavar="NAME", help="continue the Ray job NAME (its run name) "
                    "whose driver died, from --storage, in its MLflow run; with --resume only "
-                   "--storage, --tracking-uri and --ray-address apply")
+                   f"{', '.join(map(_flag, fields_with(TrainSpec, 'resume')))} apply")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("sweep", help="hyperparameter sweep on Ray Tune",
@@ -200,6 +226,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                        "Train job. Every spec field is a flag; --search NAME=DIST(ARGS) with DIST "
                        "one of uniform, loguniform, quniform, qloguniform, randint, choice.")
     add_spec_flags(p, spec_cls=SweepSpec)
+    p.add_argument("--print-spec", action="store_true", help=_PRINT_SPEC)
     p.set_defaults(func=cmd_sweep)
 
     p = sub.add_parser("compare", help="train several networks on the same data, one experiment",
@@ -207,7 +234,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                        "plot their validation accuracy. Defaults are the source material's "
                        "experiment: Adam, lr 0.005, batch 1000.")
     p.add_argument("models", nargs="+", metavar="MODEL")
-    add_spec_flags(p, exclude={"model"})
+    from training.commands.compare import SOURCE_EXPERIMENT  # light: the spec and a dict
+
+    add_spec_flags(p, exclude={"model"}, defaults=SOURCE_EXPERIMENT)
     p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser("summary", help="layer-by-layer output shapes and parameter counts")
@@ -235,6 +264,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                        "write OUTPUT/NAME/VERSION/{model.onnx, modelcard.json}. When a check "
                        "fails, nothing is written or registered.")
     add_spec_flags(p, spec_cls=ExportSpec)
+    p.add_argument("--print-spec", action="store_true", help=_PRINT_SPEC)
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("data", help="prepare data sets")

@@ -7,14 +7,15 @@ real MNIST digits (`mnist-5k`), both with Adam at lr 0.005 and batches of 1,000.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
-from training.running.pipeline import run
-from training.running.steps import TrainResult
 from training.spec import TrainSpec, build_spec
-from training.tracking import viz
-from training.tracking.runs import start_run
 
-# The source's settings; `waldo compare` starts from these, and flags override them.
+if TYPE_CHECKING:
+    from training.running.steps import TrainResult
+
+# The source's settings; `waldo compare` starts from these, and flags override them. Its
+# --help shows them, so this module imports torch, Lightning and MLflow only when it trains.
 SOURCE_EXPERIMENT = {
     "data": "mnist-5k",
     "optimizer": "adam",
@@ -34,6 +35,10 @@ def compare(models: Sequence[str], base: TrainSpec) -> tuple[str, dict[str, Trai
     a plot of their validation accuracy per epoch on the parent. Returns the parent run id and
     the result of each model. Each model's spec is validated first (its name, its model_args),
     so a bad one stops the comparison before anything trains."""
+    from training.running.pipeline import run
+    from training.tracking import viz
+    from training.tracking.runs import start_run
+
     specs = {m: build_spec(TrainSpec, None, {**base.model_dump(), "model": m}) for m in models}
     with start_run(base.experiment, run_name="compare " + " vs ".join(models),
                    tracking_uri=base.tracking_uri, tags={"waldo.compare": ",".join(models)}) as parent:

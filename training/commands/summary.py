@@ -53,7 +53,9 @@ def summarize(name: str, input_shape: tuple[int, int, int], num_classes: int) ->
 
 
 def format_summary(report: dict) -> str:
-    rows = [("layer", "type", "output", "params")]
+    """The text table. Feature maps are shown HxWxC (the source's convention) and the input
+    C,H,W (as --input-shape takes it): the header and the last line name each order."""
+    rows = [("layer", "type", "output (HxWxC)", "params")]
     rows += [(r["name"], r["type"], r["output"], f"{r['params']:,}") for r in report["layers"]]
     widths = [max(len(r[i]) for r in rows) for i in range(4)]
     lines = ["  ".join(cell.ljust(w) if i < 3 else cell.rjust(w)
@@ -61,6 +63,6 @@ def format_summary(report: dict) -> str:
     c, h, w = report["input_shape"]
     lines.insert(1, "-" * len(lines[0]))
     lines.append("-" * len(lines[0]))
-    lines.append(f"{report['model']} on {c}x{h}x{w}, {report['num_classes']} classes: "
+    lines.append(f"{report['model']} on input C,H,W = {c},{h},{w}, {report['num_classes']} classes: "
                  f"{report['total_params']:,} parameters")
     return "\n".join(lines)

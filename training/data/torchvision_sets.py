@@ -7,12 +7,48 @@ torchvision reads (and, when online, downloads) the files in their usual formats
 
 from __future__ import annotations
 
+import os
+import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
 import torch
 from torch.utils.data import TensorDataset, random_split
 from torchvision import datasets
 
 from training.data.base import SPLIT_SEED, ImageDataModule
 from training.errors import WaldoError
+
+DEFAULT_DIR = "data"  # without --data-dir: ./data, created for the download
+
+
+@contextmanager
+def _undone_on_failure(folder: Path) -> Iterator[None]:
+    """When the body fails (files missing, download failed or interrupted), remove what it
+    created in `folder`: the folder itself and any missing parents if it did not exist, else
+    the entries that were not there before. A folder that existed stays, and so does all that
+    was in it: nothing of the user's is removed, and no empty ./data is left behind."""
+    folder = folder.absolute()
+    existed = folder.is_dir()
+    before = set(os.listdir(folder)) if existed else set()
+    top = folder
+    while not existed and not top.parent.exists() and top.parent != top:
+        top = top.parent  # the outermost folder that the body would create
+    try:
+        yield
+    except BaseException:
+        if existed:
+            now = set(os.listdir(folder)) if folder.is_dir() else before
+            created = [folder / name for name in now - before]
+        else:
+            created = [top] if top.exists() else []
+        for path in created:
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
+        raise
 
 
 class TorchvisionDataModule(ImageDataModule):
@@ -45,9 +81,10 @@ class TorchvisionDataModule(ImageDataModule):
         return images.contiguous(), torch.as_tensor(ds.targets, dtype=torch.long)
 
     def load(self):
-        root = self.resolve_dir()
-        train_full = TensorDataset(*self._as_tensors(self._open(root, train=True)))
-        test = TensorDataset(*self._as_tensors(self._open(root, train=False)))
+        with _undone_on_failure(self.data_dir or Path(DEFAULT_DIR)):
+            root = self.resolve_dir(DEFAULT_DIR)
+            train_full = TensorDataset(*self._as_tensors(self._open(root, train=True)))
+            test = TensorDataset(*self._as_tensors(self._open(root, train=False)))
         n_val = max(1, int(len(train_full) * self.val_fraction))
         train, val = random_split(
             train_full, [len(train_full) - n_val, n_val],

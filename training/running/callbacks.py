@@ -1,10 +1,11 @@
 """Callbacks every run gets, in-process or on Ray: a stop on a nan or inf loss, the epoch's
-facts (samples per rank, the share of time waiting for data), box pictures, and the recipe's
-weight average."""
+facts (samples per rank, the share of time waiting for data), a line per epoch where no
+progress bar is drawn, box pictures, and the recipe's weight average."""
 
 from __future__ import annotations
 
 import math
+import sys
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -146,6 +147,55 @@ class EpochFacts(Callback):
             metrics["data_wait_fraction"] = float(gathered[:, 1].max())
             metrics["workers"] = float(len(gathered))  # an elastic job's group changes size
             trainer.logger.log_metrics(metrics, step=trainer.global_step)
+
+
+def shows_progress_bar(setting: bool | None) -> bool:
+    """The spec's `progress_bar`: True or False as given; None (the default) draws Lightning's
+    bar only where it can redraw itself, when stdout (where its bar writes) is a terminal. In
+    a log file, a job's logs or CI, a bar becomes thousands of lines: `EpochLines` prints one
+    line per epoch there instead."""
+    if setting is not None:
+        return setting
+    return sys.stdout.isatty()
+
+
+class EpochLines(Callback):
+    """One line per epoch on stdout, from rank 0, with the epoch's metrics, for runs without a
+    progress bar: `epoch 3/60: train_acc=0.8800 train_loss=0.4120 val_acc=0.9100 val_loss=0.3012`.
+
+    A long run prints at most about `max_lines` of them (the first epoch, every k-th, and the
+    last, also when early stopping ends the run), so the quickstart's 100 epochs stay readable.
+    An epoch's line is printed once all of it is in `trainer.callback_metrics`: the task logs
+    its training metrics in its own `on_train_epoch_end`, which Lightning calls after the
+    callbacks', so the line comes at the next epoch's start, or at the end of training."""
+
+    def __init__(self, max_lines: int = 15):
+        self.max_lines = max_lines
+        self._printed = -1  # the last epoch printed
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        self._printed = trainer.current_epoch - 1  # a resumed fit: its earlier epochs are done
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        epoch, total = trainer.current_epoch - 1, trainer.max_epochs  # the epoch just done
+        every = max(1, math.ceil(total / self.max_lines)) if total and total > 0 else 1
+        if epoch > self._printed and (epoch == 0 or (epoch + 1) % every == 0):
+            self._print(trainer, epoch)
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        if trainer.current_epoch - 1 > self._printed:
+            self._print(trainer, trainer.current_epoch - 1)
+
+    def _print(self, trainer, epoch: int) -> None:
+        self._printed = epoch
+        if not trainer.is_global_zero:
+            return
+        metrics = {k: float(v) for k, v in trainer.callback_metrics.items()
+                   if k.startswith(("train_", "val_")) and getattr(v, "numel", lambda: 1)() == 1}
+        order = sorted(metrics, key=lambda k: (not k.startswith("train_"), k))
+        shown = " ".join(f"{k}={metrics[k]:.4f}" for k in order)
+        total = f"/{trainer.max_epochs}" if trainer.max_epochs and trainer.max_epochs > 0 else ""
+        print(f"epoch {epoch + 1}{total}: {shown}".rstrip(), flush=True)
 
 
 class BoxPictures(Callback):

@@ -23,7 +23,14 @@ from torchvision.utils import save_image
 from training.data import ImageDataModule, create_datamodule, describe_data
 from training.data.leakage import MAX_SHARE
 from training.errors import WaldoError
-from training.running.callbacks import BoxPictures, EpochFacts, StopOnNonFinite, WeightEMA
+from training.running.callbacks import (
+    BoxPictures,
+    EpochFacts,
+    EpochLines,
+    StopOnNonFinite,
+    WeightEMA,
+    shows_progress_bar,
+)
 from training.running.init_from import Start, starting_point
 from training.spec import TrainSpec
 from training.tasks import TASKS, BaseTask, ClassificationTask
@@ -145,11 +152,15 @@ def monitor_of(spec: TrainSpec) -> tuple[str, str]:
 
 def build_trainer(spec: TrainSpec, *, callbacks: list[Callback], logger, root: Path | str,
                   **overrides) -> pl.Trainer:
-    """The Lightning Trainer for a spec; Ray passes its strategy and plugins as overrides."""
+    """The Lightning Trainer for a spec; Ray passes its strategy and plugins as overrides.
+    Without a progress bar (`shows_progress_bar`: none unless stdout is a terminal), each epoch
+    prints one line (`EpochLines`)."""
+    bar = overrides.get("enable_progress_bar", shows_progress_bar(spec.progress_bar))
     kwargs = dict(
         max_epochs=spec.epochs, accelerator=spec.accelerator, devices=1,
-        precision=spec.precision, logger=logger, callbacks=callbacks,
-        enable_progress_bar=spec.progress_bar, enable_model_summary=False,
+        precision=spec.precision, logger=logger,
+        callbacks=list(callbacks) if bar else [*callbacks, EpochLines()],
+        enable_progress_bar=bar, enable_model_summary=False,
         log_every_n_steps=50, default_root_dir=root,  # nothing is logged per step: epochs only
         gradient_clip_val=spec.grad_clip, accumulate_grad_batches=spec.accumulate_grad_batches,
         benchmark=True,  # cuDNN picks the fastest convolution algorithms for the fixed shapes

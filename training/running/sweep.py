@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from training.export import ExportResult
 
 STOPPED_EARLY = "stopped early"
+STOPPED_EARLY_TAG = "waldo.stopped_early"  # "true" on a trial's run that the scheduler stopped
 
 
 @dataclass
@@ -38,6 +39,7 @@ class SweepResult:
     best_run_id: str | None = None  # the best trial's child run
     trials: list[dict[str, Any]] = field(default_factory=list)
     export: ExportResult | None = None  # set by `training.running.pipeline.run_sweep` when asked
+    ui_hint: str = ""  # how to open the parent run in MLflow's UI
 
 
 def search_space(spec: SweepSpec) -> dict[str, Any]:
@@ -146,7 +148,7 @@ def sweep(spec: SweepSpec) -> SweepResult:
                                    indent=2), "best_trial.json")
         parent.log_figure(_trials_plot(trials, list(spec.search), monitor), "trials.png")
     return SweepResult(parent.run_id, best["config"], best[monitor], location,
-                       best.get("run_id"), trials)
+                       best.get("run_id"), trials, ui_hint=parent.ui_hint)
 
 
 def _adopt_best_checkpoint(parent, best: dict[str, Any]) -> str | None:
@@ -184,7 +186,10 @@ def _record_trials(parent, grid, epochs: int, monitor: str, mode: str,
 
     Tune ends a trial's process at its last report, whether ASHA stopped it or it reached its
     last epoch, so the trial cannot record this itself: each report carries the metrics and the
-    checkpoint of that epoch (TuneReportCallback), and the sweep reads them here.
+    checkpoint of that epoch (TuneReportCallback), and the sweep reads them here. Ending the
+    process can leave the run RUNNING, or mark it FAILED or KILLED on the way out; only a trial
+    that raised is a failure, so any other ends FINISHED, a stopped one tagged
+    `waldo.stopped_early=true`.
     """
     from ray.train.lightning import RayTrainReportCallback
 
@@ -210,12 +215,14 @@ def _record_trials(parent, grid, epochs: int, monitor: str, mode: str,
         if child is not None:
             trial["run_id"] = child.info.run_id
             tags = {"waldo.trial_status": status}
+            if status == STOPPED_EARLY:
+                tags[STOPPED_EARLY_TAG] = "true"
             if location and storage.BEST_CHECKPOINT_TAG not in child.data.tags:
                 tags[storage.BEST_CHECKPOINT_TAG] = location
             for key, tag in tags.items():
                 parent.client.set_tag(child.info.run_id, key, tag)
             parent.client.log_metric(child.info.run_id, "epochs_completed", epochs_done)
-            if child.info.status == "RUNNING" or status == "failed":
+            if child.info.status != mlflow_status:
                 parent.client.set_terminated(child.info.run_id, mlflow_status)
         trials.append(trial)
     return trials

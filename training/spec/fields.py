@@ -1,7 +1,8 @@
-"""Spec field types that carry their checks, and the bounds of what the code can handle.
+"""Spec field types that carry their checks, the bounds of what the code can handle, and the
+rules each field declares where it is declared (`Rules`, read with `rules_of`/`fields_with`).
 
 Every spec (training.spec) builds its fields from these; the jobs API checks run names with
-`check_run_name`. Torch-free, like training.spec.
+`check_run_name` and builds its admission from the rules. Torch-free, like training.spec.
 """
 
 from __future__ import annotations
@@ -10,8 +11,10 @@ import math
 import re
 import types
 import typing
-from typing import Annotated, Any
+from dataclasses import asdict, dataclass, fields
+from typing import Annotated, Any, Literal
 
+import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 MIN_OPSET = DEFAULT_OPSET = 18  # the dynamo exporter writes 18 and up natively
@@ -115,6 +118,84 @@ Seed = Annotated[int, Field(ge=0, le=MAX_SEED)]
 KeywordArgs = Annotated[dict[str, Any], AfterValidator(check_args)]
 
 
+# --- the rules a field declares ---------------------------------------------------------------
+Root = Literal["data", "storage", "model"]  # the operator's roots (the jobs API's `*_roots`)
+
+
+@dataclass(frozen=True)
+class Rules:
+    """What a spec field declares besides its type, as `Annotated` metadata of the field:
+    `data_dir: Annotated[str | None, Rules(kind="location", root="data")] = Field(None, ...)`.
+    The jobs API's admission, a sweep's search check and `waldo train --resume` are built from
+    these, so a new field states its rules where it is declared, and the JSON schema shows them
+    (`x-waldo`). A field that declares none gets `Rules()`.
+
+    - kind: "location" for a path or URI that a job reads or writes (it must declare a `root`,
+      or be set by the server); "name" for text that names something but no file (a run name,
+      an MLflow run id). tests/unit/test_field_rules.py requires one of them of every text field
+      whose name or description speaks of folders, files, paths, storage or URIs.
+    - root: the operator root a location must lie under (`WALDO_JOBS_<ROOT>_ROOTS`).
+    - not_a_path: a regular expression of values of a location that name no file (a torchvision
+      weights name, an MLflow run id, a models:/ URI); they are not checked against the roots.
+    - server: the jobs API setting that sets this field; a spec submitted there may not.
+    - searchable: whether a sweep may search it (`--search NAME=...`).
+    - bound: the jobs API setting that bounds it from above (`max_epochs`, ...).
+    - resume: whether `waldo train --resume` takes it (where to find and track the job).
+    """
+
+    kind: Literal["value", "location", "name"] = "value"
+    root: Root | None = None
+    not_a_path: str | None = None
+    server: str | None = None
+    searchable: bool = True
+    bound: str | None = None
+    resume: bool = False
+
+    def __post_init__(self) -> None:
+        if self.kind == "location" and self.root is None and self.server is None:
+            raise ValueError("a location declares its root, or that the server sets it")
+        if self.root is not None and self.kind != "location":
+            raise ValueError("only a location has a root")
+
+    def is_not_a_path(self, value: str) -> bool:
+        """Whether `value` is one of the values of this location that name no file."""
+        return self.not_a_path is not None and re.fullmatch(self.not_a_path, value) is not None
+
+    def shown(self) -> dict[str, Any]:
+        """The rules that differ from a plain value's, for the JSON schema."""
+        return {f.name: value for f, value in zip(fields(self), asdict(self).values())
+                if value != f.default}
+
+    def __get_pydantic_json_schema__(self, core_schema: Any, handler: Any) -> dict[str, Any]:
+        schema = handler(core_schema)
+        if self.shown():
+            schema["x-waldo"] = self.shown()
+        return schema
+
+
+def rules_of(spec_cls: type[BaseModel], name: str) -> Rules:
+    """The rules field `name` of `spec_cls` declares (`Rules()` when it declares none)."""
+    found = [item for item in spec_cls.model_fields[name].metadata if isinstance(item, Rules)]
+    return found[-1] if found else Rules()
+
+
+def fields_with(spec_cls: type[BaseModel], rule: str, value: Any = None) -> dict[str, Rules]:
+    """Every field of `spec_cls` whose rule `rule` is set (true, not None), or equals `value`
+    when one is given: `fields_with(TrainSpec, "root")`, `fields_with(TrainSpec, "searchable")`."""
+    out = {}
+    for name in spec_cls.model_fields:
+        rules = rules_of(spec_cls, name)
+        have = getattr(rules, rule)
+        if (have == value) if value is not None else (have is not None and have is not False):
+            out[name] = rules
+    return out
+
+
+NOT_SEARCHED = Rules(searchable=False)  # how a run is named, tracked or shown, not what it learns
+# Where runs are tracked: the jobs API's own MLflow, and what `--resume` may name again.
+TRACKING_URI = Rules(kind="location", server="tracking_uri", searchable=False, resume=True)
+
+
 def number_kind(annotation: Any) -> str | None:
     """'an integer' or 'a number' for an int or float field (Optional and Annotated too)."""
     origin, args = typing.get_origin(annotation), typing.get_args(annotation)
@@ -142,3 +223,7 @@ class SpecBase(BaseModel):
             if kind is not None:
                 raise ValueError(f"expects {kind}, not a boolean")
         return value
+
+    def to_yaml(self) -> str:
+        """Every field, as YAML a `--config` file takes back."""
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)

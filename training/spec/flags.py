@@ -18,7 +18,7 @@ from pydantic import BaseModel
 from training.errors import WaldoError
 from training.spec.fields import number_kind
 from training.spec.files import load_yaml, parse_yaml
-from training.spec.recipe import RECIPE_DEFAULTS, RecipeSpec
+from training.spec.recipe import DEFAULT_DATA, DEFAULT_TASK, RECIPE_FIELDS, VARYING, recipe_row
 from training.spec.specs import WORKER_RANGE, TrainSpec, build_spec
 
 
@@ -78,25 +78,71 @@ class Number:
                 and (self.below is None or value < self.below))
 
 
+def resolved_defaults(spec_cls: type[BaseModel], given: dict[str, Any]) -> dict[str, Any]:
+    """The value each field of `spec_cls` takes when left out, for the task and data in `given`
+    (the declared default, or the recipe's for that task and data kind)."""
+    values = {name: field.get_default(call_default_factory=True)
+              for name, field in spec_cls.model_fields.items()}
+    row = recipe_row(given.get("task", DEFAULT_TASK), given.get("data", DEFAULT_DATA)) or {}
+    return {**values, **{k: v for k, v in row.items() if k in values}}
+
+
+def _shown(value: Any) -> str:
+    return "null" if value is None else str(value).lower() if isinstance(value, bool) else str(value)
+
+
+class SpecHelp(argparse.Action):
+    """`--help` of a spec command: each flag's default is the value that will be used for the
+    task, data and model given before `--help` (and in a `--config` file given before it), so
+    `waldo train --data cifar10 --help` shows cifar10's defaults."""
+
+    def __init__(self, option_strings, dest, spec_cls: type[BaseModel], texts: dict[str, tuple],
+                 defaults: dict[str, Any] | None = None, **kwargs):
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kwargs)
+        self.spec_cls, self.texts = spec_cls, texts  # field -> (its action, help without default)
+        self.fixed = dict(defaults or {})  # the command's own defaults (waldo compare's)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        given = dict(self.fixed)
+        given.update(load_yaml(namespace.config) if getattr(namespace, "config", None) else {})
+        given.update({k: v for k, v in vars(namespace).items() if k in ("task", "data", "model")})
+        defaults = {**resolved_defaults(self.spec_cls, given), **self.fixed}
+        on = f"{given.get('task', DEFAULT_TASK)} on {given.get('data', DEFAULT_DATA)}"
+        for name, (action, text) in self.texts.items():
+            default = defaults.get(name)
+            if name in self.fixed:  # the command's own: whatever the data
+                action.help = f"{text} (default: {_shown(default)})"
+            elif name not in VARYING and (default is None or default == {}):
+                action.help = text
+            elif name in VARYING:  # epochs, batch_size, augment, ...: per task and data kind
+                action.help = f"{text} (default for {on}: {_shown(default)}; see --data)"
+            else:
+                action.help = f"{text} (default: {_shown(default)})"
+        parser.print_help()
+        parser.exit()
+
+
 def add_spec_flags(parser: argparse.ArgumentParser, exclude: set[str] = frozenset(),
-                    spec_cls: type[BaseModel] = TrainSpec) -> None:
+                    spec_cls: type[BaseModel] = TrainSpec,
+                    defaults: dict[str, Any] | None = None) -> None:
     """One flag per spec field, so flags and spec files can never drift apart.
 
     Help comes from the field's description, the choices from its Literal type, and a field
     may name its option strings in `json_schema_extra={"flags": [...]}` (`--publish` and its
     old name `--register`). Flags default to "not given" and pydantic validates the values, so
-    a flag and the same key in a YAML file behave identically.
+    a flag and the same key in a YAML file behave identically. `--help` shows the defaults for
+    the task and data given (SpecHelp); `defaults` are a command's own, which the spec starts
+    from (`spec_from_args(args, defaults)`), and the help shows them instead.
     """
     parser.add_argument("--config", metavar="SPEC.yaml", help="spec file; flags override it")
     spec_group = parser.add_argument_group("spec fields")
     recipe_group = parser.add_argument_group(
         "recipe (augmentation, regularization, warmup, averaging, speed)")
-    recipe = set(RecipeSpec.model_fields) if issubclass(spec_cls, RecipeSpec) else set()
-    per_data = {name for defaults in RECIPE_DEFAULTS.values() for name in defaults}
+    texts: dict[str, tuple[argparse.Action, str]] = {}
     for name, field in spec_cls.model_fields.items():
         if name in exclude:
             continue
-        group = recipe_group if name in recipe else spec_group
+        group = recipe_group if name in RECIPE_FIELDS else spec_group
         if name == "search":  # repeated --search NAME=DIST(ARGS), kept as text for the spec
             group.add_argument("--search", dest="search", action="append", default=argparse.SUPPRESS,
                                metavar="NAME=DIST(ARGS)", help=field.description)
@@ -104,26 +150,32 @@ def add_spec_flags(parser: argparse.ArgumentParser, exclude: set[str] = frozense
         extra = field.json_schema_extra if isinstance(field.json_schema_extra, dict) else {}
         flags = list(extra.get("flags") or ["--" + name.replace("_", "-")])
         help_text = field.description or ""
-        default = "" if field.default is None else f" (default: {field.default})"
-        if name in per_data:  # augment, epochs, batch_size, ...
-            default = " (default: chosen per task and data, see the README)"
         if name.endswith("_args"):  # model_args -> repeated --model-arg KEY=VALUE
             group.add_argument("--" + name.removesuffix("s").replace("_", "-"), dest=name,
                                action="append", metavar="KEY=VALUE", default=argparse.SUPPRESS,
                                help=help_text)
             continue
-        if field.annotation is bool:
-            group.add_argument(*flags, dest=name, action=argparse.BooleanOptionalAction,
-                               default=argparse.SUPPRESS, help=help_text + default)
-            continue
-        is_literal = typing.get_origin(field.annotation) is typing.Literal
-        choices = typing.get_args(field.annotation) if is_literal else ()
-        if choices:
-            help_text += f"; one of {', '.join(map(str, choices))}"
-        kind = number_kind(field.annotation)
-        number = {"type": Number(kind, ranges=name == "workers")} if kind else {}
-        group.add_argument(*flags, dest=name, default=argparse.SUPPRESS, metavar=name.upper(),
-                           help=help_text + default, **number)
+        if field.annotation in (bool, bool | None):  # None: decided at run time (progress_bar)
+            action = group.add_argument(*flags, dest=name, action=argparse.BooleanOptionalAction,
+                                        default=argparse.SUPPRESS, help=help_text)
+        else:
+            is_literal = typing.get_origin(field.annotation) is typing.Literal
+            choices = typing.get_args(field.annotation) if is_literal else ()
+            if choices:
+                help_text += f"; one of {', '.join(map(str, choices))}"
+            kind = number_kind(field.annotation)
+            number = {"type": Number(kind, ranges=name == "workers")} if kind else {}
+            action = group.add_argument(*flags, dest=name, default=argparse.SUPPRESS,
+                                        metavar=name.upper(), help=help_text, **number)
+        texts[name] = (action, help_text)
+    # The parser's own --help gives way to one that knows the spec: argparse's "resolve"
+    # conflict handler replaces an option, here only while --help is added.
+    spec_group.conflict_handler = "resolve"
+    spec_group.add_argument("-h", "--help", action=SpecHelp, spec_cls=spec_cls, texts=texts,
+                            defaults=defaults,
+                            help="show this help, with the defaults for the --task, --data and "
+                                 "--model given before it, and exit")
+    spec_group.conflict_handler = parser.conflict_handler
 
 
 def parse_pairs(flag: str, pairs: list[str]) -> dict[str, Any]:
@@ -161,4 +213,4 @@ def spec_from_args(args: argparse.Namespace, defaults: dict[str, Any] | None = N
     return build_spec(spec_cls, None, {**base, **overrides})
 
 
-__all__ = ["Number", "add_spec_flags", "parse_pairs", "spec_from_args"]
+__all__ = ["Number", "SpecHelp", "add_spec_flags", "parse_pairs", "resolved_defaults", "spec_from_args"]

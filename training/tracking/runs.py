@@ -30,13 +30,25 @@ def resolve_tracking_uri(uri: str | None = None) -> str:
     return uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path.cwd() / 'mlflow.db'}"
 
 
+def quiet_artifact_downloads() -> None:
+    """No MLflow progress bars for artifact downloads ("Downloading artifacts: 100%|...") in
+    this process, unless the user set MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR: Waldo prints one
+    line per step, and in logs (jobs, CI) the bars are noise. MLflow reads the variable at
+    each download."""
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+
+
 def read_run(client: MlflowClient, run_id: str, tracking_uri: str | None, *, unknown: str,
              unreadable: str, missing_codes: tuple[str, ...] = ("RESOURCE_DOES_NOT_EXIST",)):
     """The MLflow run `run_id`, or a one-line WaldoError: `unknown` when the store has no such
     run (an error code in `missing_codes`), `unreadable` plus the reason when MLflow refuses,
-    and a line naming the store when it cannot be reached."""
+    and a line naming the store when it cannot be reached.
+
+    Every path that downloads a run's artifacts (export, --init-from) reads the run here
+    first, so this is where their progress bars are turned off (`quiet_artifact_downloads`)."""
     from mlflow.exceptions import MlflowException
 
+    quiet_artifact_downloads()
     try:
         return client.get_run(run_id)
     except MlflowException as exc:
@@ -123,11 +135,28 @@ class Run:
     @property
     def ui_hint(self) -> str:
         """How to open this run in the MLflow UI."""
-        fragment = f"#/experiments/{self.experiment_id}/runs/{self.run_id}"
-        if self.tracking_uri.startswith(("http://", "https://")):
-            return f"{self.tracking_uri.rstrip('/')}/{fragment}"
-        return (f"mlflow ui --backend-store-uri {self.tracking_uri}  "
-                f"then open http://127.0.0.1:5000/{fragment}")
+        return ui_hint(self.tracking_uri, self.experiment_id, self.run_id)
+
+
+# MLflow's UI (3.x) opens an experiment in its GenAI view (traces) unless the address asks for
+# the model-training one; its workflow switch reads this query parameter from the hash route.
+MODEL_TRAINING_VIEW = "workflowType=machine_learning"
+# The tag with which MLflow's UI knows an experiment as model training, not GenAI.
+EXPERIMENT_KIND_TAG, MODEL_TRAINING_KIND = "mlflow.experimentKind", "custom_model_development"
+
+
+def run_link(base_url: str, experiment_id: str, run_id: str) -> str:
+    """The run's page in the MLflow UI at `base_url`, in the model-training view."""
+    return f"{base_url.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}?{MODEL_TRAINING_VIEW}"
+
+
+def ui_hint(tracking_uri: str, experiment_id: str, run_id: str) -> str:
+    """How to open a run in the MLflow UI: its link on a tracking server, else the `mlflow ui`
+    command that serves the store and the link there."""
+    if tracking_uri.startswith(("http://", "https://")):
+        return run_link(tracking_uri, experiment_id, run_id)
+    return (f"mlflow ui --backend-store-uri {tracking_uri}  "
+            f"then open {run_link('http://127.0.0.1:5000', experiment_id, run_id)}")
 
 
 def source_type(source: str) -> str:
@@ -262,10 +291,14 @@ def _end_run(client: MlflowClient, run_id: str, status: int) -> None:
 
 
 def _experiment_id(client: MlflowClient, name: str) -> str:
+    """The experiment `name`, created if missing, and tagged as model training for MLflow's UI
+    unless it already carries a kind (a user's own tag stays)."""
     experiment = client.get_experiment_by_name(name)
-    if experiment is not None:
-        return experiment.experiment_id
-    return client.create_experiment(name)
+    if experiment is None:
+        return client.create_experiment(name, tags={EXPERIMENT_KIND_TAG: MODEL_TRAINING_KIND})
+    if EXPERIMENT_KIND_TAG not in experiment.tags:
+        client.set_experiment_tag(experiment.experiment_id, EXPERIMENT_KIND_TAG, MODEL_TRAINING_KIND)
+    return experiment.experiment_id
 
 
 @contextmanager

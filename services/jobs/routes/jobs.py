@@ -1,17 +1,18 @@
 """`/v1/jobs`: submit, list, inspect, read the logs of and stop jobs. RayJobs' calls block
-(Ray's client uses requests), so they run in the thread pool."""
+(Ray's client uses requests), so they run in the thread pool. Bodies are typed both ways: the
+request is admission's `JobRequest` (each spec's schema), the answers the models below."""
 
 from __future__ import annotations
 
 import secrets
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Query
 from fastapi.responses import PlainTextResponse
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
-from services.jobs.admission import admit
+from services.jobs.admission import JobRequest, admit
 from services.jobs.deps import Authorized, JobsDep, SettingsDep
 from services.jobs.ray_jobs import RayJobs
 
@@ -21,10 +22,43 @@ router = APIRouter(prefix="/v1/jobs", tags=["jobs"], dependencies=[Authorized],
                               503: {"description": "Ray cluster unreachable"}})
 
 
-class JobRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    kind: Literal["train", "sweep", "export"]
-    spec: dict[str, Any] = Field(description="a TrainSpec, SweepSpec or ExportSpec, as `waldo` takes them")
+class ModelVersion(BaseModel):
+    """The registered model version an export job made."""
+
+    model_name: str | None = None
+    model_version: str | None = None
+    model_uri: str | None = Field(None, description="models:/NAME/VERSION")
+    alias: str | None = None
+
+
+class Job(BaseModel):
+    """One Waldo job on the cluster, as Ray and the server's MLflow know it."""
+
+    id: str = Field(description="the job's id (its Ray submission id)")
+    submission_id: str
+    ray_job_id: str | None = None
+    kind: str = Field(description="train, sweep or export")
+    status: str = Field(description="Ray's: PENDING, RUNNING, SUCCEEDED, FAILED or STOPPED")
+    message: str | None = None
+    submitted_at: str | None = Field(None, description="ISO 8601, UTC")
+    ended_at: str | None = Field(None, description="ISO 8601, UTC")
+    duration_s: float | None = None
+    spec: dict[str, Any] = Field(description="the spec as admitted (normalized paths, the server's "
+                                             "defaults)")
+    result: dict[str, Any] | None = Field(None, description="what a finished job reported")
+    mlflow_run_id: str | None = None
+    mlflow_run_url: str | None = None
+    model: ModelVersion | None = None
+
+
+class JobList(BaseModel):
+    jobs: list[Job] = Field(description="newest first")
+
+
+class StopAnswer(BaseModel):
+    id: str
+    stopped: bool = Field(description="whether a stop was asked of a running job")
+    status: str
 
 
 @router.post("", status_code=201, summary="Validate a spec and submit it to the Ray cluster",
@@ -32,10 +66,10 @@ class JobRequest(BaseModel):
                         422: {"description": "the spec names a bad field, a server-owned field "
                                              "(tracking_uri, ray_address), a path outside the "
                                              "allowed roots, or asks for more than the limits"}})
-async def submit(body: JobRequest, jobs: JobsDep, settings: SettingsDep) -> dict:
-    spec_data = await run_in_threadpool(admit, body.kind, body.spec, settings)
+async def submit(body: JobRequest, jobs: JobsDep, settings: SettingsDep) -> Job:
+    spec_data = await run_in_threadpool(admit, body.spec, settings)
     job_id = await run_in_threadpool(_submit, jobs, body.kind, spec_data)
-    return await run_in_threadpool(jobs.get, job_id)
+    return Job.model_validate(await run_in_threadpool(jobs.get, job_id))
 
 
 def _submit(jobs: RayJobs, kind: str, spec: dict[str, Any]) -> str:
@@ -46,14 +80,14 @@ def _submit(jobs: RayJobs, kind: str, spec: dict[str, Any]) -> str:
 
 
 @router.get("", summary="Every Waldo job on the cluster, newest first")
-async def list_jobs(jobs: JobsDep) -> dict:
-    return {"jobs": await run_in_threadpool(jobs.list)}
+async def list_jobs(jobs: JobsDep) -> JobList:
+    return JobList(jobs=await run_in_threadpool(jobs.list))
 
 
 @router.get("/{job_id}", summary="State, timings, MLflow run and registered model of one job",
             responses={404: {"description": "no Waldo job has this id"}})
-async def get_job(job_id: str, jobs: JobsDep) -> dict:
-    return await run_in_threadpool(jobs.get, job_id)
+async def get_job(job_id: str, jobs: JobsDep) -> Job:
+    return Job.model_validate(await run_in_threadpool(jobs.get, job_id))
 
 
 @router.get("/{job_id}/logs", response_class=PlainTextResponse, summary="The job's output so far",
@@ -68,5 +102,5 @@ async def job_logs(job_id: str, jobs: JobsDep,
 
 @router.delete("/{job_id}", summary="Stop a job",
                responses={404: {"description": "no Waldo job has this id"}})
-async def stop_job(job_id: str, jobs: JobsDep) -> dict:
-    return await run_in_threadpool(jobs.stop, job_id)
+async def stop_job(job_id: str, jobs: JobsDep) -> StopAnswer:
+    return StopAnswer.model_validate(await run_in_threadpool(jobs.stop, job_id))
