@@ -132,7 +132,7 @@ def fetch(uri: str, cache: str | Path, tracking_uri: str | None = None) -> Model
         for filename in (MODEL_FILE, CARD_FILE):
             try:
                 download_artifacts(artifact_uri=f"{location}/{filename}", dst_path=str(tmp),
-                                   tracking_uri=tracking_uri)
+                                   tracking_uri=tracking_uri, registry_uri=tracking_uri)
             except MlflowException as exc:
                 raise RepositoryError(f"{uri} (version {mv.version}) has no {filename}; was "
                                       f"it registered by `waldo export`? ({exc.message})") from None

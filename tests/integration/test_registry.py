@@ -105,9 +105,11 @@ def test_train_export_registers_a_version_linked_to_its_run(mlflow_server, train
     outputs = client.get_run(result.run_id).outputs
     assert logged.model_id in [o.model_id for o in outputs.model_outputs]
 
-    # The registered artifacts are exactly the two files, at the root of models:/NAME@ALIAS.
+    # The registered artifacts are exactly the two files, at the root of models:/NAME@ALIAS. The
+    # registry is named too: MLflow keeps a registry URI an earlier run in this process used.
     local = Path(mlflow.artifacts.download_artifacts(
-        artifact_uri=f"models:/{NAME}@{ALIAS}", dst_path=str(tmp_path), tracking_uri=mlflow_server))
+        artifact_uri=f"models:/{NAME}@{ALIAS}", dst_path=str(tmp_path), tracking_uri=mlflow_server,
+        registry_uri=mlflow_server))
     assert {p.name for p in local.iterdir()} == {CARD_FILE, MODEL_FILE}
     written = work / "models" / NAME / str(exported.version)
     assert (work / exported.path).resolve() == written.resolve()
