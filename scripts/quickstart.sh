@@ -6,7 +6,8 @@ PORT="${WALDO_PORT:-8000}"
 
 [ -x .venv/bin/python ] || python3 -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip
-.venv/bin/python -m pip install -q -e '.[all]'
+# (setuptools' notice on editable installs is a warning of the build, not of Waldo)
+PYTHONWARNINGS=ignore .venv/bin/python -m pip install -q -e '.[all]'
 
 # The main job: train the two-conv CNN on the embedded real MNIST digits (mnist-5k, offline),
 # tracked in ./mlflow.db, and export the best checkpoint to ONNX in ./models/cnn/<version>/.
