@@ -14,12 +14,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-import mlflow.artifacts
 import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
 from PIL import Image
-from support import PUBLISHED_CNN, REPO_ROOT, TrainedRun, clean_env
+from support import BIN, PUBLISHED_CNN, REPO_ROOT, TrainedRun, clean_env
 
 from serving.modelcard import CARD_FILE, MODEL_FILE, ModelCard
 from serving.repository import RepositoryError, fetch
@@ -105,11 +104,16 @@ def test_train_export_registers_a_version_linked_to_its_run(mlflow_server, train
     outputs = client.get_run(result.run_id).outputs
     assert logged.model_id in [o.model_id for o in outputs.model_outputs]
 
-    # The registered artifacts are exactly the two files, at the root of models:/NAME@ALIAS. The
-    # registry is named too: MLflow keeps a registry URI an earlier run in this process used.
-    local = Path(mlflow.artifacts.download_artifacts(
-        artifact_uri=f"models:/{NAME}@{ALIAS}", dst_path=str(tmp_path), tracking_uri=mlflow_server,
-        registry_uri=mlflow_server))
+    # The registered artifacts are exactly the two files, at the root of models:/NAME@ALIAS, as
+    # MLflow's own CLI downloads them in a fresh process (in this one, MLflow resolves a models:/
+    # URI through the process-wide tracking URI that earlier in-process runs leave behind).
+    dst = tmp_path / "downloaded"
+    downloaded = subprocess.run(
+        [str(BIN / "mlflow"), "artifacts", "download", "--artifact-uri",
+         f"models:/{NAME}@{ALIAS}", "--dst-path", str(dst)],
+        env=clean_env(MLFLOW_TRACKING_URI=mlflow_server), capture_output=True, text=True, timeout=300)
+    assert downloaded.returncode == 0, downloaded.stderr[-2000:]
+    local = Path(downloaded.stdout.strip().splitlines()[-1])
     assert {p.name for p in local.iterdir()} == {CARD_FILE, MODEL_FILE}
     written = work / "models" / NAME / str(exported.version)
     assert (work / exported.path).resolve() == written.resolve()
