@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
@@ -79,6 +80,11 @@ class Trace(Timing):
     compute_input: int = 0
     compute_output: int = 0
     rows: int = 0
+    # The lifecycle (version) that answers: set when the request starts (routing may pick a
+    # rollout's candidate) and changed when a candidate's failure is retried on the primary.
+    side: Lifecycle | None = None
+    version: str = ""  # the version that computed the answer
+    protocol: str = ""  # the front end's, as the metrics label it
 
 
 @dataclass
@@ -88,6 +94,7 @@ class Prediction:
     out: np.ndarray
     model: LoadedModel
     sizes: list[tuple[int, int]]  # (width, height) of each input as sent
+    x: np.ndarray | None = None  # the batch it was computed from (a shadow candidate gets it too)
 
 
 class Lifecycle:
@@ -106,6 +113,18 @@ class Lifecycle:
         """This model's entry of the v2 statistics extension."""
         return self.stats.as_v2(self.name, self.model.version if self.model else "")
 
+    def start_batcher(self, model: LoadedModel, on_depth: Callable[[int], None] = lambda n: None) -> None:
+        """Serve `model` through this lifecycle's own batcher (started with the first version;
+        a later version replaces the model, and the batch in flight keeps the old one)."""
+        self.model = model
+        if self.batcher is not None:
+            self.batcher.model = model
+            return
+        s = self.settings
+        self.batcher = Batcher(model, max_batch_size=s.max_batch_size, max_delay_s=s.max_delay_ms / 1000,
+                               max_queue=s.max_queue, on_batch=self.count_batch, on_depth=on_depth)
+        self.batcher.start()
+
     # -- stages -------------------------------------------------------------------------------
     def loaded(self) -> LoadedModel:
         """The served version, or 503 with why there is none."""
@@ -115,11 +134,12 @@ class Lifecycle:
         return self.model
 
     @contextmanager
-    def request(self, protocol: str):
+    def request(self, protocol: str, side: Lifecycle | None = None):
         """Around one request of any front end; yields its Trace. Counts the request by status
-        in Prometheus and in the v2 statistics (success with its stages, or fail)."""
+        in Prometheus and in the v2 statistics (success with its stages, or fail), on the
+        version that answered (`Trace.side`: `side`, else this lifecycle)."""
         started = time.perf_counter_ns()
-        trace = Trace()
+        trace = Trace(side=side or self, protocol=protocol)
         status = 500
         try:
             yield trace
@@ -129,12 +149,19 @@ class Lifecycle:
             raise
         finally:
             elapsed = time.perf_counter_ns() - started
-            self.metrics.requests.labels(self.name, str(status), protocol).inc()
-            self.metrics.latency.labels(self.name, protocol).observe(elapsed / 1e9)
+            answered = trace.side or self
+            version = trace.version or answered.version
+            self.metrics.requests.labels(self.name, version, str(status), protocol).inc()
+            self.metrics.latency.labels(self.name, version, protocol).observe(elapsed / 1e9)
             if status == 200:
-                self._succeeded(trace, elapsed)
+                answered._succeeded(trace, elapsed)
             else:
-                self.stats.stages["fail"].add(elapsed)
+                answered.stats.stages["fail"].add(elapsed)
+
+    @property
+    def version(self) -> str:
+        """The version this lifecycle serves now ("" while none is loaded)."""
+        return self.model.version if self.model is not None else ""
 
     def _succeeded(self, trace: Trace, elapsed: int) -> None:
         st = self.stats
@@ -196,7 +223,7 @@ class Lifecycle:
         """Called by the batcher once per ONNX Runtime run."""
         self.stats.batches.setdefault(size, Duration()).add(ns)
         self.stats.execution_count += 1
-        self.metrics.batch_size.labels(self.name).observe(size)
+        self.metrics.batch_size.labels(self.name, self.version).observe(size)
 
     # -- the whole path -----------------------------------------------------------------------
     async def predict(self, read, trace: Trace) -> Prediction:
@@ -209,7 +236,8 @@ class Lifecycle:
             del items
             queued = self.enqueue(x, trace)
         out, model = await self.wait(queued, trace)
-        return Prediction(out, model, sizes)
+        trace.version = model.version
+        return Prediction(out, model, sizes, x)
 
     @contextmanager
     def encoding(self, trace: Trace):

@@ -21,12 +21,11 @@ from pathlib import Path
 
 from httpapi.errors import ApiError, shown
 from serving import repository, runtime
-from serving.batching import Batcher
-from serving.lifecycle import Lifecycle
 from serving.metrics import Metrics
 from serving.repository import ModelVersion, RepositoryError
 from serving.runtime import LoadedModel, LoadError
 from serving.settings import Settings
+from serving.versions import Routed, drop_candidate, follow_policy
 
 log = logging.getLogger("waldo.serving")
 
@@ -101,13 +100,23 @@ def _local_store(uri: str | None) -> str | None:
     return None
 
 
-class ServedModel(Lifecycle):
-    """A model the service knows: its inference lifecycle, where it comes from (`source`, as
-    configured) and whether an operator unloaded it."""
+def _alias(source: str) -> str | None:
+    uri = registry_uri(source)
+    try:
+        return repository.parse_models_uri(uri)[1] if uri is not None else None
+    except RepositoryError:
+        return None
+
+
+class ServedModel(Routed):
+    """A model the service knows: its inference lifecycle (with a rollout's candidate beside
+    it: serving.versions), where it comes from (`source`, as configured) and whether an
+    operator unloaded it."""
 
     def __init__(self, name: str, source: str, manager: ModelManager):
         super().__init__(name, manager.settings, manager.metrics, manager.decode_slots)
         self.source = source
+        self.alias = _alias(source)  # NAME@ALIAS: the alias whose rollout policy applies
         self.unloaded = False  # by the repository extension's unload; the poll leaves it so
         self.lock = asyncio.Lock()
 
@@ -247,12 +256,15 @@ class ModelManager:
                 log.error("cannot serve %s: %s", name, exc)
                 continue
             self._install(served, model)
+            await follow_policy(self, served)
 
     async def stop(self) -> None:
         if self._poller is not None:
             self._poller.cancel()
             await asyncio.gather(self._poller, return_exceptions=True)
         for served in self.models.values():
+            if served.rollout is not None:
+                await served.rollout.candidate.batcher.stop()
             if served.batcher is not None:
                 await served.batcher.stop()
 
@@ -290,16 +302,8 @@ class ModelManager:
         return not self.source_errors and bool(self.models) and not self.not_ready
 
     def _install(self, served: ServedModel, model: LoadedModel) -> None:
-        served.model, served.error, served.unloaded = model, None, False
-        if served.batcher is None:
-            s, m = self.settings, self.metrics
-            served.batcher = Batcher(
-                model, max_batch_size=s.max_batch_size, max_delay_s=s.max_delay_ms / 1000,
-                max_queue=s.max_queue, on_batch=served.count_batch,
-                on_depth=m.queue_depth.labels(served.name).set)
-            served.batcher.start()
-        else:
-            served.batcher.model = model  # the batch in flight keeps the old one
+        served.error, served.unloaded = None, False
+        served.start_batcher(model, on_depth=self.metrics.queue_depth.labels(served.name).set)
         self.metrics.version.labels(served.name).set(float(model.version) if model.version.isdigit() else 0)
         log.info("serving %s v%s on %s", served.name, model.version, ", ".join(model.providers))
 
@@ -320,7 +324,8 @@ class ModelManager:
                 version = await asyncio.to_thread(self._newest, served)
                 if version.version == old:
                     self.metrics.reloads.labels(name, "unchanged").inc()
-                    return {"name": name, "version": old, "previous_version": old, "changed": False}
+                    await follow_policy(self, served)
+                    return self._reloaded(served, old, changed=False)
                 model = await asyncio.to_thread(self._load, version, served.source)
             except (LoadError, RepositoryError) as exc:
                 self.metrics.reloads.labels(name, "failed").inc()
@@ -329,7 +334,16 @@ class ModelManager:
                 raise
             self._install(served, model)
             self.metrics.reloads.labels(name, "loaded").inc()
-            return {"name": name, "version": model.version, "previous_version": old, "changed": True}
+            await follow_policy(self, served)
+            return self._reloaded(served, old, changed=True)
+
+    @staticmethod
+    def _reloaded(served: ServedModel, old: str | None, changed: bool) -> dict:
+        answer = {"name": served.name, "version": served.version, "previous_version": old,
+                  "changed": changed}
+        if served.rollout is not None:  # a rollout's candidate is served beside it
+            answer["candidate"] = served.rollout.candidate.version
+        return answer
 
     async def load(self, name: str) -> dict:
         """Serve `name` again after an unload, or for the first time if a folder source now
@@ -352,6 +366,7 @@ class ModelManager:
         served = self.models[name]
         async with served.lock:
             served.unloaded, served.model = True, None
+            await drop_candidate(served)
             served.error = "unloaded through the model repository API; load it to serve it again"
             self.metrics.version.labels(name).set(0)
 

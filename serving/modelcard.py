@@ -73,3 +73,25 @@ class ModelCard(BaseModel):
     precision: Literal["fp32", "fp16", "int8"] = Field(
         "fp32", description="weights and arithmetic in the file; inputs and outputs stay float32"
     )
+
+    def incompatibility(self, other: ModelCard) -> str | None:
+        """One line saying what keeps `other` from replacing this card's model behind the same
+        name (another task, other labels, another input shape C,H,W), or None when clients could
+        not tell the two apart by their requests and the meaning of the answers."""
+        if other.task != self.task:
+            return f"task {other.task!r} differs from {self.task!r}"
+        if other.labels != self.labels:
+            added = [x for x in other.labels if x not in self.labels]
+            dropped = [x for x in self.labels if x not in other.labels]
+            if not added and not dropped:
+                return "labels are the same but in another order (the class numbers differ)"
+            parts = [f"{verb} {', '.join(map(repr, names[:5]))}"
+                     + (f" (+{len(names) - 5} more)" if len(names) > 5 else "")
+                     for verb, names in (("adds", added), ("drops", dropped)) if names]
+            return "labels differ: " + "; ".join(parts)
+        mine = (self.input.channels, self.input.height, self.input.width)
+        theirs = (other.input.channels, other.input.height, other.input.width)
+        if mine != theirs:
+            return "input shape C,H,W {} differs from {}".format(
+                ",".join(map(str, theirs)), ",".join(map(str, mine)))
+        return None

@@ -35,7 +35,8 @@ class Settings(BaseSettings):
     cache_dir: str = Field("./.waldo-cache/models", description="where registry models are downloaded")
     tracking_uri: str | None = Field(None, description="MLflow registry; default: MLFLOW_TRACKING_URI")
     poll_interval_s: float = Field(
-        0.0, ge=0, description="check sources for a new version this often (0: only on /reload)")
+        10.0, ge=0, description="check sources for a new version, and the registry for the alias's "
+                                "rollout policy, this often (0: only on reload or v2 load)")
 
     # ONNX Runtime.
     providers: Annotated[list[str], NoDecode] = Field(

@@ -2,7 +2,8 @@
 
 - training (`training.commands.cli`): train, sweep, compare, summary, predict, export, data,
   cluster, models;
-- serving (`serving.cli`): serve;
+- serving (`serving.cli`): serve; the registry (`serving.registry.cli`): history, rollback,
+  rollout;
 - the jobs API (`services.jobs.cli`): jobs.
 
 This is the top layer: it may import every package, and none imports it. Every user mistake
@@ -23,6 +24,7 @@ from collections.abc import Sequence
 from services.jobs import cli as jobs_cli
 from services.jobs.client import JobsApiError
 from serving import cli as serving_cli
+from serving.registry import cli as registry_cli
 from training.commands import cli as training_cli
 from training.errors import WaldoError
 
@@ -48,6 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     training_cli.register(sub)
     serving_cli.register(sub)
+    registry_cli.register(sub)
     jobs_cli.register(sub)
     return parser
 

@@ -1,8 +1,8 @@
 """What a spec must satisfy before the jobs API submits it: the API is a trust boundary, and a
 token holder may ask only for what the operator allows.
 
-The request body is typed (`JobRequest`: a union of `TrainJob`, `SweepJob` and `ExportJob`,
-told apart by `kind`), so the OpenAPI document shows each spec's schema. Every rule below comes
+The request body is typed (`JobRequest`: a union of `TrainJob`, `SweepJob`, `ExportJob` and
+`PromoteJob`, told apart by `kind`), so the OpenAPI document shows each spec's schema. Every rule below comes
 from what the spec's fields declare (`training.spec.Rules`), so a new field states its root,
 its bound or that the server owns it where it is declared. A spec is refused with a 422 ApiError
 naming the field, in this order:
@@ -44,6 +44,7 @@ from services.jobs.settings import JobsSettings, env_name
 from training.spec import (
     JOB_SPECS,
     ExportSpec,
+    PromoteSpec,
     SweepSpec,
     TrainSpec,
     fields_with,
@@ -125,6 +126,13 @@ class ExportJob(BaseModel):
         description=_SPEC.format(kind="export"))
 
 
+class PromoteJob(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    kind: Literal["promote"]
+    spec: Annotated[PromoteSpec, WrapValidator(_Admitted(PromoteSpec))] = Field(
+        description=_SPEC.format(kind="promote"))
+
+
 def _kind_of(body: Any) -> str | None:
     kind = body.get("kind") if isinstance(body, dict) else getattr(body, "kind", None)
     return kind if isinstance(kind, str) else None
@@ -133,10 +141,10 @@ def _kind_of(body: Any) -> str | None:
 # The body of POST /v1/jobs: which kind of job, and its spec. A tagged union: only the spec class
 # of the body's kind is tried (_Admitted's errors are final), and a kind that names no job gets
 # one short message (pydantic's own would echo the whole value).
-_JOBS = {"train": TrainJob, "sweep": SweepJob, "export": ExportJob}
+_JOBS = {"train": TrainJob, "sweep": SweepJob, "export": ExportJob, "promote": PromoteJob}
 JobRequest = Annotated[
     Annotated[TrainJob, Tag("train")] | Annotated[SweepJob, Tag("sweep")]
-    | Annotated[ExportJob, Tag("export")],
+    | Annotated[ExportJob, Tag("export")] | Annotated[PromoteJob, Tag("promote")],
     Discriminator(_kind_of, custom_error_type="invalid_kind",
                   custom_error_message=f"give kind: one of {', '.join(JOB_SPECS)}"),
     # OpenAPI's discriminator, which pydantic does not write for a function that finds the tag.
@@ -165,6 +173,8 @@ def _with_defaults(spec_cls: type[BaseModel], spec: dict[str, Any], settings: Jo
     if spec_cls is ExportSpec:
         if settings.output and spec.get("output") is None:
             spec["output"] = settings.output
+    elif spec_cls is PromoteSpec:
+        pass  # the tracking URI is all a promotion takes from the server
     else:
         spec.setdefault("progress_bar", False)  # logs, not a terminal
         if settings.storage and spec.get("storage") is None:

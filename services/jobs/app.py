@@ -19,7 +19,7 @@ from httpapi.middleware import BodyLimit
 from services.jobs import errors
 from services.jobs.middleware import ReadBody, RequireToken
 from services.jobs.ray_jobs import RayJobs
-from services.jobs.routes import health, jobs
+from services.jobs.routes import health, jobs, models
 from services.jobs.settings import JobsSettings, error_line, get_settings
 
 
@@ -33,11 +33,12 @@ def create_app(settings: JobsSettings | None = None) -> FastAPI:
             print(error_line(exc), file=sys.stderr)
             raise SystemExit(2) from None
     app = FastAPI(title="Waldo jobs", version="0.1.0", docs_url=None, redoc_url=None,
-                  description="Submit train, sweep and export jobs to the Ray cluster.")
+                  description="Submit train, sweep and export jobs to the Ray cluster; read a "
+                  "registered model's alias history, roll it back, and set its rollout policy.")
     app.state.settings = settings
     app.state.jobs = RayJobs(settings)
     errors.install(app)
-    for router in (health.router, jobs.router):
+    for router in (health.router, jobs.router, models.router):
         app.include_router(router)
     install_docs(app)  # /docs and /redoc with their JavaScript served from the app, not a CDN
     # The last added runs first: the token is checked before BodyLimit counts a byte, and

@@ -14,6 +14,7 @@ from serving.deps import ManagerDep, ServedDep, SettingsDep, require_user
 from serving.inputs import IMAGE_FORMATS, Item, PredictRequest, check_answer_bytes, parse_json, parse_off_loop
 from serving.modelcard import ModelCard
 from serving.processing import postprocess
+from serving.versions import VERSION_HEADER
 
 router = APIRouter(prefix="/v1/models", tags=["predict"])
 
@@ -108,8 +109,9 @@ async def predict(
     top_k: Annotated[int, Query(ge=1, le=1000, description="classes to return per image")] = 5,
     threshold: Annotated[float, Query(ge=0, le=1, description="p_c above which a box is an object")] = 0.5,
 ) -> JSONResponse:
-    with served.request("v1") as trace:
-        served.loaded()  # 503 before reading a body for a model that is not loaded
+    # The version named by the Waldo-Model-Version header, else the rollout's pick.
+    with served.request("v1", headers=request.headers) as trace:
+        trace.side.loaded()  # 503 before reading a body for a model that is not loaded
         media = request.headers.get("content-type", "").split(";")[0].strip().lower()
         if media not in ("multipart/form-data", "application/json"):
             raise ApiError(415, "unsupported_media_type",
@@ -134,4 +136,4 @@ async def predict(
         # Plain data already: a JSONResponse skips FastAPI's response validation pass.
         model = done.model
         return JSONResponse({"model": served.name, "version": model.version, "task": model.card.task,
-                             "predictions": results})
+                             "predictions": results}, headers={VERSION_HEADER: model.version})

@@ -17,6 +17,7 @@ from serving.deps import ManagerDep, ServedDep, require_admin, require_info, req
 from serving.inputs import load_json, parse_off_loop
 from serving.v2 import protocol
 from serving.v2.protocol import InferRequest, InferResponse, InputTensor, RequestedOutput
+from serving.versions import VERSION_HEADER
 
 router = APIRouter(prefix="/v2", tags=["open inference protocol (v2)"])
 
@@ -129,11 +130,12 @@ def write_response(result: InferResponse) -> Response:
             entry["data"] = out.values()
         outputs.append(entry)
     head["outputs"] = outputs
+    answered = {VERSION_HEADER: result.model_version}
     if not blobs:
-        return JSONResponse(head)
+        return JSONResponse(head, headers=answered)
     text = json.dumps(head, separators=(",", ":")).encode()
     return Response(b"".join([text, *blobs]), media_type="application/octet-stream",
-                    headers={"Inference-Header-Content-Length": str(len(text))})
+                    headers={"Inference-Header-Content-Length": str(len(text)), **answered})
 
 
 # -- server ---------------------------------------------------------------------------------
@@ -157,7 +159,7 @@ async def server_metadata() -> dict:
 # -- models (the statistics of all first: "stats" is not a model name) -------------------------
 @router.get("/models/stats", summary="Statistics of every model", dependencies=[Depends(require_info)])
 async def all_stats(manager: ManagerDep) -> dict:
-    return {"model_stats": [s.statistics() for s in manager.models.values()]}
+    return {"model_stats": [entry for s in manager.models.values() for entry in s.version_statistics()]}
 
 
 @router.get("/models/{name}", summary="Model metadata: inputs and outputs",
@@ -172,7 +174,8 @@ async def model_metadata(served: ServedDep, version: str | None = None) -> dict:
 @router.get("/models/{name}/ready", summary="The model is loaded (400 if not)")
 @router.get("/models/{name}/versions/{version}/ready", summary="The version is loaded (400 if not)")
 async def model_ready(served: ServedDep, version: str | None = None):
-    ok = served.model is not None and version in (None, "", served.model.version)
+    ok = served.model is not None and (version in (None, "")
+                                       or version in [v.version for v in served.versions()])
     return JSONResponse({"name": served.name, "ready": ok}, status_code=200 if ok else 400)
 
 
@@ -198,7 +201,7 @@ async def infer(request: Request, served: ServedDep, manager: ManagerDep,
                                     size=len(body), json_size=_json_length(body, header),
                                     slots=manager.json_slots, timeout_s=s.request_timeout_s)
 
-    return write_response(await protocol.infer(served, "v2-http", parse, version))
+    return write_response(await protocol.infer(served, "v2-http", parse, version, headers=request.headers))
 
 
 @router.get("/models/{name}/stats", summary="Statistics of one model",
@@ -206,8 +209,7 @@ async def infer(request: Request, served: ServedDep, manager: ManagerDep,
 @router.get("/models/{name}/versions/{version}/stats", summary="Statistics of one version",
             dependencies=[Depends(require_info)])
 async def model_stats(served: ServedDep, version: str | None = None) -> dict:
-    protocol.check_version(served, version)
-    return {"model_stats": [served.statistics()]}
+    return {"model_stats": served.version_statistics(version)}
 
 
 # -- the model repository -----------------------------------------------------------------------

@@ -159,7 +159,8 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
     @_rpc
     async def ModelReady(self, request, context):
         served = self._served(request.name)
-        ok = served.model is not None and request.version in ("", served.model.version)
+        ok = served.model is not None and (request.version in ("", served.model.version)
+                                           or request.version in [v.version for v in served.versions()])
         return pb.ModelReadyResponse(ready=ok)
 
     @_rpc
@@ -188,7 +189,10 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
         async def parse() -> InferRequest:
             return _parse_infer(request)
 
-        result = await protocol.infer(served, "v2-grpc", parse, request.model_version)
+        # Metadata keys arrive in lower case, as the policy's key header is matched over HTTP.
+        metadata = {key: value for key, value in context.invocation_metadata() or ()
+                    if isinstance(value, str)}
+        result = await protocol.infer(served, "v2-grpc", parse, request.model_version, headers=metadata)
         response = pb.ModelInferResponse(model_name=result.model_name, model_version=result.model_version,
                                          id=result.id or "")
         for out in result.outputs:
@@ -200,12 +204,9 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
     @_rpc
     async def ModelStatistics(self, request, context):
         if request.name:
-            served = self._served(request.name)
-            protocol.check_version(served, request.version)
-            models = {request.name: served}
-        else:
-            models = self.manager.models
-        stats = [s.statistics() for s in models.values()]
+            stats = self._served(request.name).version_statistics(request.version or None)
+        else:  # every version of every model: a rollout's candidate has its own entry
+            stats = [entry for s in self.manager.models.values() for entry in s.version_statistics()]
         return json_format.ParseDict({"model_stats": stats}, pb.ModelStatisticsResponse())
 
     @_rpc

@@ -22,9 +22,10 @@ import itertools
 import json
 import math
 import struct
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from importlib.metadata import PackageNotFoundError, version
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -33,6 +34,9 @@ from serving.inputs import Item, check_answer_bytes, finite_float32, flatten, fl
 from serving.lifecycle import Lifecycle
 from serving.modelcard import ModelCard
 from serving.processing import softmax
+
+if TYPE_CHECKING:
+    from serving.versions import Routed
 
 IMAGE_INPUT, TENSOR_INPUT = "image", "input"
 PROBABILITIES = "probabilities"
@@ -123,11 +127,12 @@ def output_width(card: ModelCard) -> int:
     return len(card.labels) + (5 if card.task == "localize" else 0)
 
 
-def model_metadata(served: Lifecycle) -> dict:
+def model_metadata(served: Routed) -> dict:
     model = served.loaded()
     spec = model.card.input
     return {
-        "name": served.name, "versions": [model.version], "platform": "onnxruntime_onnx",
+        "name": served.name, "versions": [side.version for side in served.versions()],
+        "platform": "onnxruntime_onnx",
         "inputs": [{"name": IMAGE_INPUT, "datatype": "BYTES", "shape": [-1, 1]},
                    {"name": TENSOR_INPUT, "datatype": "FP32",
                     "shape": [-1, spec.channels, spec.height, spec.width]}],
@@ -168,14 +173,10 @@ def repository_index(models: dict[str, Lifecycle], ready_only: bool = False) -> 
     return rows
 
 
-def check_version(served: Lifecycle, version: str | None) -> None:
-    """404 when the request names a version that is not the one served."""
-    if version is None or version == "":
-        return
-    model = served.loaded()
-    if version != model.version:
-        raise ApiError(404, "unknown_version", f"model {served.name!r} has no version {shown(version)} "
-                                               f"being served; it serves version {model.version}")
+def check_version(served: Routed, version: str | None) -> None:
+    """404 when the request names a version that is not served (the primary, or a rollout's
+    candidate: serving.versions.Routed)."""
+    served.side_for(version)
 
 
 # -- inputs -----------------------------------------------------------------------------------
@@ -357,11 +358,12 @@ def rows_of(items: list[Item]) -> int:
     return sum(len(item) if isinstance(item, np.ndarray) and item.ndim == 4 else 1 for item in items)
 
 
-async def infer(served: Lifecycle, protocol: str, parse, version: str | None = None) -> InferResponse:
+async def infer(served: Routed, protocol: str, parse, version: str | None = None,
+                headers: Mapping[str, str] | None = None) -> InferResponse:
     """One inference through the model's lifecycle: `await parse()` gives the InferRequest (a
-    front end reads its body there, so that a batch being formed waits for it)."""
-    with served.request(protocol) as trace:
-        check_version(served, version)
+    front end reads its body there, so that a batch being formed waits for it). The version
+    asked for, else the rollout's pick by `headers` (serving.versions.Routed.route), answers."""
+    with served.request(protocol, headers=headers or {}, version=version) as trace:
         parsed: list[InferRequest] = []
 
         async def read(card: ModelCard) -> list[Item]:

@@ -1,6 +1,6 @@
 """Exporting trained runs from a local MLflow store: `waldo export --run` through the run's
-best-checkpoint record, int8 and fp16 against fp32, local registration and its rollback, and
-the failures that must leave nothing written or registered.
+best-checkpoint record, int8 and fp16 against fp32, local registration (never colliding with a
+local export), and the failures that must leave nothing written or registered.
 
 cnn and lenet5 are the session's `trained_run`s (each trained once, in a folder of its own with
 its ./mlflow.db; the run records its best checkpoint, `training.tracking.storage`); a test that needs
@@ -172,28 +172,42 @@ def test_a_reduced_model_that_loses_accuracy_is_refused(cnn, tmp_path, monkeypat
     assert not registered(cnn.result.tracking_uri)
 
 
-def test_register_locally_and_roll_back_on_a_version_clash(lenet5, capsys, tmp_path):
+def test_register_locally_never_collides_with_a_local_export(lenet5, capsys, tmp_path, monkeypatch):
+    import mlflow
+
     uri = lenet5.result.tracking_uri
     out = tmp_path / "models"
+    # Another folder, and another process-wide store: `--tracking-uri` alone says where to
+    # register (MLflow resolves a new version's source through the process-wide one).
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'elsewhere.db'}")
+    try:
+        with in_folder(tmp_path):
+            code, stdout, err = run_cli(capsys, "--run", lenet5.run_id, "--output", str(out),
+                                        "--register", "--alias", "production", "--tracking-uri", uri)
+    finally:
+        mlflow.set_tracking_uri(None)
+    assert code == 0, err
     with in_folder(lenet5.folder):
-        code, stdout, err = run_cli(capsys, "--run", lenet5.run_id, "--output", str(out),
-                                    "--register", "--alias", "production")
-        assert code == 0, err
         client = MlflowClient(uri)
         mv = client.get_model_version_by_alias("lenet5", "production")
         assert (str(mv.version), mv.run_id) == ("1", lenet5.run_id)
-        assert "registered models:/lenet5/1, alias 'production' -> version 1" in stdout
+        assert "registered models:/lenet5/1" in stdout and "verdict: passed" in stdout
+        assert "alias 'production' -> version 1" in stdout
+        assert not out.exists()  # published versions live in the registry only
 
-        # A folder from an export without --publish holds the number MLflow hands out next.
-        (out / "lenet5" / "2").mkdir()
-        (out / "lenet5" / "2" / MODEL_FILE).write_bytes(b"not this one")
-        code, _, err = run_cli(capsys, "--run", lenet5.run_id, "--output", str(out), "--alias",
-                               "production")
-    assert code == 2 and "already exists" in error_line(err, "export")
+        # A local export (without --publish) holds the number MLflow hands out next.
+        (out / "lenet5" / "2").mkdir(parents=True)
+        (out / "lenet5" / "2" / MODEL_FILE).write_bytes(b"a local export")
+        code, stdout, err = run_cli(capsys, "--run", lenet5.run_id, "--output", str(out),
+                                    "--alias", "production")
+    assert code == 0, err
     versions = client.search_model_versions("name='lenet5'")
-    assert [str(v.version) for v in versions] == ["1"]  # the new version was taken back
-    assert str(client.get_model_version_by_alias("lenet5", "production").version) == "1"
-    assert (out / "lenet5" / "2" / MODEL_FILE).read_bytes() == b"not this one"
+    assert sorted(str(v.version) for v in versions) == ["1", "2"]
+    # The same run scores the same as the holder: no worse, so the gate lets it through.
+    assert str(client.get_model_version_by_alias("lenet5", "production").version) == "2"
+    assert (out / "lenet5" / "2" / MODEL_FILE).read_bytes() == b"a local export"
+    assert [p.name for p in (out / "lenet5").iterdir()] == ["2"]
     client.delete_registered_model("lenet5")  # leave the store as the other tests expect
 
 

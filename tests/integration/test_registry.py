@@ -1,8 +1,8 @@
 """Export, register and download against a real `mlflow server` on 127.0.0.1.
 
 `waldo train --publish --alias production` (`training.running.pipeline.run`) registers a version
-linked to its run; `waldo export --run ... --alias production` moves the alias to a new
-version; serving's repository downloads `models:/cnn@production` into
+linked to its run; `waldo export --run ... --alias production` registers a new version and
+moves the alias through the promotion gate; serving's repository downloads `models:/cnn@production` into
 `<cache>/<name>/<version>/`; and plain onnxruntime + numpy (no torch in the process) predicts
 the same classes as torch, with preprocessing taken only from the ModelCard.
 """
@@ -15,12 +15,13 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import onnx
 import pytest
 from mlflow.tracking import MlflowClient
 from PIL import Image
 from support import BIN, PUBLISHED_CNN, REPO_ROOT, TrainedRun, clean_env
 
-from serving.modelcard import CARD_FILE, MODEL_FILE, ModelCard
+from serving.modelcard import CARD_FILE, MODEL_FILE, ONNX_METADATA_KEY, ModelCard
 from serving.repository import RepositoryError, fetch
 from training.commands.predict import predict
 from training.data import create_datamodule
@@ -115,10 +116,10 @@ def test_train_export_registers_a_version_linked_to_its_run(mlflow_server, train
     assert downloaded.returncode == 0, downloaded.stderr[-2000:]
     local = Path(downloaded.stdout.strip().splitlines()[-1])
     assert {p.name for p in local.iterdir()} == {CARD_FILE, MODEL_FILE}
-    written = work / "models" / NAME / str(exported.version)
-    assert (work / exported.path).resolve() == written.resolve()
-    for name in (MODEL_FILE, CARD_FILE):
-        assert (local / name).read_bytes() == (written / name).read_bytes()
+    # A published version is written only to the registry, not into ./models.
+    assert exported.path is None and not (work / "models").exists()
+    embedded = {p.key: p.value for p in onnx.load(local / MODEL_FILE).metadata_props}
+    assert json.loads(embedded[ONNX_METADATA_KEY]) == json.loads((local / CARD_FILE).read_text())
     card = ModelCard.model_validate_json((local / CARD_FILE).read_text())
     assert card.version == str(exported.version) and card.source_run == result.run_id
     assert card.metrics["test_acc"] == pytest.approx(result.metrics["test_acc"])
@@ -135,8 +136,8 @@ def test_export_again_moves_the_alias(mlflow_server, trained, tmp_path, capsys):
     after = client.get_model_version_by_alias(NAME, ALIAS)
     assert int(after.version) == before + 1 and after.run_id == result.run_id
     assert client.get_model_version(NAME, str(before)).run_id == result.run_id  # kept
-    assert f"alias '{ALIAS}' -> version {before + 1}" in out
-    assert (tmp_path / NAME / str(before + 1) / MODEL_FILE).is_file()
+    assert f"alias '{ALIAS}' -> version {before + 1}" in out and "verdict: passed" in out
+    assert not any(tmp_path.iterdir())  # published: in the registry only
 
 
 def test_plain_onnxruntime_predicts_what_torch_predicts(mlflow_server, trained, images,

@@ -259,8 +259,8 @@ def test_still_serving_after_every_malformed_request(client, samples):
     answer = client.post("/v1/models/cnn/predict", files=files(png(samples[0][0])))
     assert answer.status_code == 200 and answer.json()["predictions"][0]["label"] == str(samples[1][0])
     metrics = client.get("/metrics").text
-    assert 'waldo_requests_total{model="cnn",protocol="v1",status="422"}' in metrics
-    assert 'waldo_requests_total{model="cnn",protocol="v1",status="500"}' not in metrics
+    assert 'waldo_requests_total{model="cnn",protocol="v1",status="422",version="1"}' in metrics
+    assert 'waldo_requests_total{model="cnn",protocol="v1",status="500",version="1"}' not in metrics
 
 
 # --- metrics --------------------------------------------------------------------------------
@@ -269,12 +269,12 @@ def test_prometheus_metrics_count_requests_batches_and_versions(client):
     for _ in range(3):
         assert client.post("/v1/models/cnn/predict", files=files(GOOD, GOOD)).status_code == 200
     after = client.get("/metrics").text
-    ok = 'waldo_requests_total{model="cnn",protocol="v1",status="200"}'
+    ok = 'waldo_requests_total{model="cnn",protocol="v1",status="200",version="1"}'
     assert metric(after, ok) - metric(before, ok, default=0.0) == 3
-    images = 'waldo_batch_size_sum{model="cnn"}'
+    images = 'waldo_batch_size_sum{model="cnn",version="1"}'
     assert metric(after, images) - metric(before, images) == 6
     assert metric(after, 'waldo_model_version{model="cnn"}') == 1
-    assert 'waldo_request_latency_seconds_bucket{le="0.1",model="cnn",protocol="v1"}' in after
+    assert 'waldo_request_latency_seconds_bucket{le="0.1",model="cnn",protocol="v1",version="1"}' in after
     assert 'waldo_queue_depth{model="cnn"}' in after
 
 

@@ -209,7 +209,8 @@ def test_an_answer_over_max_response_bytes_is_refused_before_any_work(tiny_repo,
                 assert client.infer("cnn", [tensor]).as_numpy("probabilities").shape == (1, 10)
             still_serves(server)
         metrics = httpx.get(server.url + "/metrics", timeout=10).text
-        assert metric(metrics, 'waldo_batch_size_sum{model="cnn"}') == 3  # rows inferred: no refused one ran
+        # Rows inferred: no refused one ran.
+        assert metric(metrics, 'waldo_batch_size_sum{model="cnn",version="1"}') == 3
     finally:
         v2_server.stop()
 

@@ -83,8 +83,10 @@ def predict_png(url: str, model: str, png: bytes, client: httpx.Client | None = 
 
 
 def request_count(metrics_text: str, model: str, status: str = "200", protocol: str = "v1") -> float:
-    sample = f'waldo_requests_total{{model="{model}",protocol="{protocol}",status="{status}"}}'
-    return metric(metrics_text, sample, default=0.0)
+    """Requests of `model` with `status` over `protocol`, whichever version answered them."""
+    prefix = f'waldo_requests_total{{model="{model}",protocol="{protocol}",status="{status}",version="'
+    return sum(float(line.rpartition(" ")[2]) for line in metrics_text.splitlines()
+               if line.startswith(prefix))
 
 
 # --- over HTTP --------------------------------------------------------------------------------

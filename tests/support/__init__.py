@@ -25,6 +25,8 @@
     waldo_serve, metric       `waldo serve` on a free port; one Prometheus sample (support.serving)
     write_repository, ...     two tiny ONNX models whose answers a test can recompute, and images
                               for them (support.tiny; the `tiny_repo` fixture)
+    register_tiny(uri, name, ...)   a registered version of a tiny model in an MLflow registry,
+                              no training (support.registry; imported where used, as it loads mlflow)
     FakeJobSubmission, waldo_meta   an in-process fake of Ray's job-submission client
                               (support.fakes; imported on first use, as it loads Ray's SDK)
 

@@ -68,8 +68,10 @@ def expected_probabilities(pixels: np.ndarray) -> np.ndarray:
     return e / e.sum()
 
 
-def expected_class(pixels: np.ndarray) -> int:
-    return int(np.argmax(expected_probabilities(pixels)))
+def expected_class(pixels: np.ndarray, shift: int = 0) -> int:
+    """The class a model predicts (`classifier(shift)`: the nearest of 0..9 to 9 m + shift)."""
+    scores = -2 * (np.arange(CLASSES) - shift - 9 * brightness(pixels)) ** 2
+    return int(np.argmax(scores))
 
 
 def expected_p_c(pixels: np.ndarray) -> float:
@@ -104,11 +106,38 @@ def _model(name: str, size: int, nodes: list, width: int, output: str) -> onnx.M
     return model
 
 
-def classifier() -> onnx.ModelProto:
-    """(N, 1, 28, 28) -> the logits 36 k m - 2 k^2 of k = 0..9."""
-    k = np.arange(CLASSES)
+def classifier(shift: int = 0) -> onnx.ModelProto:
+    """(N, 1, 28, 28) -> the logits 36 k m - 2 k^2 of k = 0..9. With `shift`, the scores of
+    class k are those of k - shift: a classifier that disagrees (`expected_class(..., shift)`)."""
+    k = np.arange(CLASSES) - shift
     (logits,) = output_names("classify")
     nodes = _linear(SIZES[CLASSIFIER], list(36.0 * k), list(-2.0 * k**2), logits)
+    return _model(CLASSIFIER, SIZES[CLASSIFIER], nodes, CLASSES, logits)
+
+
+def faulty_classifier(fault: str) -> onnx.ModelProto:
+    """The classifier, broken for any image that is not all black, so that it passes the
+    service's smoke test (a zero input) and fails on real requests: `fault="nan"` adds
+    sqrt(-m) to every logit (NaN where m > 0); `fault="error"` gathers the logits at column
+    indices shifted by 100 * ceil(max m), out of range, which ONNX Runtime refuses with an error."""
+    k = np.arange(CLASSES)
+    (logits,) = output_names("classify")
+    nodes = _linear(SIZES[CLASSIFIER], list(36.0 * k), list(-2.0 * k**2), "z")
+    if fault == "nan":
+        nodes += [helper.make_node("Neg", ["m"], ["minus_m"]),
+                  helper.make_node("Sqrt", ["minus_m"], ["root"]),
+                  helper.make_node("Add", ["z", "root"], [logits])]
+    elif fault == "error":
+        nodes += [helper.make_node("ReduceMax", ["m"], ["top"], keepdims=0),
+                  helper.make_node("Ceil", ["top"], ["up"]),
+                  helper.make_node("Cast", ["up"], ["up_int"], to=TensorProto.INT64),
+                  helper.make_node("Mul", ["up_int", "hundred"], ["offset"]),
+                  helper.make_node("Add", ["columns", "offset"], ["index"]),
+                  helper.make_node("Gather", ["z", "index"], [logits], axis=1),
+                  numpy_helper.from_array(np.int64(100), "hundred"),
+                  numpy_helper.from_array(np.arange(CLASSES, dtype=np.int64), "columns")]
+    else:
+        raise ValueError(f"fault {fault!r}: give 'nan' or 'error'")
     return _model(CLASSIFIER, SIZES[CLASSIFIER], nodes, CLASSES, logits)
 
 

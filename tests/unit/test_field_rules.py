@@ -121,7 +121,8 @@ def client(fake, roots):
         yield c
 
 
-BASES = [{}, {"run": "0123456789abcdef0123456789abcdef"}, {"search": {"lr": "uniform(0.1, 1)"}},
+BASES = [{}, {"run": "0123456789abcdef0123456789abcdef"}, {"name": "cnn", "version": "1"},
+         {"search": {"lr": "uniform(0.1, 1)"}},
          {"workers": 1}, {"workers": 1, "search": {"lr": "uniform(0.1, 1)"}}]
 
 

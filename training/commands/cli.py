@@ -1,5 +1,5 @@
-"""The `waldo` subcommands training owns: train, sweep, compare, summary, predict, export, data
-and cluster, and models. Each parses, builds a spec, and hands over; the work lives elsewhere.
+"""The `waldo` subcommands training owns: train, sweep, compare, summary, predict, export,
+promote, data and cluster, and models. Each parses, builds a spec, and hands over; the work lives elsewhere.
 
 `register(subparsers)` adds them to the `waldo` command (`waldo.cli`). A user mistake raises
 WaldoError, which `waldo` prints as one line with exit status 2.
@@ -61,8 +61,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         return 0
     from training.running.pipeline import run
 
-    _report(run(spec))
-    return 0
+    result = run(spec)
+    _report(result)
+    return _refused(result.export)
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
@@ -81,7 +82,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     print(f"see the sweep: {result.ui_hint}")
     if result.export is not None:
         print("\n".join(result.export.summary()))
-    return 0
+    return _refused(result.export)
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
@@ -144,6 +145,12 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def _refused(export) -> int:
+    """Exit status 1 when the promotion gate refused the alias (the version stays registered
+    without it), else 0."""
+    return 1 if export is not None and export.refused else 0
+
+
 def cmd_export(args: argparse.Namespace) -> int:
     spec = spec_from_args(args, spec_cls=ExportSpec)  # a bad value fails here, before torch is imported
     if _printed(args, spec):
@@ -151,8 +158,9 @@ def cmd_export(args: argparse.Namespace) -> int:
     from training.export import export_run
 
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one line per step
-    print("\n".join(export_run(spec).summary()))
-    return 0
+    result = export_run(spec)
+    print("\n".join(result.summary()))
+    return _refused(result)
 
 
 def cmd_data_pack(args: argparse.Namespace) -> int:
@@ -261,11 +269,19 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("export", help="export to ONNX, check it against torch, register it",
                        description="Export a run's best checkpoint (or a checkpoint file) to ONNX "
                        "with a dynamic batch axis, check it against torch with ONNX Runtime, and "
-                       "write OUTPUT/NAME/VERSION/{model.onnx, modelcard.json}. When a check "
+                       "write OUTPUT/NAME/VERSION/{model.onnx, modelcard.json}; with --publish, "
+                       "register it as a new MLflow model version instead (written only to the "
+                       "registry); with --alias, then promote it through the promotion gate "
+                       "(as `waldo promote`): refused, the version stays registered without the "
+                       "alias, the verdict is printed and the exit status is 1. When a check "
                        "fails, nothing is written or registered.")
     add_spec_flags(p, spec_cls=ExportSpec)
     p.add_argument("--print-spec", action="store_true", help=_PRINT_SPEC)
     p.set_defaults(func=cmd_export)
+
+    from training.commands.promote import add_parser as add_promote  # light: the spec
+
+    add_promote(sub, _PRINT_SPEC)
 
     p = sub.add_parser("data", help="prepare data sets")
     data = p.add_subparsers(dest="data_command", required=True, metavar="ACTION")

@@ -66,8 +66,8 @@ def write_version(model: onnx.ModelProto, card_for: Callable[[int], ModelCard], 
             if not (root / str(number)).is_dir():
                 raise
             if version is not None:
-                raise WaldoError(f"{root / str(number)} already exists (from an export without "
-                                 "--publish?); choose another --output or --name") from None
+                raise WaldoError(f"{root / str(number)} already exists; a version is never "
+                                 "replaced (choose another --output or --name)") from None
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise

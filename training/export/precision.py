@@ -9,7 +9,7 @@ than `max_drop`.
 from __future__ import annotations
 
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +24,7 @@ from training.export.source import CheckpointRecord
 from training.spec import DEFAULT_MAX_DROP, EXPORT_PRECISIONS, TrainSpec, build_spec
 
 CALIBRATION_IMAGES = 512  # training images that set int8 activation ranges
+VALIDATION_METRICS = ("acc", "obj_acc", "cls_acc", "iou")  # what fp16/int8 are held to
 
 
 def reduce_precision(model: onnx.ModelProto, precision: str,
@@ -72,36 +73,16 @@ def reduce_precision(model: onnx.ModelProto, precision: str,
 
 def evaluate(session, batches: Iterable[tuple[np.ndarray, torch.Tensor]],
              task: str) -> dict[str, float]:
-    """Validation metrics of an ONNX model, defined as the tasks define them in training:
-    classify -> val_acc; localize -> val_obj_acc, val_cls_acc, val_iou (objects only)."""
-    from training.tasks.localization import xywh_iou
+    """Validation metrics of an ONNX model, defined as the tasks define them in training
+    (training.promotion.scores): classify -> val_acc; localize -> val_obj_acc, val_cls_acc,
+    val_iou (objects only)."""
+    from training.promotion.scores import score
 
-    input_name = session.get_inputs()[0].name
-    n = correct = objects = obj_correct = cls_correct = 0
-    iou_sum = 0.0
-    for x, target in batches:
-        out = torch.from_numpy(session.run(None, {input_name: x})[0]).float()
-        n += len(x)
-        if task == "classify":
-            correct += int((out.argmax(1) == target).sum())
-            continue
-        present = target[:, 0] > 0.5
-        obj_correct += int(((out[:, 0] > 0.5) == present).sum())
-        if present.any():
-            objects += int(present.sum())
-            cls_correct += int((out[present, 5:].argmax(1) == target[present, 5:].argmax(1)).sum())
-            iou_sum += float(xywh_iou(out[present, 1:5], target[present, 1:5].float()).sum())
-    if n == 0:
-        raise WaldoError("the validation split is empty; cannot compare precisions")
-    if task == "classify":
-        return {"val_acc": correct / n}
-    metrics = {"val_obj_acc": obj_correct / n}
-    if objects:
-        metrics.update(val_cls_acc=cls_correct / objects, val_iou=iou_sum / objects)
-    return metrics
+    metrics = score(session, batches, task).metrics
+    return {f"val_{k}": v for k, v in metrics.items() if k in VALIDATION_METRICS}
 
 
-def _batches(dm, split: str, limit: int | None = None) -> Iterator[tuple[np.ndarray, Any]]:
+def batches(dm, split: str, limit: int | None = None) -> Iterator[tuple[np.ndarray, Any]]:
     """(normalized float32 images (B, C, H, W), targets) through the training batch transform.
     With `limit`, a fixed random sample of that many items (folders can be sorted by class)."""
     from torch.utils.data import DataLoader, Subset
@@ -123,10 +104,10 @@ def compare_precision(model: onnx.ModelProto, precision: str, dm, task: str,
     Returns (reduced model, fp32 metrics, reduced metrics); raises when any metric drops by
     more than `max_drop`.
     """
-    reduced = reduce_precision(model, precision, (x for x, _ in _batches(
+    reduced = reduce_precision(model, precision, (x for x, _ in batches(
         dm, "train", CALIBRATION_IMAGES)))
-    reference = evaluate(ort_session(model), _batches(dm, "val"), task)
-    scores = evaluate(ort_session(reduced), _batches(dm, "val"), task)
+    reference = evaluate(ort_session(model), batches(dm, "val"), task)
+    scores = evaluate(ort_session(reduced), batches(dm, "val"), task)
     key, drop = max(((k, reference[k] - scores.get(k, 0.0)) for k in reference),
                     key=lambda item: item[1])
     if drop > max_drop:
@@ -150,13 +131,19 @@ def spec_from_record(record: CheckpointRecord, path: str | Path) -> TrainSpec:
 
 def validation_data(spec: TrainSpec, record: CheckpointRecord):
     """The spec's data module, set up, after checking that it matches the network."""
+    h = record.hparams
+    return scoring_data(spec, h.get("labels") or [], h["image_size"])
+
+
+def scoring_data(spec: TrainSpec, labels: Sequence[str], image_size: int):
+    """The spec's data module, set up (every split), after checking that its labels and image
+    size are the network's: scores on other data would compare nothing."""
     from training.data import create_datamodule
 
     dm = create_datamodule(spec.data_spec())
     dm.setup("fit")
-    h = record.hparams
-    if list(dm.labels) != list(h.get("labels") or []) or dm.image_size != h["image_size"]:
+    if list(dm.labels) != list(labels) or dm.image_size != image_size:
         raise WaldoError(f"data {spec.data!r} ({len(dm.labels)} classes, {dm.image_size} px) "
-                         f"does not match the network ({h['num_classes']} classes, "
-                         f"{h['image_size']} px); cannot score {spec.data!r} on it")
+                         f"does not match the network ({len(labels)} classes, "
+                         f"{image_size} px); cannot score {spec.data!r} on it")
     return dm

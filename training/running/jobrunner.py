@@ -1,10 +1,12 @@
 """The fixed entrypoint of every job the jobs API submits to Ray: `python -m training.jobrunner`.
 
 The job comes as data, never as a command line: the environment variable `WALDO_JOB` holds
-`{"kind": "train"|"sweep"|"export", "spec": {...}}` (the job contract in training.spec),
-validated again here with the same spec classes the CLI and the API use. The last line of
+`{"kind": "train"|"sweep"|"export"|"promote", "spec": {...}}` (the job contract in
+training.spec), validated again here with the same spec classes the CLI and the API use. The last line of
 output is `WALDO_RESULT {json}`: the MLflow run and, when something was registered, the model
-version. The API reads it from the job's logs.
+version, and a promotion's verdict and evaluation run. The API reads it from the job's logs.
+A refused promotion is a result, not a failure: the job succeeds with `"verdict": "refused"`
+(the API shows the results of jobs that succeeded).
 """
 
 from __future__ import annotations
@@ -18,11 +20,19 @@ from training.errors import WaldoError
 from training.spec import JOB_ENV, JOB_RESULT_PREFIX, JOB_SPECS, build_spec
 
 
+def _promotion_fields(promotion) -> dict[str, Any]:
+    if promotion is None:
+        return {}
+    return {"verdict": promotion.verdict, "verdict_reason": promotion.reason,
+            "evaluation_run": promotion.evaluation_run, "holder_version": promotion.holder}
+
+
 def _export_fields(result) -> dict[str, Any]:
     if result is None:
         return {}
     return {"model_uri": result.model_uri, "model_name": result.name,
-            "model_version": str(result.version), "alias": result.alias}
+            "model_version": str(result.version), "alias": result.alias,
+            **_promotion_fields(result.promotion)}
 
 
 def run_job(kind: str, spec_data: dict[str, Any]) -> dict[str, Any]:
@@ -43,6 +53,14 @@ def run_job(kind: str, spec_data: dict[str, Any]) -> dict[str, Any]:
         return {"run_id": result.parent_run_id, "best_config": result.best_config,
                 "best_metric": result.best_metric, "best_run_id": result.best_run_id,
                 **_export_fields(result.export)}
+    if kind == "promote":
+        from training.promotion import promote
+
+        promotion = promote(spec)
+        print("\n".join(promotion.summary()))
+        return {"model_name": promotion.name, "model_version": promotion.candidate,
+                "alias": promotion.alias if promotion.moved else None,
+                **_promotion_fields(promotion)}
     from training.export import export_run
 
     result = export_run(spec)

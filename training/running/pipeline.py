@@ -94,14 +94,18 @@ def export_if_asked(spec: TrainSpec, run_id: str | None,
     if not spec.exports or run_id is None:
         return None
     from training.export import export_run
+    from training.export.pipeline import NotPromoted
 
     export = ExportSpec(run=run_id, publish=spec.publish, alias=spec.alias,
                         tracking_uri=tracking_uri)
     try:
         return export_run(export, train_spec=spec)
+    except NotPromoted as exc:
+        raise WaldoError(f"run {run_id} trained and was published, but {exc}") from None
     except WaldoError as exc:
+        flags = f" --alias {spec.alias}" if spec.alias else " --publish" if spec.publish else ""
         raise WaldoError(f"run {run_id} trained, but its export failed: {exc}; "
-                         f"retry with `waldo export --run {run_id}`") from None
+                         f"retry with `waldo export --run {run_id}{flags}`") from None
 
 
 __all__ = ["export_if_asked", "resume", "run", "run_sweep"]

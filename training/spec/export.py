@@ -46,10 +46,13 @@ class ExportSpec(SpecBase):
     precision: ExportPrecision = Field(
         "fp32", description="fp16 and int8 are scored against fp32 on the validation split")
     output: Annotated[str, Rules(kind="location", root="model")] = Field(
-        "models", min_length=1, description="model repository folder")
+        "models", min_length=1, description="model repository folder (not with --publish: a "
+        "published version is written only to the registry)")
     publish: bool = publish_field(PUBLISH_HELP)
     alias: AliasName | None = Field(
-        None, description="move this MLflow alias (e.g. production) to the new version; implies publish")
+        None, description="then promote the new version to this MLflow alias (e.g. production) "
+        "through the promotion gate, as `waldo promote` does; implies publish; a refused "
+        "promotion keeps the version without the alias and exits 1")
     tracking_uri: Annotated[str | None, TRACKING_URI] = Field(
         None, description="MLflow tracking URI (default: MLFLOW_TRACKING_URI or ./mlflow.db)")
     atol: PositiveFloat = Field(DEFAULT_ATOL, description="largest |onnxruntime - torch| accepted")

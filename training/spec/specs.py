@@ -197,7 +197,9 @@ class TrainSpec(RecipeSpec):
     )
     publish: Annotated[bool, NOT_SEARCHED] = publish_field(PUBLISH_HELP + " (implies export)")
     alias: Annotated[AliasName | None, NOT_SEARCHED] = Field(
-        None, description="move this MLflow alias, e.g. production, to that version (implies publish)",
+        None, description="then promote that version to this MLflow alias, e.g. production, "
+        "through the promotion gate (implies publish; refused: exit 1, the version stays "
+        "registered without the alias)",
     )
 
     @field_validator("precision", mode="before")

@@ -22,12 +22,12 @@ from mlflow.entities import RunStatus
 from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
+from serving.registry.client import default_tracking_uri
 from training.errors import WaldoError, one_line
 
-
-def resolve_tracking_uri(uri: str | None = None) -> str:
-    """The URI asked for, else $MLFLOW_TRACKING_URI, else a SQLite store in the working folder."""
-    return uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path.cwd() / 'mlflow.db'}"
+# The URI asked for, else $MLFLOW_TRACKING_URI, else a SQLite store in the working folder: one
+# default for runs, exports and the registry's commands.
+resolve_tracking_uri = default_tracking_uri
 
 
 def quiet_artifact_downloads() -> None:
