@@ -3,11 +3,13 @@
 
 from __future__ import annotations
 
+import re
 from typing import Annotated
 
-from fastapi import Depends, Request
+from fastapi import Depends, Header, Request
 
 from httpapi.auth import Credentials, check_bearer
+from httpapi.errors import ApiError
 from services.jobs.ray_jobs import RayJobs
 from services.jobs.settings import JobsSettings
 
@@ -32,3 +34,21 @@ async def require_token(settings: SettingsDep, credentials: Credentials) -> None
 
 
 Authorized = Depends(require_token)  # `dependencies=[Authorized]` on a router
+
+_USER = re.compile(r"[\w.@+-]{1,100}")
+
+
+async def _caller(user: Annotated[str | None, Header(
+        alias="Waldo-User", description="who acts, recorded in the alias history and by a job's "
+                                        "promotion (letters, digits and . @ + - _)")] = None) -> str:
+    """Who acts through the jobs API, as the registry's history records it: `jobs-api:<user>`
+    from the Waldo-User header, `jobs-api:caller` without one (the token names no person)."""
+    if user is None:
+        return "jobs-api:caller"
+    if not _USER.fullmatch(user):
+        raise ApiError(400, "bad_request", "header Waldo-User must be 1-100 letters, digits or "
+                                           ". @ + - _")
+    return f"jobs-api:{user}"
+
+
+Caller = Annotated[str, Depends(_caller)]

@@ -115,9 +115,13 @@ class RayJobs:
     def ping(self) -> None:
         self._call(lambda: self.client.list_jobs())
 
-    def submit(self, kind: str, spec: dict[str, Any]) -> str:
+    def submit(self, kind: str, spec: dict[str, Any], by: str | None = None) -> str:
+        """Submit a job; `by` (the caller, `jobs-api:<user>`) becomes its WALDO_USER, which a
+        promotion records in the alias history."""
         job_id = f"waldo-{kind}-{secrets.token_hex(5)}"
         env = {JOB_ENV: json.dumps({"kind": kind, "spec": spec})}
+        if by is not None:
+            env["WALDO_USER"] = by
         if self.settings.tracking_uri:
             env["MLFLOW_TRACKING_URI"] = self.settings.tracking_uri
         deadline = time.monotonic() + 30

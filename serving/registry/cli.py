@@ -46,8 +46,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("rollout", help="send a candidate version a share of an alias's traffic",
                        description="Set the rollout policy of NAME@ALIAS in the registry, which "
                        "every service serving NAME@ALIAS follows within its poll interval: "
-                       "--canary PCT answers PCT%% of requests with --version, --shadow PCT also "
-                       "sends PCT%% of requests to it and drops its answers, --off ends the "
+                       "--canary PCT answers PCT% of requests with --version, --shadow PCT also "
+                       "sends PCT% of requests to it and drops its answers, --off ends the "
                        "rollout. Without any of them, print the current policy.")
     _common(p)
     p.add_argument("--alias", default="production", help="(default: %(default)s)")

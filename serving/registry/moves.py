@@ -9,7 +9,6 @@ sorts by time; the 4 hex digits keep two writers in one millisecond apart.
 
 from __future__ import annotations
 
-import re
 import secrets
 import time
 from datetime import datetime, timezone
@@ -26,13 +25,12 @@ from serving.registry.client import (
     one_line,
     registered_model,
 )
+from serving.registry.names import alias_problem
 
 MOVE_TAG_PREFIX = "waldo.alias_move."
 Action = Literal["publish", "promote", "force", "rollback", "auto-rollback", "rollout"]
 MAX_REASON = 2000  # characters of a reason kept (a tag value holds far more; a line should not)
 
-_ALIAS = re.compile(r"[\w-]+")
-_VERSION_LIKE = re.compile(r"[vV]\d+")
 
 
 class AliasMove(BaseModel):
@@ -65,13 +63,9 @@ class AliasMove(BaseModel):
 
 
 def check_alias(alias: str) -> str:
-    """MLflow's rules for alias names, as one line that says what is accepted."""
-    if not _ALIAS.fullmatch(alias or ""):
-        raise RegistryError(f"invalid alias {alias!r}: use letters, digits, '_' and '-', "
-                            "e.g. production or staging")
-    if alias.lower() == "latest" or _VERSION_LIKE.fullmatch(alias):
-        raise RegistryError(f"invalid alias {alias!r}: 'latest' and version-like names (v1, V2) "
-                            "are reserved by MLflow; use e.g. production or staging")
+    """`alias`, or RegistryError saying what is wrong with it."""
+    if (problem := alias_problem(alias)) is not None:
+        raise RegistryError(problem)
     return alias
 
 

@@ -132,7 +132,8 @@ def test_unknown_search_distribution_and_parameter_are_refused():
 @pytest.mark.trains
 def test_sweep_with_asha_stops_a_trial_exports_the_best_and_moves_the_alias(
         local_ray, ray_tmp, in_tmp, mlflow_server):
-    """`waldo sweep ... --export --alias production` on a real mlflow server."""
+    """`waldo sweep ... --export --alias sweep-best` on a real mlflow server: a first holder of
+    its alias, so the promotion gate judges it on absolute thresholds."""
     from training.running.pipeline import run_sweep
     from training.running.sweep import STOPPED_EARLY
 
@@ -141,7 +142,7 @@ def test_sweep_with_asha_stops_a_trial_exports_the_best_and_moves_the_alias(
     spec = SweepSpec(model="cnn", data="digits", epochs=2, trials=3, max_concurrent=2,
                      search={"lr": "loguniform(1e-6,1e-1)"}, tracking_uri=mlflow_server,
                      experiment="ray-sweep", progress_bar=False, seed=1,
-                     export=True, alias="production")
+                     export=True, alias="sweep-best")  # no other test moves it
     result = run_sweep(spec)
     client = MlflowClient(mlflow_server)
     experiment = client.get_experiment_by_name("ray-sweep")
@@ -166,8 +167,8 @@ def test_sweep_with_asha_stops_a_trial_exports_the_best_and_moves_the_alias(
     artifacts = {a.path for a in client.list_artifacts(result.parent_run_id)}
     assert {"trials.png", "best_trial.json", "best"} <= artifacts
     # The best trial's checkpoint was exported and registered, linked to the best trial's run.
-    assert result.export is not None and result.export.alias == "production"
-    version = client.get_model_version_by_alias(result.export.name, "production")
+    assert result.export is not None and result.export.alias == "sweep-best"
+    version = client.get_model_version_by_alias(result.export.name, "sweep-best")
     assert version.version == str(result.export.version)
     assert version.run_id == best_run
     assert result.export.card.source_run == best_run

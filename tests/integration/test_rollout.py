@@ -23,7 +23,7 @@ from support.tiny import CLASSIFIER, card, classifier, expected_class, faulty_cl
 
 from serving.app import create_app
 from serving.registry.client import RegistryError, registry_client
-from serving.registry.moves import history, move_alias
+from serving.registry.moves import history, move_alias, rollback
 from serving.registry.policy import RolloutPolicy, get_policy, set_policy
 from serving.settings import Settings
 from training.export.layout import write_version
@@ -196,6 +196,24 @@ def test_a_policy_naming_a_missing_version_keeps_the_current_one(registry, tmp_p
                    detail=lambda: described(client))
         assert candidate_of(client) == "2"
         assert {predict(client, i).json()["version"] for i in range(60)} == {"1", "2"}
+
+
+def test_the_service_follows_a_promotion_and_a_rollback_within_its_poll(registry, tmp_path):
+    uri_client = registry_client(registry)
+    uri_client.delete_registered_model_tag(NAME, "waldo.rollout.production")  # no rollout now
+    with service(registry, tmp_path) as client:
+        assert described(client)["version"] == "1"
+        move_alias(uri_client, NAME, "production", "2", action="promote", by="tests")
+        wait_until(lambda: described(client)["version"] == "2", what="the service follows the "
+                   "promotion", timeout=10, interval=0.1)
+        rollback(uri_client, NAME, "production", by="tests", reason="the test rolls back")
+        wait_until(lambda: described(client)["version"] == "1", what="the service follows the "
+                   "rollback", timeout=10, interval=0.1)
+        answer = predict(client)
+        assert answer.headers["Waldo-Model-Version"] == answer.json()["version"] == "1"
+    moves = history(uri_client, NAME, "production")[-2:]
+    assert [(m.action, m.from_version, m.to_version) for m in moves] == [
+        ("promote", "1", "2"), ("rollback", "2", "1")]
 
 
 @pytest.mark.parametrize("control", ["/v1/models/{}/reload", "/v2/repository/models/{}/load"])

@@ -110,6 +110,17 @@ def test_a_submitted_job_reaches_ray_as_the_validated_spec(api, fake):
     assert api.get("/readyz").json() == {"ready": True, "ray_address": "http://ray-head.invalid:8265"}
 
 
+def test_a_job_acts_as_its_caller(api, fake):
+    """A promotion records who moved the alias: the job runs with the caller as WALDO_USER."""
+    body = {"kind": "promote", "spec": {"name": "cnn", "version": "2"}}
+    named = api.post("/v1/jobs", json=body, headers={"Waldo-User": "ana"}).json()
+    anonymous = api.post("/v1/jobs", json=body).json()
+    assert fake.jobs[named["id"]].runtime_env["env_vars"]["WALDO_USER"] == "jobs-api:ana"
+    assert fake.jobs[anonymous["id"]].runtime_env["env_vars"]["WALDO_USER"] == "jobs-api:caller"
+    bad = api.post("/v1/jobs", json=body, headers={"Waldo-User": "ana; rm -rf"})
+    assert bad.status_code == 400 and "Waldo-User" in bad.json()["error"]["message"]
+
+
 def test_list_get_logs_and_stop_go_through_to_ray(api, fake):
     fake.add("waldo-train-a", metadata=waldo_meta(model="cnn"), start=1, logs="one\ntwo\nthree")
     fake.add("waldo-export-b", metadata=waldo_meta("export", run="r"), start=2,

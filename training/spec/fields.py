@@ -20,8 +20,6 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationInf
 MIN_OPSET = DEFAULT_OPSET = 18  # the dynamo exporter writes 18 and up natively
 MAX_OPSET = 23  # the newest opset torch 2.14's exporters write
 _MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
-_ALIAS = re.compile(r"^[\w-]{1,255}$")
-_VERSION_LIKE = re.compile(r"^[vV]\d+$")
 
 
 def check_model_name(name: str) -> str:
@@ -33,13 +31,12 @@ def check_model_name(name: str) -> str:
 
 
 def check_alias(alias: str) -> str:
-    """MLflow's rules for alias names, checked before anything is exported or registered."""
-    if not _ALIAS.fullmatch(alias):
-        raise ValueError(f"invalid alias {alias!r}: use letters, digits, '_' and '-', "
-                         "e.g. production or staging")
-    if alias.lower() == "latest" or _VERSION_LIKE.fullmatch(alias):
-        raise ValueError(f"invalid alias {alias!r}: 'latest' and version-like names (v1, V2) "
-                         "are reserved by MLflow; use e.g. production or staging")
+    """MLflow's rules for alias names (`serving.registry.names.alias_problem`), checked before
+    anything is exported or registered."""
+    from serving.registry.names import alias_problem
+
+    if (problem := alias_problem(alias)) is not None:
+        raise ValueError(problem)
     return alias
 
 

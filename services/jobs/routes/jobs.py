@@ -13,7 +13,7 @@ from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
 from services.jobs.admission import JobRequest, admit
-from services.jobs.deps import Authorized, JobsDep, SettingsDep
+from services.jobs.deps import Authorized, Caller, JobsDep, SettingsDep
 from services.jobs.ray_jobs import RayJobs
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"], dependencies=[Authorized],
@@ -66,17 +66,17 @@ class StopAnswer(BaseModel):
                         422: {"description": "the spec names a bad field, a server-owned field "
                                              "(tracking_uri, ray_address), a path outside the "
                                              "allowed roots, or asks for more than the limits"}})
-async def submit(body: JobRequest, jobs: JobsDep, settings: SettingsDep) -> Job:
+async def submit(body: JobRequest, jobs: JobsDep, settings: SettingsDep, by: Caller) -> Job:
     spec_data = await run_in_threadpool(admit, body.spec, settings)
-    job_id = await run_in_threadpool(_submit, jobs, body.kind, spec_data)
+    job_id = await run_in_threadpool(_submit, jobs, body.kind, spec_data, by)
     return Job.model_validate(await run_in_threadpool(jobs.get, job_id))
 
 
-def _submit(jobs: RayJobs, kind: str, spec: dict[str, Any]) -> str:
+def _submit(jobs: RayJobs, kind: str, spec: dict[str, Any], by: str) -> str:
     if kind in ("train", "sweep") and not spec.get("run_name"):
         # A name of its own, so the API can find the MLflow run while the job runs.
         spec["run_name"] = f"job-{secrets.token_hex(4)}"
-    return jobs.submit(kind, spec)
+    return jobs.submit(kind, spec, by=by)
 
 
 @router.get("", summary="Every Waldo job on the cluster, newest first")

@@ -11,16 +11,15 @@ shared error shape: an unknown model, version or alias 404 `unknown_model`, any 
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
 from typing import Annotated, Literal, TypeVar
 
-from fastapi import APIRouter, Header, Path, Query
+from fastapi import APIRouter, Path, Query
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
 from httpapi.errors import ApiError
-from services.jobs.deps import Authorized, SettingsDep
+from services.jobs.deps import Authorized, Caller, SettingsDep
 from serving.registry.client import RegistryError, UnknownModel, one_line
 from serving.registry.moves import AliasMove
 from serving.registry.policy import RolloutPolicy, RolloutSettings
@@ -33,11 +32,8 @@ router = APIRouter(prefix="/v1/models", tags=["models"], dependencies=[Authorize
                               503: {"description": "the MLflow registry cannot be reached"}})
 
 T = TypeVar("T")
-_USER = re.compile(r"[\w.@+-]{1,100}")
 ModelName = Annotated[str, Path(min_length=1, max_length=256, description="registered model name")]
 AliasQuery = Annotated[str, Query(min_length=1, max_length=255, description="e.g. production")]
-UserHeader = Annotated[str | None, Header(alias="Waldo-User", description="who acts, for the "
-                                          "history (letters, digits and . @ + - _)")]
 
 
 class History(BaseModel):
@@ -57,15 +53,6 @@ def _client(settings):
     from serving.registry.client import default_tracking_uri, registry_client
 
     return registry_client(default_tracking_uri(settings.tracking_uri))
-
-
-def _by(user: str | None) -> str:
-    if user is None:
-        return "jobs-api:caller"
-    if not _USER.fullmatch(user):
-        raise ApiError(400, "bad_request", "header Waldo-User must be 1-100 letters, digits or "
-                                           ". @ + - _")
-    return f"jobs-api:{user}"
 
 
 async def _registry(call: Callable[[], T]) -> T:
@@ -98,10 +85,9 @@ async def get_history(name: ModelName, settings: SettingsDep,
 
 @router.post("/{name}/rollback", summary="Move an alias back to its previous holder")
 async def post_rollback(name: ModelName, body: RollbackRequest, settings: SettingsDep,
-                        user: UserHeader = None) -> AliasMove:
+                        by: Caller) -> AliasMove:
     from serving.registry.moves import rollback
 
-    by = _by(user)
     return await _registry(lambda: rollback(_client(settings), name, body.alias, by=by,
                                             reason=body.reason))
 
@@ -119,22 +105,20 @@ async def get_rollout(name: ModelName, settings: SettingsDep,
 
 @router.put("/{name}/rollout", summary="Start a canary or shadow rollout of a candidate version")
 async def put_rollout(name: ModelName, body: RolloutSettings, settings: SettingsDep,
-                      user: UserHeader = None) -> RolloutPolicy:
+                      by: Caller) -> RolloutPolicy:
     from serving.registry.policy import set_policy
 
-    by = _by(user)
     policy = RolloutPolicy(**body.model_dump())
     return await _registry(lambda: set_policy(_client(settings), name, policy, by=by))
 
 
 @router.delete("/{name}/rollout", summary="End an alias's rollout (every replica stops it)")
-async def delete_rollout(name: ModelName, settings: SettingsDep, alias: AliasQuery = "production",
+async def delete_rollout(name: ModelName, settings: SettingsDep, by: Caller,
+                         alias: AliasQuery = "production",
                          reason: Annotated[str, Query(max_length=2000)] = "ended through the jobs API",
-                         user: UserHeader = None,
                          state: Literal["off", "rolled-back"] = "off") -> RolloutPolicy:
     from serving.registry.policy import end_policy, get_policy
 
-    by = _by(user)
 
     def call() -> RolloutPolicy:
         client = _client(settings)
