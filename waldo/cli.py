@@ -1,7 +1,7 @@
 """The `waldo` command: one parser composed from the subcommands each package owns.
 
-- training (`training.commands.cli`): train, sweep, compare, summary, predict, export, data,
-  cluster, models;
+- training (`training.commands.cli`): train, sweep, compare, summary, predict, explain, export,
+  data, cluster, models;
 - serving (`serving.cli`): serve; the registry (`serving.registry.cli`): history, rollback,
   rollout;
 - the jobs API (`services.jobs.cli`): jobs.

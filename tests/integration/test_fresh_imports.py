@@ -24,6 +24,9 @@ PROBES = {
                         {"training", "pydantic"}, HEAVY),
     "serving.processing": ("import serving.processing, serving.modelcard",
                            {"serving", "numpy", "PIL"}, HEAVY | {"training"}),
+    # the pictures training logs with runs, drawable by the service too: no torch, no matplotlib
+    "serving.pictures": ("import serving.pictures", {"serving", "numpy", "PIL"},
+                         HEAVY | {"training", "matplotlib"}),
     # mlflow only once a models:/ URI is resolved (tests/integration/test_serving_registry.py)
     "serving.repository": (f"import serving.repository\nserving.repository.scan({str(REPO_ROOT)!r})",
                            {"serving", "pydantic"}, HEAVY | {"training"}),

@@ -68,6 +68,10 @@ def test_two_workers_match_one_and_both_ranks_train(local_ray, ray_tmp, in_tmp, 
     assert two.best_checkpoint.startswith(str(in_tmp / "waldo_runs" / tags["ray.run_name"]))
     artifact = tags["waldo.best_checkpoint_artifact"]
     assert artifact in {f.path for f in client.list_artifacts(two.run_id, "best")}
+    # Rank 0 drew what the network looks at, as the in-process runner does.
+    pictures = {f.path for f in client.list_artifacts(two.run_id, "pictures")}
+    assert "pictures/gradcam_correct.png" in pictures, pictures
+    assert "first_layer_filters.png" in {f.path for f in client.list_artifacts(two.run_id)}
     # Neither the workers nor Ray's Lightning callback left temporary folders behind.
     assert _leftovers(ray_tmp) == []
 

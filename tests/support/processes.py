@@ -123,10 +123,16 @@ def poll(predicate: Callable[[], object], *, timeout: float, interval: float = 0
     return True
 
 
+# The tests' servers are on 127.0.0.1: never through a proxy. (urllib's module-wide opener
+# reads the proxy variables once, when it is first used: a test that sets them, as the offline
+# download tests do, would otherwise send every later check to its dead proxy.)
+_DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
 def http_status(url: str, timeout: float = 3) -> int | None:
     """The status `GET url` answers with, or None when nothing answers."""
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as response:
+        with _DIRECT.open(url, timeout=timeout) as response:
             return response.status
     except urllib.error.HTTPError as exc:
         return exc.code

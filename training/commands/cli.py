@@ -1,4 +1,4 @@
-"""The `waldo` subcommands training owns: train, sweep, compare, summary, predict, export,
+"""The `waldo` subcommands training owns: train, sweep, compare, summary, predict, explain, export,
 promote, data and cluster, and models. Each parses, builds a spec, and hands over; the work lives elsewhere.
 
 `register(subparsers)` adds them to the `waldo` command (`waldo.cli`). A user mistake raises
@@ -265,6 +265,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="p_c above which an object is found")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=cmd_predict)
+
+    from training.commands.explain import add_parser as add_explain  # light: torch is imported late
+
+    add_explain(sub, Number)
 
     p = sub.add_parser("export", help="export to ONNX, check it against torch, register it",
                        description="Export a run's best checkpoint (or a checkpoint file) to ONNX "

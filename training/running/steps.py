@@ -18,7 +18,6 @@ from typing import TYPE_CHECKING, Any
 import pytorch_lightning as pl
 from lightning_fabric.utilities.exceptions import MisconfigurationException
 from pytorch_lightning.callbacks import Callback, EarlyStopping, LearningRateMonitor
-from torchvision.utils import save_image
 
 from training.data import ImageDataModule, create_datamodule, describe_data
 from training.data.leakage import MAX_SHARE
@@ -34,7 +33,7 @@ from training.running.callbacks import (
 from training.running.init_from import Start, starting_point
 from training.spec import TrainSpec
 from training.tasks import TASKS, BaseTask, ClassificationTask
-from training.tracking import storage, viz
+from training.tracking import explain, storage, viz
 from training.tracking.runs import Run, absolute_tracking_uri, start_run
 
 if TYPE_CHECKING:
@@ -252,7 +251,18 @@ def provenance_params(task: BaseTask) -> dict[str, str]:
 
 
 def log_pictures(run: Run, task: BaseTask, dm: ImageDataModule) -> None:
-    """Learning curves, test confusion matrix and first-layer filters, as PNG artifacts."""
+    """Learning curves and the test confusion matrix, then what the network looks at
+    (`training.tracking.explain`: first-layer filters, feature maps, Grad-CAM, the worst
+    mistakes), as PNG artifacts. Drawing never fails a run: a failure is one warning line."""
+    try:
+        _log_curves(run, task, dm)
+    except Exception as exc:
+        logging.getLogger("waldo.pictures").warning(
+            "learning curves not logged for run %s: %s", run.run_id, " ".join(str(exc).split()))
+    explain.log_run_pictures(run, task, dm)
+
+
+def _log_curves(run: Run, task: BaseTask, dm: ImageDataModule) -> None:
     if isinstance(task, ClassificationTask):
         keys, loss_name = ["train_acc", "val_acc"], "cross-entropy"
     else:
@@ -262,9 +272,6 @@ def log_pictures(run: Run, task: BaseTask, dm: ImageDataModule) -> None:
     run.log_figure(viz.learning_curves(history, loss_name), "learning_curves.png")
     if isinstance(task, ClassificationTask) and task.test_confusion is not None:
         run.log_figure(viz.confusion_matrix(task.test_confusion, dm.labels), "confusion_matrix.png")
-    grid = viz.filter_grid(task.net)
-    if grid is not None:
-        run.log_image_file(lambda path: save_image(grid, path), "first_layer_filters.png")
 
 
 __all__ = ["SPLIT_OVERLAP_TAG", "BoxPictures", "EpochFacts", "TrainResult", "build_task",

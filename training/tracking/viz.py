@@ -1,4 +1,7 @@
-"""Pictures logged with every run: learning curves, confusion matrix, first-layer filters."""
+"""Plots logged with runs: learning curves, confusion matrix, comparisons, boxes per epoch.
+
+What the network looks at (filters, feature maps, Grad-CAM) is drawn by
+`training.tracking.explain`."""
 
 from __future__ import annotations
 
@@ -10,7 +13,6 @@ matplotlib.use("Agg")  # files only; never needs a display
 
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
-from torch import nn  # noqa: E402
 from torchmetrics.utilities.plot import plot_confusion_matrix  # noqa: E402
 from torchvision.ops import box_convert  # noqa: E402
 from torchvision.utils import draw_bounding_boxes, make_grid  # noqa: E402
@@ -41,29 +43,6 @@ def confusion_matrix(counts: torch.Tensor, labels: Sequence[str]):
     ax.set_title("test confusion matrix")
     fig.tight_layout()
     return fig
-
-
-def first_conv(net: nn.Module) -> nn.Conv2d | None:
-    return next((m for m in net.modules() if isinstance(m, nn.Conv2d)), None)
-
-
-def filter_grid(net: nn.Module, scale: int = 8) -> torch.Tensor | None:
-    """The first conv layer's filters as one image grid (3, H, W) in [0, 1], or None.
-
-    Each filter is min-max scaled on its own so that its pattern (edge, blob, stroke) shows.
-    RGB filters are shown in colour; other channel counts as the mean over input channels.
-    """
-    conv = first_conv(net)
-    if conv is None:
-        return None
-    w = conv.weight.detach().float().cpu()  # (out, in, k, k)
-    if w.shape[1] != 3:
-        w = w.mean(dim=1, keepdim=True)
-    lo = w.amin(dim=(1, 2, 3), keepdim=True)
-    hi = w.amax(dim=(1, 2, 3), keepdim=True)
-    w = (w - lo) / (hi - lo).clamp_min(1e-8)
-    w = torch.nn.functional.interpolate(w, scale_factor=scale, mode="nearest")
-    return make_grid(w, nrow=min(8, w.shape[0]), padding=2, pad_value=1.0)
 
 
 def compare_curves(curves: Mapping[str, Sequence[float]], metric: str = "val_acc"):
