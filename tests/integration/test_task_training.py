@@ -150,7 +150,7 @@ class _SlowRows(torch.utils.data.Dataset):
         return self.base[i]
 
 
-@pytest.mark.parametrize("delay, low, high", [(0.0, 0.0, 0.5), (0.01, 0.6, 1.0)])
+@pytest.mark.parametrize("delay, low, high", [(0.0, 0.0, 0.5), (0.03, 0.6, 1.0)])
 def test_data_wait_fraction_shows_a_loader_that_starves_the_step(digits, delay, low, high, monkeypatch):
     from training.running.callbacks import EpochFacts
 
@@ -163,5 +163,6 @@ def test_data_wait_fraction_shows_a_loader_that_starves_the_step(digits, delay, 
     monkeypatch.setattr(digits, "train_dataloader", lambda: loader)  # the module's batch transform stays
     trainer.fit(task, datamodule=digits)
     (facts,) = [m for m in recorder.metrics if "data_wait_fraction" in m]
-    assert low <= facts["data_wait_fraction"] <= high, facts  # 8 rows x 10 ms against a ~1 ms step
+    # 8 rows x 30 ms against a step of ~1 ms (tens of ms on a loaded machine)
+    assert low <= facts["data_wait_fraction"] <= high, facts
     assert facts["train_samples_rank0"] == 48
