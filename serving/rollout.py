@@ -36,9 +36,12 @@ import numpy as np
 
 from httpapi.errors import ApiError
 from serving.lifecycle import Lifecycle, Prediction, Trace
+from serving.registry.policy import RolloutSettings
 from serving.runtime import LoadedModel
 
 log = logging.getLogger("waldo.serving")
+
+_POLICY = RolloutSettings.model_fields  # the bounds' defaults
 
 BUCKETS = 10_000  # a key's hash picks one of these; the candidate takes percent * 100 of them
 
@@ -117,14 +120,15 @@ def _per_channel(values: list[float]) -> np.ndarray:
 # -- the monitor ----------------------------------------------------------------------------
 @dataclass
 class Bounds:
-    """What a candidate must keep to over a window (the policy's fields of the same names)."""
+    """What a candidate must keep to over a window: the policy's fields of the same names, with
+    their defaults (`serving.registry.policy.RolloutSettings` states them once)."""
 
-    window_s: float = 30.0
-    min_requests: int = 20
-    min_success_rate: float = 0.99
-    max_error_rate_increase: float = 0.01
-    max_p99_ms: float = 500.0
-    max_p99_ratio: float = 1.5
+    window_s: float = _POLICY["window_s"].default
+    min_requests: int = _POLICY["min_requests"].default
+    min_success_rate: float = _POLICY["min_success_rate"].default
+    max_error_rate_increase: float = _POLICY["max_error_rate_increase"].default
+    max_p99_ms: float = _POLICY["max_p99_ms"].default
+    max_p99_ratio: float = _POLICY["max_p99_ratio"].default
 
     @classmethod
     def of(cls, policy) -> Bounds:

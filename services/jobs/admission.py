@@ -173,9 +173,7 @@ def _with_defaults(spec_cls: type[BaseModel], spec: dict[str, Any], settings: Jo
     if spec_cls is ExportSpec:
         if settings.output and spec.get("output") is None:
             spec["output"] = settings.output
-    elif spec_cls is PromoteSpec:
-        pass  # the tracking URI is all a promotion takes from the server
-    else:
+    elif spec_cls is not PromoteSpec:  # the tracking URI is all a promotion takes from the server
         spec.setdefault("progress_bar", False)  # logs, not a terminal
         if settings.storage and spec.get("storage") is None:
             spec["storage"] = settings.storage
