@@ -19,7 +19,7 @@ from httpapi.middleware import BodyLimit
 from serving.deps import require_info
 from serving.manager import ModelManager
 from serving.metrics import Metrics
-from serving.routes import health, models, page, predict, v2
+from serving.routes import explain, health, models, page, predict, v2
 from serving.settings import Settings, get_settings
 
 
@@ -58,7 +58,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.manager = ModelManager(settings, app.state.metrics)
     errors.install(app)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
-    for router in (health.router, models.router, predict.router, v2.router, page.router):
+    for router in (health.router, models.router, predict.router, explain.router, v2.router,
+                   page.router):
         app.include_router(router)
     # With protect_info, /openapi.json, /docs and /redoc are behind `require_info`. A browser
     # does not send a bearer token when Swagger UI fetches the schema: tools fetch /openapi.json

@@ -42,6 +42,7 @@ class _Request:
     future: asyncio.Future
     timing: Timing | None = None
     queued_ns: int = 0
+    fetch: tuple[str, ...] = ()  # extra outputs: such a request runs in a batch of its own
 
 
 class Batcher:
@@ -82,13 +83,15 @@ class Batcher:
         finally:
             self.arriving -= 1
 
-    def put(self, x: np.ndarray, timing: Timing | None = None) -> asyncio.Future:
+    def put(self, x: np.ndarray, timing: Timing | None = None,
+            fetch: tuple[str, ...] = ()) -> asyncio.Future:
         """Queue `x` (n, C, H, W) now; the future gets its n output rows and the model that
         computed them, and `timing` (if given) where the time went. Cancelling the future (a
-        timeout) drops the request from its batch."""
+        timeout) drops the request from its batch. With `fetch` (extra outputs to return), the
+        request runs alone and gets `{output name: array}`, the prediction's included."""
         future = asyncio.get_running_loop().create_future()
         try:
-            self._queue.put_nowait(_Request(x, future, timing, time.perf_counter_ns()))
+            self._queue.put_nowait(_Request(x, future, timing, time.perf_counter_ns(), fetch))
         except asyncio.QueueFull:
             raise QueueFull(f"{self._queue.maxsize} requests already waiting for {self.model.name}") from None
         self._on_depth(self.depth)
@@ -102,7 +105,7 @@ class Batcher:
         self._carry = None
         batch, size = [first], len(first.x)
         deadline = time.monotonic() + self.max_delay_s
-        while size < self.max_batch_size:
+        while size < self.max_batch_size and not first.fetch:
             try:
                 item = self._queue.get_nowait()
             except asyncio.QueueEmpty:
@@ -117,7 +120,7 @@ class Batcher:
                     break
             if item.future.done():  # timed out while waiting
                 continue
-            if size + len(item.x) > self.max_batch_size:
+            if item.fetch or size + len(item.x) > self.max_batch_size:
                 self._carry = item
                 break
             batch.append(item)
@@ -133,11 +136,17 @@ class Batcher:
                 continue
             model = self.model  # one model per batch: a reload takes effect at the next batch
             x = batch[0].x if len(batch) == 1 else np.concatenate([r.x for r in batch])
+            fetch = batch[0].fetch  # a request with extra outputs is a batch of its own
             started = time.perf_counter_ns()
             try:
-                out = await loop.run_in_executor(self._executor, model.run, x)
-                if len(out) != len(x):
-                    raise RuntimeError(f"{model.name} returned {len(out)} rows for a batch of {len(x)}")
+                if fetch:
+                    out = await loop.run_in_executor(self._executor, model.run_outputs, x, fetch)
+                    rows = len(out[model.output_name])
+                else:
+                    out = await loop.run_in_executor(self._executor, model.run, x)
+                    rows = len(out)
+                if rows != len(x):
+                    raise RuntimeError(f"{model.name} returned {rows} rows for a batch of {len(x)}")
             except Exception as exc:
                 for r in batch:
                     if not r.future.done():
@@ -152,5 +161,5 @@ class Batcher:
                     r.timing.queue_ns, r.timing.infer_ns = started - r.queued_ns, infer_ns
                     r.timing.batch_size = len(x)
                 if not r.future.done():
-                    r.future.set_result((out[start:stop], model))
+                    r.future.set_result((out if fetch else out[start:stop], model))
                 start = stop

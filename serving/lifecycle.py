@@ -85,6 +85,7 @@ class Trace(Timing):
     side: Lifecycle | None = None
     version: str = ""  # the version that computed the answer
     protocol: str = ""  # the front end's, as the metrics label it
+    fetch: tuple[str, ...] = ()  # extra outputs the front end asked for (set while reading)
 
 
 @dataclass
@@ -95,6 +96,7 @@ class Prediction:
     model: LoadedModel
     sizes: list[tuple[int, int]]  # (width, height) of each input as sent
     x: np.ndarray | None = None  # the batch it was computed from (a shadow candidate gets it too)
+    extras: dict[str, np.ndarray] = field(default_factory=dict)  # the Trace.fetch outputs
 
 
 class Lifecycle:
@@ -207,16 +209,18 @@ class Lifecycle:
 
     def enqueue(self, x: np.ndarray, trace: Trace) -> asyncio.Future:
         try:
-            return self.batcher.put(x, trace)
+            return self.batcher.put(x, trace, trace.fetch)
         except QueueFull as exc:
             raise ApiError(503, "overloaded", f"{exc}; retry shortly", headers={"Retry-After": "1"}) from None
 
     async def wait(self, queued: asyncio.Future, trace: Trace) -> tuple[np.ndarray, LoadedModel]:
+        """The request's output rows (with `Trace.fetch`: its outputs by name) and the model
+        that computed them; 504 after the request timeout."""
         try:
             out, model = await asyncio.wait_for(queued, self.settings.request_timeout_s)
         except TimeoutError:
             raise ApiError(504, "timeout", f"no result within {self.settings.request_timeout_s} s") from None
-        trace.rows = len(out)
+        trace.rows += len(out[model.output_name] if isinstance(out, dict) else out)
         return out, model
 
     def count_batch(self, size: int, ns: int) -> None:
@@ -237,6 +241,9 @@ class Lifecycle:
             queued = self.enqueue(x, trace)
         out, model = await self.wait(queued, trace)
         trace.version = model.version
+        if isinstance(out, dict):  # the request asked for extra outputs too
+            extras = dict(out)
+            return Prediction(extras.pop(model.output_name), model, sizes, x, extras)
         return Prediction(out, model, sizes, x)
 
     @contextmanager

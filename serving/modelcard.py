@@ -51,6 +51,55 @@ LOCALIZE_OUTPUTS = [OutputSpec(
 )]
 
 
+class StageSpec(BaseModel):
+    """One conv stage whose activations the ONNX file gives as an extra output."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    output: str = Field(description="the graph output holding the stage's maps (B, C, h, w)")
+    module: str = Field(description="where in the network the maps come from, e.g. features.1")
+    shape: list[int] = Field(description="C, h, w at the card's input size")
+
+
+class ConstantSpec(BaseModel):
+    """A weight tensor the ONNX file gives as an extra output (no batch axis)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    output: str
+    shape: list[int]
+
+
+class ExplainSpec(BaseModel):
+    """Extra outputs of the ONNX file that explain an answer without torch. Prediction never
+    requests them (it costs what it did without them); `POST /v1/models/{name}/explain` and v2
+    requests that name them do."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    stages: list[StageSpec] = Field(description="the conv stages in forward order")
+    first_conv: StageSpec | None = Field(
+        None, description="the first conv layer's maps before any activation")
+    filters: ConstantSpec | None = Field(
+        None, description="the first conv layer's weights (F, C, kh, kw)")
+    cam_weight: ConstantSpec | None = Field(
+        None, description="(K, C) classifier weights over the last stage's channels, present when "
+        "the head averages that stage globally and is then linear, so that the class activation "
+        "map of class k is cam_weight[k] applied to the last stage's maps (CAM)")
+
+    def shapes(self) -> dict[str, list[int]]:
+        """Every extra output by name, in the file's order: its shape per image (maps) or
+        whole (weights)."""
+        maps = [*([self.first_conv] if self.first_conv else []), *self.stages]
+        weights = [c for c in (self.filters, self.cam_weight) if c is not None]
+        return {m.output: m.shape for m in maps} | {c.output: c.shape for c in weights}
+
+    def per_image(self, name: str) -> bool:
+        """Whether output `name` has a batch axis (maps) or not (weights)."""
+        return name in {s.output for s in self.stages} or (
+            self.first_conv is not None and name == self.first_conv.output)
+
+
 class ModelCard(BaseModel):
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
 
@@ -73,6 +122,9 @@ class ModelCard(BaseModel):
     precision: Literal["fp32", "fp16", "int8"] = Field(
         "fp32", description="weights and arithmetic in the file; inputs and outputs stay float32"
     )
+    explain: ExplainSpec | None = Field(
+        None, description="the extra outputs that explain an answer; absent in files exported "
+        "without them (a forward-only explanation still works)")
 
     def incompatibility(self, other: ModelCard) -> str | None:
         """One line saying what keeps `other` from replacing this card's model behind the same

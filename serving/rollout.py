@@ -305,10 +305,11 @@ class Rollout:
         self.candidate.stats.stages["fail"].add(elapsed)
         self._record(True, False, trace)
         log.debug("candidate %s v%s failed (%s); the primary answers", self.primary.name, version, failure)
-        protocol = trace.protocol  # the primary starts over: the trace times its attempt alone
+        # The primary starts over: the trace times its attempt alone, for the same request.
+        protocol, fetch = trace.protocol, trace.fetch
         for stage in fields(Trace):
             setattr(trace, stage.name, stage.default)
-        trace.side, trace.protocol = self.primary, protocol
+        trace.side, trace.protocol, trace.fetch = self.primary, protocol, fetch
         return await on_primary(once, trace)
 
     def primary_failed(self, trace: Trace) -> None:

@@ -48,6 +48,18 @@ class LoadedModel:
         (out,) = self.session.run([self.output_name], {self.input_name: batch})
         return np.asarray(out, dtype=np.float32)
 
+    def run_outputs(self, batch: np.ndarray, names: tuple[str, ...]) -> dict[str, np.ndarray]:
+        """The prediction and the extra outputs `names` (the card's `explain` part, v2 requests
+        that name them) for one batch, by name."""
+        wanted = list(dict.fromkeys((self.output_name, *names)))
+        values = self.session.run(wanted, {self.input_name: batch})
+        return {n: np.asarray(v, dtype=np.float32) for n, v in zip(wanted, values, strict=True)}
+
+    @property
+    def extra_outputs(self) -> list[str]:
+        """The outputs besides the prediction that the file gives."""
+        return [o.name for o in self.session.get_outputs()[1:]]
+
     def describe(self) -> dict:
         card = self.card
         return {

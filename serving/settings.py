@@ -76,6 +76,9 @@ class Settings(BaseSettings):
                              "rest wait their turn; 503 after request_timeout_s): parsed JSON costs "
                              "up to ~10 times its size, so this bounds what large JSON bodies take "
                              "together")
+    explain_passes: int = Field(
+        50, ge=2, le=1024, description="forward passes one explanation may cost where the model "
+        "has no CAM (occlusion: the image, then once per occluded place); each counts as an image")
     max_response_bytes: int = Field(
         16 * 2**20, gt=0, description="the largest answer one request may make the service build, "
                                       "reckoned before any work from its rows, outputs and their "

@@ -42,7 +42,7 @@ def _inline(schema: dict) -> dict:
     return walk(schema)
 
 
-_BODY = {
+BODY = {
     "requestBody": {
         "required": True,
         "content": {
@@ -51,7 +51,7 @@ _BODY = {
         },
     }
 }
-_ERRORS = {s: {"description": d} for s, d in [
+ERRORS = {s: {"description": d} for s, d in [
     (400, "undecodable image or JSON"), (401, "no bearer token"), (403, "wrong bearer token"),
     (404, "unknown model"), (413, "body, image or image count over the limit"),
     (415, "content type other than multipart/form-data or application/json"),
@@ -87,6 +87,27 @@ async def _read_multipart(request: Request, settings) -> list[Item]:
         await form.close()
 
 
+def media_type(request: Request) -> str:
+    """The body's media type: multipart/form-data or application/json, else 415."""
+    media = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if media not in ("multipart/form-data", "application/json"):
+        raise ApiError(415, "unsupported_media_type",
+                       f"content type {shown(media) if media else '(none)'} is not accepted; send "
+                       "multipart/form-data with 'file' fields or application/json with 'instances'")
+    return media
+
+
+async def read_items(request: Request, media: str, card: ModelCard, settings, manager) -> list[Item]:
+    """The request's images (multipart `file` fields) or instances (JSON), under the limits."""
+    if media == "multipart/form-data":
+        return await _read_multipart(request, settings)
+    body = await request.body()
+    return await parse_off_loop(
+        lambda: parse_json(body, card, settings.max_images, max_values=settings.max_json_values),
+        size=len(body), json_size=len(body), slots=manager.json_slots,
+        timeout_s=settings.request_timeout_s)
+
+
 def answer_bytes(card: ModelCard, rows: int, top_k: int) -> int:
     """An upper bound of the answer's JSON size, from the request alone (`max_response_bytes`):
     per row its label and probability and `top_k` of them (classify), or p_c, the label and the
@@ -99,8 +120,8 @@ def answer_bytes(card: ModelCard, rows: int, top_k: int) -> int:
     return 256 + rows * per_row
 
 
-@router.post("/{name}/predict", dependencies=[Depends(require_user)], openapi_extra=_BODY,
-             summary="Classify or localize images", responses=_ERRORS)
+@router.post("/{name}/predict", dependencies=[Depends(require_user)], openapi_extra=BODY,
+             summary="Classify or localize images", responses=ERRORS)
 async def predict(
     request: Request,
     served: ServedDep,
@@ -112,21 +133,10 @@ async def predict(
     # The version named by the Waldo-Model-Version header, else the rollout's pick.
     with served.request("v1", headers=request.headers) as trace:
         trace.side.loaded()  # 503 before reading a body for a model that is not loaded
-        media = request.headers.get("content-type", "").split(";")[0].strip().lower()
-        if media not in ("multipart/form-data", "application/json"):
-            raise ApiError(415, "unsupported_media_type",
-                           f"content type {shown(media) if media else '(none)'} is not accepted; send "
-                           "multipart/form-data with 'file' fields or application/json with 'instances'")
+        media = media_type(request)
 
         async def read(card) -> list[Item]:
-            if media == "multipart/form-data":
-                items = await _read_multipart(request, settings)
-            else:
-                body = await request.body()
-                items = await parse_off_loop(
-                    lambda: parse_json(body, card, settings.max_images, max_values=settings.max_json_values),
-                    size=len(body), json_size=len(body), slots=manager.json_slots,
-                    timeout_s=settings.request_timeout_s)
+            items = await read_items(request, media, card, settings, manager)
             check_answer_bytes(answer_bytes(card, len(items), top_k), settings.max_response_bytes)
             return items
 

@@ -137,8 +137,20 @@ def model_metadata(served: Routed) -> dict:
                    {"name": TENSOR_INPUT, "datatype": "FP32",
                     "shape": [-1, spec.channels, spec.height, spec.width]}],
         "outputs": [{"name": output_name(model.card), "datatype": "FP32",
-                     "shape": [-1, output_width(model.card)]}],
+                     "shape": [-1, output_width(model.card)]},
+                    *({"name": name, "datatype": "FP32", "shape": shape}
+                      for name, shape in extra_shapes(model.card).items())],
     }
+
+
+def extra_shapes(card: ModelCard) -> dict[str, list[int]]:
+    """The outputs that explain an answer (`ModelCard.explain`), which a request may name: each
+    stage's maps (-1, C, h, w) and the weights (no batch axis)."""
+    spec = card.explain
+    if spec is None:
+        return {}
+    return {name: [-1, *shape] if spec.per_image(name) else list(shape)
+            for name, shape in spec.shapes().items()}
 
 
 def model_config(served: Lifecycle) -> dict:
@@ -298,14 +310,20 @@ def _classification(card: ModelCard, probs: np.ndarray, top: int) -> np.ndarray:
     return array
 
 
-def encode(request: InferRequest, card: ModelCard, out: np.ndarray) -> list[OutputTensor]:
-    """The network's rows -> the requested outputs (checked by `check_outputs`)."""
+def encode(request: InferRequest, card: ModelCard, out: np.ndarray,
+           extras: Mapping[str, np.ndarray] | None = None) -> list[OutputTensor]:
+    """The network's rows and the extra outputs fetched (`requested_extras`) -> the requested
+    outputs (checked by `check_outputs`)."""
+    extras = extras or {}
     name = output_name(card)
     values = softmax(out.astype(np.float64)).astype(np.float32) if card.task == "classify" else out
     tensors = []
     for requested in request.outputs or [RequestedOutput(name)]:
         binary = request.binary_output if requested.binary is None else requested.binary
-        if requested.classification:
+        if requested.name != name:  # an extra output (`extra_shapes`), as the file gave it
+            array = extras[requested.name]
+            tensors.append(OutputTensor(requested.name, "FP32", list(array.shape), array, binary))
+        elif requested.classification:
             array = _classification(card, values, requested.classification)
             tensors.append(OutputTensor(name, "BYTES", list(array.shape), array, binary))
         else:
@@ -317,14 +335,18 @@ def check_outputs(request: InferRequest, card: ModelCard) -> None:
     """Refuse a bad output request before any work is done. Each output may be named once: a
     request naming `probabilities` 5,000 times made a 64 MB answer out of 0.3 MB."""
     name = output_name(card)
+    extra = extra_shapes(card)
     named = set()
     for requested in request.outputs:
-        if requested.name != name:
-            raise bad(f"unknown output {shown(requested.name)}; this model gives {name!r}")
+        if requested.name != name and requested.name not in extra:
+            offered = ", ".join(map(repr, [name, *extra]))
+            raise bad(f"unknown output {shown(requested.name)}; this model gives {offered}")
         if requested.name in named:
-            raise bad(f"output {name!r} is requested more than once; name each output once")
+            raise bad(f"output {requested.name!r} is requested more than once; name each output once")
         named.add(requested.name)
         top = requested.classification
+        if top and requested.name != name:
+            raise bad(f"output {requested.name!r}: the classification extension applies to {name!r} only")
         if isinstance(top, bool) or not isinstance(top, int) or not 0 <= top <= MAX_CLASSIFICATION:
             raise bad(f"output {name!r}: classification must be a count from 1 to {MAX_CLASSIFICATION} "
                       f"(0: the values), got {shown(top)}")
@@ -340,9 +362,15 @@ def answer_bytes(request: InferRequest, card: ModelCard, rows: int) -> int:
     request's id, which the answer echoes (12 bytes a character at most, escaped). gRPC carries
     every output as binary."""
     width = output_width(card)
+    extra = extra_shapes(card)
     total = 1024 + 12 * len(request.id or "")  # the head: names, version, shapes, the id
     for requested in request.outputs or [RequestedOutput(output_name(card))]:
         binary = request.binary_output if requested.binary is None else requested.binary
+        if requested.name in extra:
+            shape = extra[requested.name]
+            count = math.prod(shape[1:]) * rows if shape[0] == -1 else math.prod(shape)
+            total += count * (4 if binary else JSON_FLOAT_BYTES)
+            continue
         if not requested.classification:
             total += rows * width * (4 if binary else JSON_FLOAT_BYTES)
             continue
@@ -351,6 +379,12 @@ def answer_bytes(request: InferRequest, card: ModelCard, rows: int) -> int:
         string = SCORE_BYTES + 1 + len(str(width - 1)) + 1 + longest
         total += rows * min(requested.classification, width) * (string + (4 if binary else 3))
     return total
+
+
+def requested_extras(request: InferRequest, card: ModelCard) -> tuple[str, ...]:
+    """The extra outputs a request names, which the session must fetch besides the prediction."""
+    extra = extra_shapes(card)
+    return tuple(r.name for r in request.outputs if r.name in extra)
 
 
 def rows_of(items: list[Item]) -> int:
@@ -370,6 +404,7 @@ async def infer(served: Routed, protocol: str, parse, version: str | None = None
             request = await parse()
             parsed.append(request)
             check_outputs(request, card)
+            trace.fetch = requested_extras(request, card)
             items = to_items(request, card, served.settings.max_images)
             size = answer_bytes(request, card, rows_of(items))
             check_answer_bytes(size, served.settings.max_response_bytes)
@@ -378,5 +413,5 @@ async def infer(served: Routed, protocol: str, parse, version: str | None = None
         done = await served.predict(read, trace)
         request = parsed[0]
         with served.encoding(trace):
-            outputs = encode(request, done.model.card, done.out)
+            outputs = encode(request, done.model.card, done.out, done.extras)
         return InferResponse(served.name, done.model.version, request.id, outputs)

@@ -88,7 +88,8 @@ def check_version_folder(folder, task: BaseTask, card: ModelCard) -> onnx.ModelP
     in_dims = graph_dims(inp)
     assert isinstance(in_dims[0], str) and in_dims[0], f"batch axis is fixed: {in_dims}"
     assert in_dims[1:] == [h.in_channels, h.image_size, h.image_size]
-    assert [o.name for o in model.graph.output] == [o.name for o in card.outputs]
+    extra = list(card.explain.shapes()) if card.explain is not None else []
+    assert [o.name for o in model.graph.output] == [o.name for o in card.outputs] + extra
     assert isinstance(graph_dims(model.graph.output[0])[0], str)
     embedded = {p.key: p.value for p in model.metadata_props}[ONNX_METADATA_KEY]
     written = json.loads((folder / CARD_FILE).read_text())
@@ -226,6 +227,9 @@ class StubSession:
 
     def get_inputs(self):
         return [SimpleNamespace(name="input")]
+
+    def get_outputs(self):
+        return [SimpleNamespace(name="output")]
 
     def run(self, _, feeds):
         return [self.outputs[: len(feeds["input"])]]

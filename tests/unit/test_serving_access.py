@@ -24,7 +24,7 @@ INFO = [("GET", "/metrics"), ("GET", "/v1/models"), ("GET", "/v1/models/cnn"), (
         ("GET", "/v2/models/cnn/config"), ("GET", "/v2/models/cnn/stats"), ("GET", "/v2/models/stats"),
         ("POST", "/v2/repository/index")]
 OPEN = [("GET", "/healthz"), ("GET", "/readyz"), ("GET", "/v2/health/live"), ("GET", "/v2/health/ready"),
-        ("GET", "/v2/models/cnn/ready"), ("GET", "/")]
+        ("GET", "/v2/models/cnn/ready"), ("GET", "/"), ("GET", "/page.js")]
 
 
 def client(root: Path, **settings) -> TestClient:

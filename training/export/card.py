@@ -19,9 +19,12 @@ from serving.modelcard import (
     LOCALIZE_OUTPUTS,
     MODEL_FILE,
     ONNX_METADATA_KEY,
+    ConstantSpec,
+    ExplainSpec,
     InputSpec,
     ModelCard,
     OutputSpec,
+    StageSpec,
 )
 from training.errors import unknown_choice
 
@@ -54,12 +57,14 @@ def default_name(record: CheckpointRecord) -> str:
 
 def build_card(record: CheckpointRecord, *, name: str | None = None, version: int = 1,
                source_run: str | None = None, metrics: Mapping[str, float] | None = None,
-               opset: int | None = None, precision: str = "fp32") -> ModelCard:
+               opset: int | None = None, precision: str = "fp32",
+               explain: ExplainSpec | None = None) -> ModelCard:
     """The card of version `version` of the checkpoint described by `record`.
 
     `weights` is the provenance the task saved (where its network started).
     Labels, mean and std come from the task's hyperparameters, else from the data module's
-    saved state, else are the identity (class indices, mean 0, std 1).
+    saved state, else are the identity (class indices, mean 0, std 1). `explain` names the
+    file's extra outputs (`training.export.explain`).
     """
     h, data = record.hparams, record.data or {}
     channels, size = h["in_channels"], h["image_size"]
@@ -81,8 +86,10 @@ def build_card(record: CheckpointRecord, *, name: str | None = None, version: in
         metrics=dict(metrics or {}),
         opset=opset,
         precision=precision,
+        explain=explain,
     )
 
 
-__all__ = ["CARD_FILE", "MODEL_FILE", "ONNX_METADATA_KEY", "TASK_OUTPUTS", "ModelCard",
+__all__ = ["CARD_FILE", "MODEL_FILE", "ONNX_METADATA_KEY", "TASK_OUTPUTS", "ConstantSpec", "ExplainSpec",
+           "ModelCard", "StageSpec",
            "build_card", "card_outputs", "default_name", "output_names"]

@@ -45,7 +45,8 @@ def ort_session(model: onnx.ModelProto | bytes | str | Path, threads: int | None
 
 def check_parity(net: nn.Module, session, input_shape: Sequence[int],
                  batch_sizes: Sequence[int] = PARITY_BATCH_SIZES, seed: int = 0) -> float:
-    """Largest |onnxruntime - torch| over random inputs (B, C, H, W) for each batch size B.
+    """Largest |onnxruntime - torch| over random inputs (B, C, H, W) for each batch size B,
+    over every output `net` returns (one tensor, or a tuple: the prediction and its extras).
 
     Inputs are standard normal, like normalized images. A shape mismatch or a non-finite
     output counts as infinitely far apart.
@@ -56,12 +57,15 @@ def check_parity(net: nn.Module, session, input_shape: Sequence[int],
     for b in batch_sizes:
         x = torch.randn(b, *input_shape, generator=generator)  # (B, C, H, W)
         with torch.inference_mode():
-            expected = net(x).float().numpy()
-        got = session.run(None, {input_name: x.numpy()})[0]
-        if got.shape != expected.shape:
-            return float("inf")
-        diff = float(np.abs(got.astype(np.float64) - expected).max(initial=0.0))
-        worst = max(worst, diff if np.isfinite(diff) else float("inf"))
+            expected = net(x)
+        expected = expected if isinstance(expected, tuple) else (expected,)
+        names = [o.name for o in session.get_outputs()[:len(expected)]]  # a net with extra outputs
+        for want, got in zip(expected, session.run(names, {input_name: x.numpy()}), strict=True):
+            want = want.float().numpy()
+            if got.shape != want.shape:
+                return float("inf")
+            diff = float(np.abs(got.astype(np.float64) - want).max(initial=0.0))
+            worst = max(worst, diff if np.isfinite(diff) else float("inf"))
     return worst
 
 

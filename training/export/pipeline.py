@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 
 from training.errors import WaldoError
 from training.export.card import MODEL_FILE, ModelCard, build_card, default_name, output_names
+from training.export.explain import attach_constants, explain_graph
 from training.export.layout import write_version
 from training.export.parity import export_checked
 from training.export.precision import compare_precision, spec_from_record, validation_data
@@ -101,9 +102,12 @@ def export_run(spec: ExportSpec, *, train_spec: TrainSpec | None = None) -> Expo
         source = open_source(spec, uri, Path(downloads))
         record = source.record
         name = spec.name or default_name(record)
-        exported = export_checked(source.task.net, record.input_shape,
-                                  output_names=output_names(record.task), opset=spec.opset,
-                                  atol=spec.atol, exporter=spec.exporter)
+        # With explain: the network that also returns its stages' maps (extra outputs).
+        graph = explain_graph(source.task.net, record.input_shape) if spec.explain else None
+        exported = export_checked(graph.net if graph else source.task.net, record.input_shape,
+                                  output_names=[*output_names(record.task),
+                                                *(graph.outputs if graph else [])],
+                                  opset=spec.opset, atol=spec.atol, exporter=spec.exporter)
         model, reference, scored_on = exported.model, {}, None
         metrics = {**source.metrics, "onnx_max_abs_diff": exported.max_abs_diff}
         if spec.precision != "fp32":
@@ -115,10 +119,13 @@ def export_run(spec: ExportSpec, *, train_spec: TrainSpec | None = None) -> Expo
             metrics.update(scores)
             metrics.update({f"{k}_fp32": v for k, v in reference.items()})
             scored_on = data_spec.data
+        if graph is not None:
+            model = attach_constants(model, graph.constants)
 
     def card_for(version: int) -> ModelCard:
         return build_card(record, name=name, version=version, source_run=source.run_id,
-                          metrics=metrics, opset=spec.opset, precision=spec.precision)
+                          metrics=metrics, opset=spec.opset, precision=spec.precision,
+                          explain=graph.spec if graph else None)
 
     written: list[tuple[Path, ModelCard]] = []
 

@@ -60,6 +60,10 @@ class ExportSpec(SpecBase):
         DEFAULT_MAX_DROP, description="validation accuracy fp16/int8 may lose, as a fraction")
     exporter: Exporter = Field(
         "auto", description="auto: TorchScript (fast), dynamo where it cannot")
+    explain: bool = Field(
+        True, description="also write the outputs that explain an answer (each conv stage's "
+        "maps, the first layer's filters, the CAM weights of a globally pooled head); prediction "
+        "never asks for them and costs the same")
 
     @model_validator(mode="after")
     def _one_source(self) -> ExportSpec:

@@ -1,0 +1,281 @@
+"""Why a served model answered what it did, from ONNX Runtime alone (no torch).
+
+For one image: the maps of every conv stage and a class activation map for the predicted class
+or one the caller names. Where the head averages the last stage globally and then applies one
+linear layer (resnet, googlenet), the map is CAM: the class's weights over the last stage's maps,
+which the file gives as extra outputs (`ModelCard.explain`, written by the export); one run
+gives everything, and for such a head CAM is exactly Grad-CAM's map. Any other model (a
+flattening dense head, a localizer, a file exported without the outputs) gets occlusion: the
+image again with a window blanked out at each of a grid of places, batched through the same
+session, the map being how much the class's score drops where the window covers; its forward
+passes are capped by the `explain_passes` budget.
+
+`explain` runs both through the model's lifecycle (decode, queue, infer), so an explanation
+meets the limits a prediction meets, and counts each forward pass it costs.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import math
+import time
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image
+
+from httpapi.errors import ApiError, shown
+from serving import pictures
+from serving.inputs import check_answer_bytes
+from serving.lifecycle import Lifecycle, Trace
+from serving.modelcard import ModelCard, StageSpec
+from serving.processing import postprocess, softmax
+
+DISPLAY_SIDE = 224  # the overlay and the input are drawn this many pixels on their long side
+JSON_FLOAT_BYTES = 24  # a float32 as JSON text, at its longest
+# One picture as base64, at most: a grid of 16 maps of 56 px is about 0.5 MB before
+# compression, 64 filters of 48 px about 0.8 MB; the input and overlay are 224 px.
+PICTURE_BYTES = 2**20
+
+
+@dataclass
+class Target:
+    """The class a map explains: its index, label, output column and score (probability)."""
+
+    index: int
+    label: str
+    column: int
+    score: float
+
+
+def parse_target(card: ModelCard, asked: str | None) -> int | None:
+    """The class index `asked` names (a label, or `#N` for index N), None for the predicted
+    class; 422 naming what is accepted otherwise."""
+    if asked is None or asked == "":
+        return None
+    labels = card.labels
+    if asked.startswith("#") and asked[1:].isdigit():
+        index = int(asked[1:])
+        if index < len(labels):
+            return index
+        raise ApiError(422, "invalid_target", f"class index {shown(asked)} is out of range; "
+                                              f"{card.name!r} has classes #0 to #{len(labels) - 1}")
+    if asked in labels:
+        return labels.index(asked)
+    listed = ", ".join(map(repr, labels[:10])) + (f" (+{len(labels) - 10} more)" if len(labels) > 10 else "")
+    raise ApiError(422, "invalid_target", f"unknown class {shown(asked)}; give a label ({listed}) "
+                                          f"or #N for class index N")
+
+
+def choose_stages(card: ModelCard, asked: list[str]) -> list[StageSpec]:
+    """The stages to return: those asked for by output name (`stage_1`, ...), else all; 422 for
+    a name the file does not have."""
+    have = card.explain.stages if card.explain is not None else []
+    if not asked:
+        return list(have)
+    by_name = {s.output: s for s in have}
+    unknown = [a for a in asked if a not in by_name]
+    if unknown:
+        offered = ", ".join(by_name) or "none (the file was exported without explain outputs)"
+        raise ApiError(422, "invalid_stage", f"unknown stage {shown(unknown[0])}; {card.name!r} has "
+                                             f"{offered}")
+    return [by_name[a] for a in dict.fromkeys(asked)]
+
+
+def uses_cam(card: ModelCard) -> bool:
+    return card.explain is not None and card.explain.cam_weight is not None and bool(card.explain.stages)
+
+
+def outputs_to_fetch(card: ModelCard, stages: list[StageSpec]) -> tuple[str, ...]:
+    """The extra outputs one explanation asks the session for."""
+    spec = card.explain
+    if spec is None:
+        return ()
+    names = [s.output for s in stages]
+    if uses_cam(card):
+        names += [spec.stages[-1].output, spec.cam_weight.output]
+    names += [part.output for part in (spec.first_conv, spec.filters) if part is not None]
+    return tuple(dict.fromkeys(names))
+
+
+def answer_bytes(card: ModelCard, stages: list[StageSpec], arrays: bool) -> int:
+    """An upper bound of the answer's size (`max_response_bytes`), from the request alone: each
+    picture (input, overlay, one grid per stage, the filters and the first layer's maps) and
+    the filters' values at PICTURE_BYTES, the map's values at their longest, and with `arrays`
+    every stage's values as JSON text."""
+    spec = card.input
+    pictures_and_filters = (len(stages) + 5) * PICTURE_BYTES
+    heat = spec.height * spec.width * JSON_FLOAT_BYTES
+    values = sum(math.prod(s.shape) for s in stages) * JSON_FLOAT_BYTES if arrays else 0
+    return 4096 + pictures_and_filters + heat + values
+
+
+def resolve_target(card: ModelCard, row: np.ndarray, index: int | None) -> Target:
+    """The class to explain from the prediction's output row: the one asked for, else the top."""
+    if card.task == "classify":
+        probs = softmax(row.astype(np.float64))
+        k = int(np.argmax(probs)) if index is None else index
+        return Target(k, card.labels[k], k, float(probs[k]))
+    classes = row[5:]
+    k = int(np.argmax(classes)) if index is None else index
+    return Target(k, card.labels[k], 5 + k, float(classes[k]))
+
+
+# -- the maps ----------------------------------------------------------------------------------
+def unit(heat: np.ndarray) -> np.ndarray:
+    """The positive part of a map scaled to [0, 1] (all zeros when nothing is positive)."""
+    heat = np.maximum(np.asarray(heat, dtype=np.float64), 0)
+    peak = heat.max(initial=0.0)
+    return (heat / peak if peak > 0 else heat).astype(np.float32)
+
+
+def class_activation_map(maps: np.ndarray, weight: np.ndarray, column: int) -> np.ndarray:
+    """CAM at the last stage (h, w): class `column`'s weights over the C maps (C, h, w)."""
+    return unit(np.tensordot(weight[column], maps, axes=1))
+
+
+def occlusion_windows(height: int, width: int, passes: int) -> list[tuple[int, int, int, int]]:
+    """(top, bottom, left, right) of each occluding window: a g x g grid of places with
+    g * g + 1 <= `passes` (the 1: the image itself), each window twice the grid's step so that
+    neighbouring windows overlap and the map is smooth."""
+    g = max(1, min(math.isqrt(max(passes - 1, 1)), height, width))
+    side_y, side_x = max(1, round(2 * height / (g + 1))), max(1, round(2 * width / (g + 1)))
+    tops = np.linspace(0, height - side_y, g).round().astype(int)
+    lefts = np.linspace(0, width - side_x, g).round().astype(int)
+    return [(int(t), int(t) + side_y, int(left), int(left) + side_x) for t in tops for left in lefts]
+
+
+def occluded(x: np.ndarray, windows: list[tuple[int, int, int, int]]) -> np.ndarray:
+    """(len(windows), C, H, W): the image (1, C, H, W) with each window set to 0, which in the
+    normalized input is the training data's mean colour."""
+    batch = np.repeat(x, len(windows), axis=0)
+    for i, (top, bottom, left, right) in enumerate(windows):
+        batch[i, :, top:bottom, left:right] = 0.0
+    return batch
+
+
+def occlusion_map(base: float, scores: np.ndarray, windows: list[tuple[int, int, int, int]],
+                  height: int, width: int) -> np.ndarray:
+    """(H, W): at each pixel, the mean drop of the score over the windows that cover it."""
+    total = np.zeros((height, width))
+    count = np.zeros((height, width))
+    for drop, (top, bottom, left, right) in zip(base - np.asarray(scores, np.float64), windows, strict=True):
+        total[top:bottom, left:right] += drop
+        count[top:bottom, left:right] += 1
+    return unit(np.divide(total, count, out=np.zeros_like(total), where=count > 0))
+
+
+def score_column(card: ModelCard, out: np.ndarray, column: int) -> np.ndarray:
+    """The score occlusion watches: the class's logit (classify), its probability (localize,
+    whose file gives probabilities)."""
+    return np.asarray(out, dtype=np.float64)[:, column]
+
+
+# -- pictures ----------------------------------------------------------------------------------
+def png(image: Image.Image) -> str:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG", optimize=False)
+    return base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def seen_image(card: ModelCard, x: np.ndarray) -> np.ndarray:
+    """The normalized input (C, H, W) back as uint8 pixels (H, W) or (H, W, 3)."""
+    spec = card.input
+    mean = np.asarray(spec.mean, np.float32)[:, None, None]
+    std = np.asarray(spec.std, np.float32)[:, None, None]
+    pixels = np.clip((x * std + mean) / spec.scale, 0, 255).round().astype(np.uint8)
+    return pixels[0] if pixels.shape[0] == 1 else pixels.transpose(1, 2, 0)
+
+
+def draw(card: ModelCard, x: np.ndarray, heat: np.ndarray, extras: dict[str, np.ndarray],
+         stages: list[StageSpec], arrays: bool) -> dict:
+    """The answer's pictures (base64 PNG) and arrays from the input (C, H, W), the map and the
+    extra outputs."""
+    image = pictures.scale_to(pictures.to_rgb(seen_image(card, x)), DISPLAY_SIDE)
+    parts: dict = {
+        "input": {"png": png(image), "width": card.input.width, "height": card.input.height},
+        "heatmap": {"png": png(pictures.overlay(image, heat)), "height": int(heat.shape[0]),
+                    "width": int(heat.shape[1]), "values": np.round(heat, 6).tolist()},
+        "stages": [], "filters": None, "first_layer": None,
+    }
+    for stage in stages:
+        maps = extras[stage.output][0]
+        tiles, captions = pictures.map_tiles(maps)
+        c, h, w = maps.shape
+        entry = {"name": stage.output, "module": stage.module, "shape": [c, h, w],
+                 "png": png(pictures.grid(tiles, captions, columns=8,
+                                          title=f"{stage.output} ({stage.module}): {c} maps {h}x{w}"))}
+        if arrays:
+            entry["values"] = maps.tolist()
+        parts["stages"].append(entry)
+    spec = card.explain
+    if spec is not None and spec.filters is not None and spec.filters.output in extras:
+        weights = extras[spec.filters.output]
+        parts["filters"] = {"png": png(pictures.filter_grid(weights)), "shape": list(weights.shape),
+                            "values": np.round(weights, 6).tolist()}
+    if spec is not None and spec.first_conv is not None and spec.first_conv.output in extras:
+        maps = extras[spec.first_conv.output][0]
+        tiles, captions = pictures.map_tiles(maps)
+        parts["first_layer"] = {"png": png(pictures.grid(tiles, captions, columns=8,
+                                                         title=f"first conv layer: {maps.shape[0]} maps")),
+                                "shape": list(maps.shape)}
+    return parts
+
+
+# -- the whole path ----------------------------------------------------------------------------
+async def explain(side: Lifecycle, read, trace: Trace, *, target: str | None, stages: list[str],
+                  arrays: bool) -> dict:
+    """One explanation on the version `side` serves: `await read(card)` gives the request's
+    one item. Returns the answer as plain data."""
+    from starlette.concurrency import run_in_threadpool
+
+    started = time.perf_counter()
+    card = side.loaded().card
+    index = parse_target(card, target)
+    chosen = choose_stages(card, stages)
+
+    async def one_item(card: ModelCard):
+        items = await read(card)
+        check_answer_bytes(answer_bytes(card, chosen, arrays), side.settings.max_response_bytes)
+        trace.fetch = outputs_to_fetch(card, chosen)
+        return items
+
+    done = await Lifecycle.predict(side, one_item, trace)
+    if len(done.out) != 1:
+        raise ApiError(422, "invalid_input", f"explain takes one image or instance; this request "
+                                             f"has {len(done.out)}")
+    card = done.model.card
+    picked = resolve_target(card, done.out[0], index)
+    x = done.x[:1]
+    height, width = x.shape[-2:]
+    passes = 1
+    if uses_cam(card):
+        spec = card.explain
+        heat, method = class_activation_map(done.extras[spec.stages[-1].output][0],
+                                            done.extras[spec.cam_weight.output], picked.column), "cam"
+    else:
+        windows = occlusion_windows(height, width, side.settings.explain_passes)
+        batch, trace.fetch = occluded(x, windows), ()
+        size = side.settings.max_batch_size
+        scores = []
+        for start in range(0, len(batch), size):  # each chunk queues as a prediction would
+            out, _ = await side.wait(side.enqueue(batch[start:start + size], trace), trace)
+            scores.append(score_column(card, out, picked.column))
+        base = float(score_column(card, done.out, picked.column)[0])
+        heat = occlusion_map(base, np.concatenate(scores), windows, height, width)
+        method, passes = "occlusion", 1 + len(windows)
+    with side.encoding(trace):
+        parts = await run_in_threadpool(draw, card, x[0], heat, done.extras, chosen, arrays)
+    return {
+        "model": side.name, "version": done.model.version, "task": card.task,
+        "prediction": postprocess(card, done.out, done.sizes, top_k=5)[0],
+        "target": {"index": picked.index, "label": picked.label, "score": picked.score},
+        "method": method, **parts,
+        "cost": {"forward_passes": passes, "ms": round(1000 * (time.perf_counter() - started), 3)},
+    }
+
+
+__all__ = ["Target", "answer_bytes", "choose_stages", "class_activation_map", "explain",
+           "occluded", "occlusion_map", "occlusion_windows", "outputs_to_fetch", "parse_target",
+           "resolve_target", "uses_cam"]
