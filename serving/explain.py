@@ -10,8 +10,9 @@ image again with a window blanked out at each of a grid of places, batched throu
 session, the map being how much the class's score drops where the window covers; its forward
 passes are capped by the `explain_passes` budget.
 
-`explain` runs both through the model's lifecycle (decode, queue, infer), so an explanation
-meets the limits a prediction meets, and counts each forward pass it costs.
+Torch-free and synchronous: the endpoint (serving.routes.explain) runs the passes through the
+model's lifecycle (decode, queue, infer), so an explanation meets the limits a prediction meets
+and counts each forward pass it costs; `waldo explain` on an ONNX version runs them directly.
 """
 
 from __future__ import annotations
@@ -19,7 +20,6 @@ from __future__ import annotations
 import base64
 import io
 import math
-import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -27,10 +27,8 @@ from PIL import Image
 
 from httpapi.errors import ApiError, shown
 from serving import pictures
-from serving.inputs import check_answer_bytes
-from serving.lifecycle import Lifecycle, Trace
 from serving.modelcard import ModelCard, StageSpec
-from serving.processing import postprocess, softmax
+from serving.processing import softmax
 
 DISPLAY_SIDE = 224  # the overlay and the input are drawn this many pixels on their long side
 JSON_FLOAT_BYTES = 24  # a float32 as JSON text, at its longest
@@ -189,93 +187,78 @@ def seen_image(card: ModelCard, x: np.ndarray) -> np.ndarray:
 
 
 def draw(card: ModelCard, x: np.ndarray, heat: np.ndarray, extras: dict[str, np.ndarray],
-         stages: list[StageSpec], arrays: bool) -> dict:
-    """The answer's pictures (base64 PNG) and arrays from the input (C, H, W), the map and the
-    extra outputs."""
+         stages: list[StageSpec]) -> dict[str, Image.Image]:
+    """The pictures of one explanation from the input (C, H, W), the map and the extra outputs:
+    "input", "heatmap" (the overlay), one grid per stage by output name, "filters" and
+    "first_layer" where the file gives them."""
     image = pictures.scale_to(pictures.to_rgb(seen_image(card, x)), DISPLAY_SIDE)
+    drawn = {"input": image, "heatmap": pictures.overlay(image, heat)}
+    for stage in stages:
+        maps = extras[stage.output][0]
+        tiles, captions = pictures.map_tiles(maps)
+        c, h, w = maps.shape
+        drawn[stage.output] = pictures.grid(tiles, captions, columns=8,
+                                            title=f"{stage.output} ({stage.module}): {c} maps {h}x{w}")
+    spec = card.explain
+    if spec is not None and spec.filters is not None and spec.filters.output in extras:
+        drawn["filters"] = pictures.filter_grid(extras[spec.filters.output])
+    if spec is not None and spec.first_conv is not None and spec.first_conv.output in extras:
+        maps = extras[spec.first_conv.output][0]
+        tiles, captions = pictures.map_tiles(maps)
+        drawn["first_layer"] = pictures.grid(tiles, captions, columns=8,
+                                             title=f"first conv layer: {maps.shape[0]} maps")
+    return drawn
+
+
+def answer_parts(card: ModelCard, x: np.ndarray, heat: np.ndarray, extras: dict[str, np.ndarray],
+                 stages: list[StageSpec], arrays: bool) -> dict:
+    """The answer's pictures (`draw`, as base64 PNG) and arrays, as the endpoint returns them."""
+    drawn = draw(card, x, heat, extras, stages)
+    spec = card.explain
     parts: dict = {
-        "input": {"png": png(image), "width": card.input.width, "height": card.input.height},
-        "heatmap": {"png": png(pictures.overlay(image, heat)), "height": int(heat.shape[0]),
+        "input": {"png": png(drawn["input"]), "width": card.input.width, "height": card.input.height},
+        "heatmap": {"png": png(drawn["heatmap"]), "height": int(heat.shape[0]),
                     "width": int(heat.shape[1]), "values": np.round(heat, 6).tolist()},
         "stages": [], "filters": None, "first_layer": None,
     }
     for stage in stages:
         maps = extras[stage.output][0]
-        tiles, captions = pictures.map_tiles(maps)
-        c, h, w = maps.shape
-        entry = {"name": stage.output, "module": stage.module, "shape": [c, h, w],
-                 "png": png(pictures.grid(tiles, captions, columns=8,
-                                          title=f"{stage.output} ({stage.module}): {c} maps {h}x{w}"))}
+        entry = {"name": stage.output, "module": stage.module, "shape": list(maps.shape),
+                 "png": png(drawn[stage.output])}
         if arrays:
             entry["values"] = maps.tolist()
         parts["stages"].append(entry)
-    spec = card.explain
-    if spec is not None and spec.filters is not None and spec.filters.output in extras:
+    if "filters" in drawn:
         weights = extras[spec.filters.output]
-        parts["filters"] = {"png": png(pictures.filter_grid(weights)), "shape": list(weights.shape),
+        parts["filters"] = {"png": png(drawn["filters"]), "shape": list(weights.shape),
                             "values": np.round(weights, 6).tolist()}
-    if spec is not None and spec.first_conv is not None and spec.first_conv.output in extras:
-        maps = extras[spec.first_conv.output][0]
-        tiles, captions = pictures.map_tiles(maps)
-        parts["first_layer"] = {"png": png(pictures.grid(tiles, captions, columns=8,
-                                                         title=f"first conv layer: {maps.shape[0]} maps")),
-                                "shape": list(maps.shape)}
+    if "first_layer" in drawn:
+        parts["first_layer"] = {"png": png(drawn["first_layer"]),
+                                "shape": list(extras[spec.first_conv.output][0].shape)}
     return parts
 
 
-# -- the whole path ----------------------------------------------------------------------------
-async def explain(side: Lifecycle, read, trace: Trace, *, target: str | None, stages: list[str],
-                  arrays: bool) -> dict:
-    """One explanation on the version `side` serves: `await read(card)` gives the request's
-    one item. Returns the answer as plain data."""
-    from starlette.concurrency import run_in_threadpool
-
-    started = time.perf_counter()
-    card = side.loaded().card
-    index = parse_target(card, target)
-    chosen = choose_stages(card, stages)
-
-    async def one_item(card: ModelCard):
-        items = await read(card)
-        check_answer_bytes(answer_bytes(card, chosen, arrays), side.settings.max_response_bytes)
-        trace.fetch = outputs_to_fetch(card, chosen)
-        return items
-
-    done = await Lifecycle.predict(side, one_item, trace)
-    if len(done.out) != 1:
-        raise ApiError(422, "invalid_input", f"explain takes one image or instance; this request "
-                                             f"has {len(done.out)}")
-    card = done.model.card
-    picked = resolve_target(card, done.out[0], index)
-    x = done.x[:1]
-    height, width = x.shape[-2:]
-    passes = 1
+async def class_map(card: ModelCard, x: np.ndarray, out: np.ndarray,
+                    extras: dict[str, np.ndarray], target: Target, run, *, passes: int,
+                    max_batch: int) -> tuple[np.ndarray, str, int]:
+    """The map for `target` of one image x (1, C, H, W) whose prediction is `out` (1, ...):
+    CAM from the extras where the card allows, else occlusion, its batch in chunks of
+    `max_batch` through `await run(chunk)` (the prediction's rows). Returns (map, method,
+    forward passes)."""
     if uses_cam(card):
         spec = card.explain
-        heat, method = class_activation_map(done.extras[spec.stages[-1].output][0],
-                                            done.extras[spec.cam_weight.output], picked.column), "cam"
-    else:
-        windows = occlusion_windows(height, width, side.settings.explain_passes)
-        batch, trace.fetch = occluded(x, windows), ()
-        size = side.settings.max_batch_size
-        scores = []
-        for start in range(0, len(batch), size):  # each chunk queues as a prediction would
-            out, _ = await side.wait(side.enqueue(batch[start:start + size], trace), trace)
-            scores.append(score_column(card, out, picked.column))
-        base = float(score_column(card, done.out, picked.column)[0])
-        heat = occlusion_map(base, np.concatenate(scores), windows, height, width)
-        method, passes = "occlusion", 1 + len(windows)
-    with side.encoding(trace):
-        parts = await run_in_threadpool(draw, card, x[0], heat, done.extras, chosen, arrays)
-    return {
-        "model": side.name, "version": done.model.version, "task": card.task,
-        "prediction": postprocess(card, done.out, done.sizes, top_k=5)[0],
-        "target": {"index": picked.index, "label": picked.label, "score": picked.score},
-        "method": method, **parts,
-        "cost": {"forward_passes": passes, "ms": round(1000 * (time.perf_counter() - started), 3)},
-    }
+        return (class_activation_map(extras[spec.stages[-1].output][0],
+                                     extras[spec.cam_weight.output], target.column), "cam", 1)
+    height, width = x.shape[-2:]
+    windows = occlusion_windows(height, width, passes)
+    batch = occluded(x, windows)
+    scores = [score_column(card, await run(batch[i:i + max_batch]), target.column)
+              for i in range(0, len(batch), max_batch)]
+    base = float(score_column(card, out, target.column)[0])
+    return (occlusion_map(base, np.concatenate(scores), windows, height, width), "occlusion",
+            1 + len(windows))
 
 
-__all__ = ["Target", "answer_bytes", "choose_stages", "class_activation_map", "explain",
-           "occluded", "occlusion_map", "occlusion_windows", "outputs_to_fetch", "parse_target",
-           "resolve_target", "uses_cam"]
+__all__ = ["Target", "answer_bytes", "answer_parts", "choose_stages", "class_activation_map",
+           "class_map", "draw", "occluded", "occlusion_map", "occlusion_windows", "outputs_to_fetch",
+           "parse_target", "resolve_target", "uses_cam"]

@@ -1,17 +1,21 @@
 """`POST /v1/models/{name}/explain`: for one image, the maps of every conv stage and where the
-network looked for a class (`serving.explain`)."""
+network looked for a class (the maps and pictures: `serving.explain`)."""
 
 from __future__ import annotations
 
+import time
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse
 
 from httpapi.errors import ApiError
+from serving import explain as maps
 from serving.deps import ManagerDep, ServedDep, SettingsDep, require_user
-from serving.explain import explain as explain_one
-from serving.inputs import Item
+from serving.inputs import Item, check_answer_bytes
+from serving.lifecycle import Lifecycle, Trace
+from serving.modelcard import ModelCard
+from serving.processing import postprocess
 from serving.routes.predict import BODY, ERRORS, media_type, read_items
 from serving.versions import VERSION_HEADER
 
@@ -49,3 +53,49 @@ async def explain(
 
         answer = await explain_one(side, read, trace, target=target, stages=stage, arrays=arrays)
         return JSONResponse(answer, headers={VERSION_HEADER: answer["version"]})
+
+
+async def explain_one(side: Lifecycle, read, trace: Trace, *, target: str | None,
+                      stages: list[str], arrays: bool) -> dict:
+    """One explanation on the version `side` serves, through its lifecycle: the image and the
+    extra outputs in one run, then (occlusion) the occluded copies queued as predictions are.
+    `await read(card)` gives the request's one item. Returns the answer as plain data."""
+    from starlette.concurrency import run_in_threadpool
+
+    started = time.perf_counter()
+    card = side.loaded().card
+    index = maps.parse_target(card, target)
+    chosen = maps.choose_stages(card, stages)
+
+    async def one_item(card: ModelCard):
+        items = await read(card)
+        check_answer_bytes(maps.answer_bytes(card, chosen, arrays), side.settings.max_response_bytes)
+        trace.fetch = maps.outputs_to_fetch(card, chosen)
+        return items
+
+    done = await Lifecycle.predict(side, one_item, trace)
+    if len(done.out) != 1:
+        raise ApiError(422, "invalid_input", f"explain takes one image or instance; this request "
+                                             f"has {len(done.out)}")
+    card = done.model.card
+    picked = maps.resolve_target(card, done.out[0], index)
+    trace.fetch = ()  # the occluded copies ask for the prediction alone
+
+    async def run(chunk):
+        out, _ = await side.wait(side.enqueue(chunk, trace), trace)
+        return out
+
+    s = side.settings
+    heat, method, passes = await maps.class_map(card, done.x[:1], done.out, done.extras, picked,
+                                                run, passes=s.explain_passes,
+                                                max_batch=s.max_batch_size)
+    with side.encoding(trace):
+        parts = await run_in_threadpool(maps.answer_parts, card, done.x[0], heat, done.extras,
+                                        chosen, arrays)
+    return {
+        "model": side.name, "version": done.model.version, "task": card.task,
+        "prediction": postprocess(card, done.out, done.sizes, top_k=5)[0],
+        "target": {"index": picked.index, "label": picked.label, "score": picked.score},
+        "method": method, **parts,
+        "cost": {"forward_passes": passes, "ms": round(1000 * (time.perf_counter() - started), 3)},
+    }

@@ -8,9 +8,10 @@ predicted box drawn).
 
 MODEL is an MLflow run id (its best checkpoint), `models:/NAME@ALIAS` / `models:/NAME/VERSION`
 or a version folder (`model.onnx` + `modelcard.json`); `--checkpoint` names a checkpoint file.
-A registered version or a version folder holds only the ONNX graph, which exposes no
-activations and no gradient: for those the top classes come from ONNX Runtime and the pictures
-need the run or its checkpoint.
+A registered version or a version folder holds the ONNX graph, which has no gradient: there the
+pictures are the service's (`serving.explain`, ONNX Runtime alone): CAM where the head pools
+globally, occlusion otherwise, and the stages' maps and the filters that the export wrote as
+extra outputs.
 """
 
 from __future__ import annotations
@@ -36,8 +37,8 @@ def add_parser(sub: argparse._SubParsersAction, number) -> None:
                     "stage and the class activation map of the network's answer (Grad-CAM, or "
                     "HiResCAM for dense heads) as PNGs into --output, and print "
                     "the top classes. MODEL: an MLflow run id, models:/NAME@ALIAS, models:/NAME/VERSION "
-                    "or a version folder (model.onnx + modelcard.json); the ONNX-only ones give the "
-                    "top classes, the pictures need a run or a checkpoint.")
+                    "or a version folder (model.onnx + modelcard.json); for an ONNX model the class "
+                    "map is CAM where its head pools globally, else occlusion.")
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("--model", metavar="MODEL", help="run id, models:/... or a version folder")
     source.add_argument("--checkpoint", metavar="CKPT", help="a .ckpt file written by `waldo train`")
@@ -56,16 +57,17 @@ def cmd_explain(args: argparse.Namespace) -> int:
         raise WaldoError(f"--output {args.output!r} is a file; give a folder (it is created if missing)")
     with tempfile.TemporaryDirectory(prefix="waldo-explain-") as downloads:
         kind, path = _resolve(args.model, args.checkpoint, args.tracking_uri, Path(downloads))
+        note = ""
         if kind == "checkpoint":
             results, written = explain_checkpoint(path, args.images, output, top_k=args.top_k)
-            note = ""
         else:
             card = _card(path)
-            results, written = _onnx_top_classes(path, card, args.images, top_k=args.top_k), []
-            hint = f" (its source run: --model {card.source_run})" if card.source_run else ""
-            note = (f"waldo explain: {args.model} is an ONNX model with no activations exposed: "
-                    f"the feature maps and Grad-CAM need its run or checkpoint{hint}; no pictures "
-                    "written")
+            results, written = explain_onnx(path, card, args.images, output, top_k=args.top_k)
+            if card.explain is None:
+                hint = f" (its source run: --model {card.source_run})" if card.source_run else ""
+                note = (f"waldo explain: {args.model} was exported without its explain outputs: "
+                        "occlusion maps only; the feature maps need a new `waldo export` or its "
+                        f"run{hint}")
     for result in results:
         print(_line(result))
     if written:
@@ -172,11 +174,18 @@ def _unique_stems(images: list[str]) -> list[str]:
     return stems
 
 
-def _onnx_top_classes(folder: Path, card: ModelCard, images: list[str], *,
-                      top_k: int) -> list[dict[str, Any]]:
-    """The top classes from the version folder's ONNX graph in ONNX Runtime."""
+def explain_onnx(folder: Path, card: ModelCard, images: list[str], output: Path, *,
+                 top_k: int = 3, passes: int = 50) -> tuple[list[dict[str, Any]], list[Path]]:
+    """Predict the images with the version folder's ONNX graph in ONNX Runtime and draw what
+    the service's explain endpoint draws (`serving.explain`): CAM where the file allows it, else
+    occlusion at `passes` forward passes; the stages' maps and the first layer's filters where
+    the file gives them (`ModelCard.explain`). The results and the files written."""
+    import asyncio
+
+    import numpy as np
     import onnxruntime as ort
 
+    from serving import explain, pictures
     from serving.processing import postprocess
     from training.commands.predict import read_images
 
@@ -186,9 +195,36 @@ def _onnx_top_classes(folder: Path, card: ModelCard, images: list[str], *,
     except Exception as exc:  # ORT raises its own Fail/InvalidGraph/... types
         raise WaldoError(f"{folder / MODEL_FILE} does not load in ONNX Runtime: "
                          f"{' '.join(str(exc).split())}") from None
-    (out,) = session.run([session.get_outputs()[0].name], {session.get_inputs()[0].name: batch})
-    return [{"image": str(name), **r}
-            for name, r in zip(images, postprocess(card, out, sizes, top_k=top_k))]
+    input_name, prediction = session.get_inputs()[0].name, session.get_outputs()[0].name
+    stages = list(card.explain.stages) if card.explain is not None else []
+    fetch = [prediction, *explain.outputs_to_fetch(card, stages)]
+
+    async def run(chunk):
+        return session.run([prediction], {input_name: chunk})[0]
+
+    drawn, outs = {}, []
+    for i, stem in enumerate(_unique_stems(images)):
+        x = batch[i:i + 1]
+        extras = dict(zip(fetch, session.run(fetch, {input_name: x}), strict=True))
+        out = extras.pop(prediction)
+        outs.append(out)
+        target = explain.resolve_target(card, out[0], None)
+        heat, method, _ = asyncio.run(explain.class_map(card, x, out, extras, target, run,
+                                                        passes=passes, max_batch=32))
+        parts = explain.draw(card, x[0], heat, extras, stages)
+        title = f"{method} for {target.label} ({target.score:.2f})"
+        drawn[f"{stem}.{method}.png"] = pictures.grid([parts["heatmap"]], [title], columns=1)
+        if stages:
+            drawn[f"{stem}.feature_maps.png"] = pictures.stack([parts[s.output] for s in stages])
+        if "filters" in parts:
+            drawn["first_layer_filters.png"] = parts["filters"]
+    output.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name, picture in drawn.items():
+        picture.save(output / name)
+        written.append(output / name)
+    results = postprocess(card, np.concatenate(outs), sizes, top_k=top_k)
+    return [{"image": str(name), **r} for name, r in zip(images, results)], written
 
 
 def _line(result: dict[str, Any]) -> str:
