@@ -10,9 +10,10 @@ image again with a window blanked out at each of a grid of places, batched throu
 session, the map being how much the class's score drops where the window covers; its forward
 passes are capped by the `explain_passes` budget.
 
-Torch-free and synchronous: the endpoint (serving.routes.explain) runs the passes through the
-model's lifecycle (decode, queue, infer), so an explanation meets the limits a prediction meets
-and counts each forward pass it costs; `waldo explain` on an ONNX version runs them directly.
+Torch-free. `class_map` takes the function that runs a batch: the endpoint
+(serving.routes.explain) runs the passes through the model's lifecycle (decode, queue, infer), so
+an explanation meets the limits a prediction meets and counts each forward pass it costs;
+`waldo explain` on an ONNX version runs them on its own session.
 """
 
 from __future__ import annotations
@@ -53,14 +54,14 @@ def parse_target(card: ModelCard, asked: str | None) -> int | None:
     if asked is None or asked == "":
         return None
     labels = card.labels
+    if asked in labels:  # a label wins over the #N form
+        return labels.index(asked)
     if asked.startswith("#") and asked[1:].isdigit():
         index = int(asked[1:])
         if index < len(labels):
             return index
         raise ApiError(422, "invalid_target", f"class index {shown(asked)} is out of range; "
                                               f"{card.name!r} has classes #0 to #{len(labels) - 1}")
-    if asked in labels:
-        return labels.index(asked)
     listed = ", ".join(map(repr, labels[:10])) + (f" (+{len(labels) - 10} more)" if len(labels) > 10 else "")
     raise ApiError(422, "invalid_target", f"unknown class {shown(asked)}; give a label ({listed}) "
                                           f"or #N for class index N")
