@@ -3,7 +3,8 @@ class activation map for its answers (Grad-CAM, or HiResCAM for dense heads: `gr
 Captum), drawn by `serving.pictures`.
 
 `log_run_pictures` adds them to every run (`training.running.steps.log_pictures`, which both
-runners call at the end of a run); `waldo explain` (`training.commands.explain`) draws the same
+runners call at the end of a run), and a localizer's run the pointing game of its maps
+(`log_pointing_game`); `waldo explain` (`training.commands.explain`) draws the same
 for a user's images. The network is never changed: the pictures come from a copy on the CPU.
 """
 
@@ -24,6 +25,7 @@ from PIL import Image
 from torch import nn
 
 from serving import pictures
+from training.tracking import pointing
 
 log = logging.getLogger("waldo.pictures")
 
@@ -131,9 +133,14 @@ def read_answers(task: str, output: torch.Tensor, threshold: float = 0.5) -> Ans
 def pools_globally(net: nn.Module) -> bool:
     """Whether the head averages the last stage over all positions (resnet, googlenet), where
     Grad-CAM is exact; a flattening dense head (cnn, lenet5, vgg, alexnet, the localizer) weighs
-    each position on its own."""
-    return any(isinstance(m, nn.AdaptiveAvgPool2d) and m.output_size in (1, (1, 1))
-               for m in net.modules())
+    each position on its own. A localizer's own pooling feeds its head (its backbone's unused
+    global pool does not): it pools globally only where the features are 1 x 1."""
+    def is_global(m: nn.Module) -> bool:
+        return isinstance(m, nn.AdaptiveAvgPool2d) and m.output_size in (1, (1, 1))
+
+    if isinstance(getattr(net, "backbone", None), nn.Module) and hasattr(net, "pool"):
+        return is_global(net.pool)
+    return any(is_global(m) for m in net.modules())
 
 
 def class_map_method(net: nn.Module) -> str:
@@ -145,18 +152,28 @@ def class_map_method(net: nn.Module) -> str:
     return "Grad-CAM" if pools_globally(net) else "HiResCAM"
 
 
-def grad_cam(net: nn.Module, layer: nn.Module, x: torch.Tensor, columns: Sequence[int]) -> np.ndarray:
+def class_map_cells(net: nn.Module, layer: nn.Module, x: torch.Tensor,
+                    columns: Sequence[int]) -> torch.Tensor:
     """The class activation map of output `columns` at `layer`'s output (Captum: LayerGradCam,
-    or LayerGradientXActivation for HiResCAM, see `class_map_method`), positive part, resized to
-    the input and scaled to [0, 1] per image: (B, H, W)."""
-    from captum.attr import LayerAttribution, LayerGradCam, LayerGradientXActivation
+    or LayerGradientXActivation for HiResCAM, see `class_map_method`) at the layer's own
+    resolution, not yet clipped or scaled: (B, 1, h, w)."""
+    from captum.attr import LayerGradCam, LayerGradientXActivation
 
     if class_map_method(net) == "Grad-CAM":
         cam = LayerGradCam(net, layer).attribute(x, target=list(columns), relu_attributions=True)
     else:
         cam = LayerGradientXActivation(net, layer).attribute(x, target=list(columns))
         cam = cam.sum(dim=1, keepdim=True)
-    cam = LayerAttribution.interpolate(cam.detach(), tuple(x.shape[-2:]), interpolate_mode="bilinear")
+    return cam.detach()
+
+
+def grad_cam(net: nn.Module, layer: nn.Module, x: torch.Tensor, columns: Sequence[int]) -> np.ndarray:
+    """`class_map_cells`, positive part, resized to the input and scaled to [0, 1] per image:
+    (B, H, W)."""
+    from captum.attr import LayerAttribution
+
+    cam = LayerAttribution.interpolate(class_map_cells(net, layer, x, columns),
+                                       tuple(x.shape[-2:]), interpolate_mode="bilinear")
     cam = cam[:, 0].clamp_min(0)
     peak = cam.flatten(1).max(1).values.clamp_min(1e-12).view(-1, 1, 1)
     return (cam / peak).numpy()
@@ -273,6 +290,93 @@ def evaluation_pictures(net: nn.Module, x: torch.Tensor, targets: torch.Tensor, 
     return out
 
 
+_WINDOWS = (nn.Conv2d, nn.MaxPool2d, nn.AvgPool2d)
+
+
+def _window(module: nn.Module) -> list[tuple[int, int, int, int]]:
+    """(kernel, stride, padding, dilation) per axis of a convolution or pooling."""
+    def pair(value: Any) -> tuple[int, int]:
+        return (value, value) if isinstance(value, int) else tuple(value)
+
+    k, s, d = (pair(getattr(module, a, 1)) for a in ("kernel_size", "stride", "dilation"))
+    if module.padding == "valid":
+        p = (0, 0)
+    elif module.padding == "same":
+        p = tuple(d_ * (k_ - 1) // 2 for k_, d_ in zip(k, d))
+    else:
+        p = pair(module.padding)
+    return list(zip(k, s, p, d))
+
+
+def stage_grid(net: nn.Module, layer: nn.Module, x: torch.Tensor) -> pointing.Grid | None:
+    """Where the cells of `layer`'s output sit on the input `x` (a `pointing.Grid`), from the
+    kernel, stride, padding and dilation of every convolution and pooling on the way: each
+    shifts the centre by ((k - 1) * d / 2 - p) input steps and multiplies the step by its stride;
+    other modules keep the grid of their input, and a tensor made outside a module (a residual
+    sum in place, an inception's concatenation) that of the last one of its size. None when the
+    layer's output was not followed."""
+    known: dict[int, tuple[torch.Tensor, pointing.Grid]] = {id(x): (x, pointing.PIXELS)}
+    by_size: dict[tuple[int, ...], pointing.Grid] = {tuple(x.shape[-2:]): pointing.PIXELS}
+    found: list[pointing.Grid] = []
+
+    def grid_of(t: torch.Tensor) -> pointing.Grid | None:
+        entry = known.get(id(t))
+        return entry[1] if entry is not None and entry[0] is t else by_size.get(tuple(t.shape[-2:]))
+
+    def hook(module, args, output):
+        if not isinstance(output, torch.Tensor) or output.ndim != 4:
+            return
+        source = args[0] if args and isinstance(args[0], torch.Tensor) else None
+        grid = grid_of(source) if source is not None and source.ndim == 4 else None
+        if grid is not None and isinstance(module, _WINDOWS):
+            grid = tuple((start + (d * (k - 1) / 2 - p) * step, step * s)
+                         for (start, step), (k, s, p, d) in zip(grid, _window(module)))
+        elif grid is None or output.shape[-2:] != source.shape[-2:]:
+            grid = grid_of(output)
+        if grid is not None:
+            known[id(output)], by_size[tuple(output.shape[-2:])] = (output, grid), grid
+            if module is layer:
+                found.append(grid)
+
+    handles = [m.register_forward_hook(hook) for m in net.modules()]
+    try:
+        with torch.no_grad():
+            net(x)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return found[-1] if found else None
+
+
+def pointing_game_for(net: nn.Module, x: torch.Tensor, targets: torch.Tensor, *, stage: int = -1,
+                      chunk: int = 128, draws: int = 0, seed: int = 0) -> pointing.PointingGame:
+    """The pointing game (`training.tracking.pointing`) of a localizer on test images `x`
+    (normalized) and their targets [p_c, x, y, w, h, one-hot]: the images it got right (object
+    present, found, right class) are scored by where their class map for the answer
+    (`class_map_cells` at conv stage `stage`, by default the last, which `evaluation_pictures`
+    draws) peaks, each cell placed on the input by `stage_grid`. `draws` and `seed`: see
+    `pointing.pointing_game`."""
+    net = explainable(net)
+    with torch.no_grad():
+        answers = read_answers("localize", torch.cat([net(c) for c in x.split(chunk)]))
+        _, stages = forward_with_stages(net, x[:1])
+    if not -len(stages) <= stage < len(stages):
+        raise ValueError(f"stage {stage} is not one of the network's {len(stages)} conv stages")
+    _, layer, output = stages[stage]
+    grid = stage_grid(net, layer, x[:1])
+    if grid is None:
+        raise ValueError(f"where stage {stage}'s cells sit on the input could not be followed")
+    right = np.flatnonzero(~_wrong("localize", answers, targets) & (targets[:, 0] > 0.5).numpy())
+    cells = [torch.zeros(0, *output.shape[-2:])]
+    for part in np.array_split(right, max(1, -(-len(right) // chunk))):
+        if len(part):
+            cam = class_map_cells(net, layer, x[part], [answers.columns[i] for i in part])
+            cells.append(cam[:, 0].clamp_min(0))
+    return pointing.pointing_game(torch.cat(cells).numpy(), targets[right, 1:5].numpy(), grid=grid,
+                                  image=tuple(x.shape[-2:]), method=class_map_method(net),
+                                  draws=draws, seed=seed)
+
+
 def held_out_sample(dm: Any, limit: int = SCAN_LIMIT) -> tuple[torch.Tensor, torch.Tensor] | None:
     """The first `limit` test images, normalized as the network sees them, and their targets;
     None when this process holds no test set (a Ray worker fed by Ray Data)."""
@@ -307,9 +411,28 @@ def log_run_pictures(run: Any, task: Any, dm: Any) -> None:
         log.debug("pictures drawn and logged in %.2f s", time.perf_counter() - started)
     except Exception as exc:
         log.warning("pictures not logged for run %s: %s", run.run_id, " ".join(str(exc).split()))
+        return
+    if sample is not None and task.task == "localize":
+        log_pointing_game(run, task.net, sample)
 
 
-__all__ = ["FILTERS_FILE", "PICTURES_DIR", "Answers", "answer_tile", "caption", "class_map_method",
-           "display_images", "evaluation_pictures", "explainable", "feature_sheets", "filter_picture",
-           "forward_with_stages", "grad_cam", "held_out_sample", "log_run_pictures", "pools_globally",
-           "read_answers"]
+def log_pointing_game(run: Any, net: nn.Module, sample: tuple[torch.Tensor, torch.Tensor]) -> None:
+    """Log a localizer's pointing game on the test sample as the run's metrics `pointing_game`
+    (the share of right answers whose class map peaks inside the true box) and
+    `pointing_game_baseline` (the share a random pixel would reach). A failure is one warning."""
+    try:
+        game = pointing_game_for(net, *sample)
+        if game.scored:
+            run.client.log_metric(run.run_id, "pointing_game", game.share)
+            run.client.log_metric(run.run_id, "pointing_game_baseline", game.baseline)
+        log.debug("%s", game.line())
+    except Exception as exc:
+        log.warning("pointing game not logged for run %s: %s", run.run_id,
+                    " ".join(str(exc).split()))
+
+
+__all__ = ["FILTERS_FILE", "PICTURES_DIR", "Answers", "answer_tile", "caption", "class_map_cells",
+           "class_map_method", "display_images", "evaluation_pictures", "explainable",
+           "feature_sheets", "filter_picture", "forward_with_stages", "grad_cam", "held_out_sample",
+           "log_pointing_game", "log_run_pictures", "pointing_game_for", "pools_globally",
+           "read_answers", "stage_grid"]
