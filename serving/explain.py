@@ -28,7 +28,7 @@ from PIL import Image
 
 from httpapi.errors import ApiError, shown
 from serving import pictures
-from serving.modelcard import ModelCard, StageSpec
+from serving.modelcard import FirstConvSpec, ModelCard, StageSpec
 from serving.processing import softmax
 
 DISPLAY_SIDE = 224  # the overlay and the input are drawn this many pixels on their long side
@@ -86,6 +86,20 @@ def uses_cam(card: ModelCard) -> bool:
     return card.explain is not None and card.explain.cam_weight is not None and bool(card.explain.stages)
 
 
+def first_layer_maps(conv: FirstConvSpec, x: np.ndarray, filters: np.ndarray) -> np.ndarray:
+    """The first conv layer's maps (F, h, w) of one image x (C, H, W): `filters` (F, C, kh, kw)
+    correlated with the zero-padded image at the card's stride and dilation, plus the bias."""
+    (sy, sx), (py, px), (dy, dx) = conv.stride, conv.padding, conv.dilation
+    kh, kw = filters.shape[-2:]
+    padded = np.pad(np.asarray(x, np.float32), ((0, 0), (py, py), (px, px)))
+    windows = np.lib.stride_tricks.sliding_window_view(
+        padded, (dy * (kh - 1) + 1, dx * (kw - 1) + 1), axis=(1, 2))[:, ::sy, ::sx, ::dy, ::dx]
+    maps = np.einsum("chwij,fcij->fhw", windows, filters.astype(np.float32), optimize=True)
+    if conv.bias is not None:
+        maps += np.asarray(conv.bias, np.float32)[:, None, None]
+    return maps
+
+
 def outputs_to_fetch(card: ModelCard, stages: list[StageSpec]) -> tuple[str, ...]:
     """The extra outputs one explanation asks the session for."""
     spec = card.explain
@@ -94,7 +108,8 @@ def outputs_to_fetch(card: ModelCard, stages: list[StageSpec]) -> tuple[str, ...
     names = [s.output for s in stages]
     if uses_cam(card):
         names += [spec.stages[-1].output, spec.cam_weight.output]
-    names += [part.output for part in (spec.first_conv, spec.filters) if part is not None]
+    if spec.filters is not None:  # the first layer's maps are computed from them
+        names.append(spec.filters.output)
     return tuple(dict.fromkeys(names))
 
 
@@ -190,8 +205,8 @@ def seen_image(card: ModelCard, x: np.ndarray) -> np.ndarray:
 def draw(card: ModelCard, x: np.ndarray, heat: np.ndarray, extras: dict[str, np.ndarray],
          stages: list[StageSpec]) -> dict[str, Image.Image]:
     """The pictures of one explanation from the input (C, H, W), the map and the extra outputs:
-    "input", "heatmap" (the overlay), one grid per stage by output name, "filters" and
-    "first_layer" where the file gives them."""
+    "input", "heatmap" (the overlay), one grid per stage by output name, "filters" where the
+    file gives them and "first_layer" where the card also describes that layer."""
     image = pictures.scale_to(pictures.to_rgb(seen_image(card, x)), DISPLAY_SIDE)
     drawn = {"input": image, "heatmap": pictures.overlay(image, heat)}
     for stage in stages:
@@ -201,10 +216,11 @@ def draw(card: ModelCard, x: np.ndarray, heat: np.ndarray, extras: dict[str, np.
         drawn[stage.output] = pictures.grid(tiles, captions, columns=8,
                                             title=f"{stage.output} ({stage.module}): {c} maps {h}x{w}")
     spec = card.explain
-    if spec is not None and spec.filters is not None and spec.filters.output in extras:
-        drawn["filters"] = pictures.filter_grid(extras[spec.filters.output])
-    if spec is not None and spec.first_conv is not None and spec.first_conv.output in extras:
-        maps = extras[spec.first_conv.output][0]
+    filters = extras.get(spec.filters.output) if spec is not None and spec.filters else None
+    if filters is not None:
+        drawn["filters"] = pictures.filter_grid(filters)
+    if filters is not None and spec.first_conv is not None:
+        maps = first_layer_maps(spec.first_conv, x, filters)
         tiles, captions = pictures.map_tiles(maps)
         drawn["first_layer"] = pictures.grid(tiles, captions, columns=8,
                                              title=f"first conv layer: {maps.shape[0]} maps")
@@ -235,7 +251,7 @@ def answer_parts(card: ModelCard, x: np.ndarray, heat: np.ndarray, extras: dict[
                             "values": np.round(weights, 6).tolist()}
     if "first_layer" in drawn:
         parts["first_layer"] = {"png": png(drawn["first_layer"]),
-                                "shape": list(extras[spec.first_conv.output][0].shape)}
+                                "shape": list(spec.first_conv.shape)}
     return parts
 
 

@@ -70,6 +70,21 @@ class ConstantSpec(BaseModel):
     shape: list[int]
 
 
+class FirstConvSpec(BaseModel):
+    """The first conv layer, which the service applies to the image itself (numpy, with the
+    `filters` output) rather than read from the file: its maps as a graph output would keep ONNX
+    Runtime from fusing the layer with what follows, a cost to every prediction."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    module: str = Field(description="the layer in the network, e.g. features.0")
+    stride: list[int] = Field(description="(y, x)")
+    padding: list[int] = Field(description="(y, x) zeros on both sides")
+    dilation: list[int] = Field(description="(y, x)")
+    bias: list[float] | None = Field(None, description="one per filter; none: no bias")
+    shape: list[int] = Field(description="F, h, w at the card's input size")
+
+
 class ExplainSpec(BaseModel):
     """Extra outputs of the ONNX file that explain an answer without torch. Prediction never
     requests them (it costs what it did without them); `POST /v1/models/{name}/explain` and v2
@@ -78,8 +93,9 @@ class ExplainSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     stages: list[StageSpec] = Field(description="the conv stages in forward order")
-    first_conv: StageSpec | None = Field(
-        None, description="the first conv layer's maps before any activation")
+    first_conv: FirstConvSpec | None = Field(
+        None, description="the first conv layer, whose maps before any activation the service "
+        "computes from `filters`")
     filters: ConstantSpec | None = Field(
         None, description="the first conv layer's weights (F, C, kh, kw)")
     cam_weight: ConstantSpec | None = Field(
@@ -90,14 +106,12 @@ class ExplainSpec(BaseModel):
     def shapes(self) -> dict[str, list[int]]:
         """Every extra output by name, in the file's order: its shape per image (maps) or
         whole (weights)."""
-        maps = [*([self.first_conv] if self.first_conv else []), *self.stages]
         weights = [c for c in (self.filters, self.cam_weight) if c is not None]
-        return {m.output: m.shape for m in maps} | {c.output: c.shape for c in weights}
+        return {m.output: m.shape for m in self.stages} | {c.output: c.shape for c in weights}
 
     def per_image(self, name: str) -> bool:
         """Whether output `name` has a batch axis (maps) or not (weights)."""
-        return name in {s.output for s in self.stages} or (
-            self.first_conv is not None and name == self.first_conv.output)
+        return name in {s.output for s in self.stages}
 
 
 class ModelCard(BaseModel):

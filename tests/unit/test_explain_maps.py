@@ -81,6 +81,7 @@ def test_the_export_finds_the_stages_and_the_cam_weights_of_a_pooled_head(resnet
     spec = graph.spec
     assert [s.module for s in spec.stages] == ["relu", "layer1", "layer2", "layer3", "layer4"]
     assert spec.stages[-1].shape == [512, 1, 1] and spec.first_conv.module == "conv1"
+    assert (spec.first_conv.stride, spec.first_conv.padding, spec.first_conv.bias) == ([2, 2], [3, 3], None)
     assert np.array_equal(graph.constants["cam_weight"], net.fc.weight.detach().numpy())
     assert spec.filters.shape == [64, 3, 7, 7] and spec.cam_weight.shape == [5, 512]
     # what the file gives is what torch computes, for the prediction and every extra output
@@ -123,4 +124,30 @@ def test_a_dense_head_gets_no_cam_weights_and_occlusion_instead():
     with pytest.raises(ApiError, match="stage_3"):
         explain.choose_stages(c, ["stage_3"])
     assert [s.output for s in explain.choose_stages(c, ["stage_2"])] == ["stage_2"]
-    assert explain.outputs_to_fetch(c, graph.spec.stages) == ("stage_1", "stage_2", "conv_1", "filters")
+    assert explain.outputs_to_fetch(c, graph.spec.stages) == ("stage_1", "stage_2", "filters")
+
+
+@pytest.mark.parametrize("geometry", [
+    {"kernel_size": 5},
+    {"kernel_size": 7, "stride": 2, "padding": 3, "bias": False},
+    {"kernel_size": (3, 5), "padding": "same", "dilation": 2},
+    {"kernel_size": (3, 5), "stride": (1, 2), "padding": (0, 1), "dilation": (2, 1)},
+    {"kernel_size": 11, "stride": 4, "padding": 2},
+])
+def test_the_first_layers_maps_are_its_filters_applied_as_torch_applies_them(geometry):
+    """The service computes the first conv layer's maps from the `filters` output and the card
+    (no graph output: it would cost every prediction); they are torch's, for the layers of the
+    catalogue's networks (cnn, resnet, alexnet) and a dilated, unevenly strided one."""
+    torch.manual_seed(0)
+    layer = torch.nn.Conv2d(3, 6, **geometry)
+    net = torch.nn.Sequential(layer, torch.nn.ReLU(), torch.nn.Conv2d(6, 4, 3), torch.nn.ReLU(),
+                              torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(4, 2))
+    graph = explain_graph(net.eval(), (3, 37, 41))
+    conv = graph.spec.first_conv
+    assert conv is not None and conv.module == "0"
+    x = torch.randn(1, 3, 37, 41)
+    with torch.no_grad():
+        want = layer(x)[0].numpy()
+    got = explain.first_layer_maps(conv, x[0].numpy(), graph.constants["filters"])
+    assert conv.shape == list(want.shape) and got.shape == want.shape
+    assert np.allclose(got, want, atol=1e-5)

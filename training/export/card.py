@@ -21,6 +21,7 @@ from serving.modelcard import (
     ONNX_METADATA_KEY,
     ConstantSpec,
     ExplainSpec,
+    FirstConvSpec,
     InputSpec,
     ModelCard,
     OutputSpec,
@@ -91,5 +92,5 @@ def build_card(record: CheckpointRecord, *, name: str | None = None, version: in
 
 
 __all__ = ["CARD_FILE", "MODEL_FILE", "ONNX_METADATA_KEY", "TASK_OUTPUTS", "ConstantSpec", "ExplainSpec",
-           "ModelCard", "StageSpec",
+           "FirstConvSpec", "ModelCard", "StageSpec",
            "build_card", "card_outputs", "default_name", "output_names"]

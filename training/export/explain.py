@@ -1,9 +1,12 @@
 """What the service needs to explain an answer without torch, written into the ONNX file itself.
 
 Prediction computes every conv stage's maps anyway, so the export gives them as extra graph
-outputs (`stage_1`, ...; the first conv layer's raw maps as `conv_1`); ONNX Runtime returns
-only the outputs a run asks for, and prediction asks for its own alone. Two constants ride along
-as outputs that no node computes: the first conv layer's weights (`filters`) and, where the head
+outputs (`stage_1`, ...); ONNX Runtime returns only the outputs a run asks for, and prediction
+asks for its own alone. The first conv layer's raw maps are not among them: as a graph output
+they would keep ONNX Runtime from fusing that layer with its activation (measured: 10-20% of a
+small model's prediction), so the card gives the layer's geometry and the service applies
+`filters` itself. Two constants ride along as outputs that no node computes: the first conv
+layer's weights (`filters`) and, where the head
 averages the last stage globally and then applies one linear layer, that layer's weights
 (`cam_weight`), with which the class activation map of class k is `cam_weight[k]` applied to the
 last stage's maps (CAM, Zhou et al. 2016): Grad-CAM's own map for such a head, computed in
@@ -21,17 +24,16 @@ import torch
 from onnx import TensorProto, helper, numpy_helper
 from torch import nn
 
-from training.export.card import ConstantSpec, ExplainSpec, StageSpec
+from training.export.card import ConstantSpec, ExplainSpec, FirstConvSpec, StageSpec
 
-FIRST_CONV = "conv_1"
 FILTERS = "filters"
 CAM_WEIGHT = "cam_weight"
 CAM_RTOL = 1e-3  # how closely the head must equal "average, then linear" for CAM to be exact
 
 
 class WithStages(nn.Module):
-    """`net` whose forward also returns the first conv layer's maps and every stage's maps, in
-    the order of `ExplainGraph.outputs` (hooks on the named submodules, present only while a
+    """`net` whose forward also returns every stage's maps, in the order of
+    `ExplainGraph.outputs` (hooks on the named submodules, present only while a
     forward runs: the network itself is left as it was)."""
 
     def __init__(self, net: nn.Module, taps: Sequence[str]):
@@ -87,12 +89,39 @@ def explain_graph(net: nn.Module, input_shape: Sequence[int]) -> ExplainGraph | 
     if weight is not None:
         constants[CAM_WEIGHT] = weight
     spec = ExplainSpec(
-        stages=stage_specs,
-        first_conv=StageSpec(output=FIRST_CONV, module=conv_name, shape=list(conv_maps.shape[1:])),
+        stages=stage_specs, first_conv=first_conv_spec(conv, conv_name, x, conv_maps),
         **{name: ConstantSpec(output=name, shape=list(value.shape)) for name, value in constants.items()})
-    taps = [conv_name, *(name for name, _, _ in stages)]
-    return ExplainGraph(WithStages(net, taps).eval(), [FIRST_CONV, *(s.output for s in stage_specs)],
-                        constants, spec)
+    taps = [name for name, _, _ in stages]
+    return ExplainGraph(WithStages(net, taps).eval(), [s.output for s in stage_specs], constants, spec)
+
+
+def first_conv_spec(conv: nn.Conv2d, name: str, x: torch.Tensor,
+                    maps: torch.Tensor) -> FirstConvSpec | None:
+    """The card's account of the first conv layer, checked: the service's numpy convolution
+    with it (`serving.explain.first_layer_maps`) gives `maps`, the layer's output for `x`.
+    None for a layer it does not describe (groups, a padding other than zeros)."""
+    from serving.explain import first_layer_maps
+
+    if conv.groups != 1 or conv.padding_mode != "zeros":
+        return None
+    k, d = conv.kernel_size, conv.dilation
+    if conv.padding == "valid":
+        padding = [0, 0]
+    elif conv.padding == "same":
+        if any(dk * (kk - 1) % 2 for kk, dk in zip(k, d)):  # torch pads such a layer unevenly
+            return None
+        padding = [dk * (kk - 1) // 2 for kk, dk in zip(k, d)]
+    else:
+        padding = list(conv.padding)
+    bias = None if conv.bias is None else [float(b) for b in conv.bias.detach()]
+    spec = FirstConvSpec(module=name, stride=list(conv.stride), padding=padding,
+                         dilation=list(d), bias=bias, shape=list(maps.shape[1:]))
+    weight = conv.weight.detach().float().numpy()
+    got = first_layer_maps(spec, x[0].numpy(), weight)
+    want = maps[0].numpy()
+    if got.shape != want.shape or not np.allclose(got, want, rtol=1e-4, atol=1e-4):
+        return None  # not reproduced from its filters: the service shows the filters alone
+    return spec
 
 
 def cam_weight(net: nn.Module, last: torch.Tensor, output: torch.Tensor) -> np.ndarray | None:
@@ -132,5 +161,5 @@ def attach_constants(model: onnx.ModelProto, constants: dict[str, np.ndarray]) -
     return model
 
 
-__all__ = ["CAM_WEIGHT", "FILTERS", "FIRST_CONV", "ExplainGraph", "WithStages", "attach_constants",
-           "cam_weight", "explain_graph"]
+__all__ = ["CAM_WEIGHT", "FILTERS", "ExplainGraph", "WithStages", "attach_constants",
+           "cam_weight", "explain_graph", "first_conv_spec"]
