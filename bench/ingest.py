@@ -47,7 +47,6 @@ import logging
 import os
 import platform
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -56,6 +55,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
+from s3server import start_moto  # bench/s3server.py
 from steptiming import device_name, load_average  # bench/steptiming.py
 
 SIZE, CLASSES, BUCKET = 64, 10, "waldo-bench"
@@ -102,30 +102,6 @@ def timed_pass(make, warmup: int) -> tuple[float, float, int]:
         total += len(batch["x"] if isinstance(batch, dict) else batch[0])
     seconds = time.perf_counter() - begin
     return total / seconds, seconds, total
-
-
-def start_moto(workdir: Path) -> subprocess.Popen:
-    """moto_server on a free port, the environment pointed at it, the bucket made."""
-    import socket
-
-    import boto3
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = str(sock.getsockname()[1])
-    server = subprocess.Popen([str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1",
-                               "-p", port], cwd=workdir, stdout=subprocess.DEVNULL,
-                              stderr=subprocess.DEVNULL)
-    os.environ.update(AWS_ENDPOINT_URL=f"http://127.0.0.1:{port}", AWS_ACCESS_KEY_ID="bench",
-                      AWS_SECRET_ACCESS_KEY="bench", AWS_DEFAULT_REGION="us-east-1")
-    for _ in range(100):  # until it answers
-        try:
-            boto3.client("s3").create_bucket(Bucket=BUCKET)
-            return server
-        except Exception:
-            time.sleep(0.2)
-    server.terminate()
-    raise RuntimeError(f"moto_server did not answer on port {port}")
 
 
 def upload(splits, labels) -> None:
@@ -234,7 +210,7 @@ def main(argv: list[str] | None = None) -> int:
     from training.data.folder import FolderDataModule
     from training.data.packed import PackedDataModule, pack
     from training.data.raydata import plan
-    from training.running.distributed import start_local_ray
+    from training.running.rayinit import start_local_ray
     from training.running.workerenv import WORKER_ENV
     from training.spec import TrainSpec
 
@@ -277,7 +253,7 @@ def main(argv: list[str] | None = None) -> int:
             measure(f"a{workers}", f"num_workers={workers}", lambda loader=loader: loader,
                     f"folder listing, check, split, statistics {listing}")
 
-        server = start_moto(tmp)
+        server = start_moto(tmp, BUCKET)
         labels, splits = dm.records()
         packs, times = {"local": str(tmp / "packed"), "s3": f"s3://{BUCKET}/packed"}, {}
         for where, dest in packs.items():

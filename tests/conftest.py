@@ -158,7 +158,7 @@ def local_ray(ray_tmp):
     that need a cluster of their own (`ray start` nodes, a driver that dies) start it themselves."""
     import ray
 
-    from training.running.distributed import start_local_ray
+    from training.running.rayinit import start_local_ray
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("TMPDIR", str(ray_tmp))

@@ -1,11 +1,11 @@
 """What a spec must satisfy before the jobs API submits it: the API is a trust boundary, and a
 token holder may ask only for what the operator allows.
 
-The request body is typed (`JobRequest`: a union of `TrainJob`, `SweepJob`, `ExportJob` and
-`PromoteJob`, told apart by `kind`), so the OpenAPI document shows each spec's schema. Every rule below comes
-from what the spec's fields declare (`training.spec.Rules`), so a new field states its root,
-its bound or that the server owns it where it is declared. A spec is refused with a 422 ApiError
-naming the field, in this order:
+The request body is typed (`JobRequest`: a union of `TrainJob`, `SweepJob`, `ExportJob`,
+`PromoteJob` and `PredictJob`, told apart by `kind`), so the OpenAPI document shows each spec's
+schema. Every rule below comes from what the spec's fields declare (`training.spec.Rules`), so a
+new field states its root, its bound or that the server owns it where it is declared. A spec is
+refused with a 422 ApiError naming the field, in this order:
 1. Its shape: nothing nested deeper than MAX_DEPTH, checked without recursion before pydantic
    sees it (pydantic fails with a RecursionError past ~250 levels). Non-finite numbers (JSON's
    `1e999` parses to inf, `NaN` to nan) are the spec class's to refuse, as for the CLI.
@@ -15,8 +15,9 @@ naming the field, in this order:
    arguments that the CLI and spec files follow too (`invalid_spec`).
 Then `admit(spec, settings)` returns the spec to submit:
 4. Locations (`Rules.root`: `data_dir`, `storage`, `weights`, `init_from`, an export's
-   `checkpoint` and `output`) lie under the configured roots (paths.py; `path_not_allowed`);
-   the job gets their normalized spelling.
+   `checkpoint` and `output`, a predict job's `model`, each of its `sources` and its `output`)
+   lie under the configured roots (paths.py; `path_not_allowed`); the job gets their
+   normalized spelling.
 5. The server's defaults: its tracking URI, checkpoint storage and export output.
 6. Bounds (`Rules.bound`): workers, GPUs per worker, epochs, trials, image size and loader
    workers, in the spec and in a sweep's search space (`over_limit`).
@@ -44,6 +45,7 @@ from services.jobs.settings import JobsSettings, env_name
 from training.spec import (
     JOB_SPECS,
     ExportSpec,
+    PredictSpec,
     PromoteSpec,
     SweepSpec,
     TrainSpec,
@@ -133,6 +135,13 @@ class PromoteJob(BaseModel):
         description=_SPEC.format(kind="promote"))
 
 
+class PredictJob(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    kind: Literal["predict"]
+    spec: Annotated[PredictSpec, WrapValidator(_Admitted(PredictSpec))] = Field(
+        description=_SPEC.format(kind="predict"))
+
+
 def _kind_of(body: Any) -> str | None:
     kind = body.get("kind") if isinstance(body, dict) else getattr(body, "kind", None)
     return kind if isinstance(kind, str) else None
@@ -141,10 +150,12 @@ def _kind_of(body: Any) -> str | None:
 # The body of POST /v1/jobs: which kind of job, and its spec. A tagged union: only the spec class
 # of the body's kind is tried (_Admitted's errors are final), and a kind that names no job gets
 # one short message (pydantic's own would echo the whole value).
-_JOBS = {"train": TrainJob, "sweep": SweepJob, "export": ExportJob, "promote": PromoteJob}
+_JOBS = {"train": TrainJob, "sweep": SweepJob, "export": ExportJob, "promote": PromoteJob,
+         "predict": PredictJob}
 JobRequest = Annotated[
     Annotated[TrainJob, Tag("train")] | Annotated[SweepJob, Tag("sweep")]
-    | Annotated[ExportJob, Tag("export")] | Annotated[PromoteJob, Tag("promote")],
+    | Annotated[ExportJob, Tag("export")] | Annotated[PromoteJob, Tag("promote")]
+    | Annotated[PredictJob, Tag("predict")],
     Discriminator(_kind_of, custom_error_type="invalid_kind",
                   custom_error_message=f"give kind: one of {', '.join(JOB_SPECS)}"),
     # OpenAPI's discriminator, which pydantic does not write for a function that finds the tag.
@@ -155,14 +166,21 @@ JobRequest = Annotated[
 def _check_paths(spec_cls: type[BaseModel], spec: dict[str, Any], settings: JobsSettings) -> dict[str, Any]:
     spec = dict(spec)
     for field, rules in fields_with(spec_cls, "root").items():
-        value = spec.get(field)
-        if not isinstance(value, str) or rules.is_not_a_path(value):
+        if field not in spec:
             continue
+        value = spec[field]
         roots = f"{rules.root}_roots"
-        try:
-            spec[field] = check(field, value, getattr(settings, roots), env_name(roots))
-        except ValueError as exc:
-            raise _refuse("path_not_allowed", str(exc)) from None
+
+        def checked(value: Any, field: str = field, rules=rules, roots: str = roots) -> Any:
+            if not isinstance(value, str) or rules.is_not_a_path(value):
+                return value
+            try:
+                return check(field, value, getattr(settings, roots), env_name(roots))
+            except ValueError as exc:
+                raise _refuse("path_not_allowed", str(exc)) from None
+
+        # A list of locations (a predict job's sources): every one of them.
+        spec[field] = [checked(v) for v in value] if isinstance(value, list) else checked(value)
     return spec
 
 
@@ -173,7 +191,7 @@ def _with_defaults(spec_cls: type[BaseModel], spec: dict[str, Any], settings: Jo
     if spec_cls is ExportSpec:
         if settings.output and spec.get("output") is None:
             spec["output"] = settings.output
-    elif spec_cls is not PromoteSpec:  # the tracking URI is all a promotion takes from the server
+    elif spec_cls not in (PromoteSpec, PredictSpec):  # they take only the tracking URI
         spec.setdefault("progress_bar", False)  # logs, not a terminal
         if settings.storage and spec.get("storage") is None:
             spec["storage"] = settings.storage

@@ -1,5 +1,6 @@
 """`waldo jobs ...`: a client of the jobs API. Submitted specs are the ones `waldo train`,
-`waldo sweep`, `waldo export` and `waldo promote` take, built from the same flags (`training.spec.flags`).
+`waldo sweep`, `waldo export`, `waldo promote` and `waldo predict --model` take, built from the
+same flags (`training.spec.flags`).
 
 A refusal of the API (JobsApiError) is printed by `waldo` as one line with exit status 2.
 """
@@ -10,10 +11,11 @@ import argparse
 import json
 import os
 
-from training.spec import ExportSpec, PromoteSpec, SweepSpec, TrainSpec
+from training.spec import ExportSpec, PredictSpec, PromoteSpec, SweepSpec, TrainSpec
 from training.spec.flags import Number, add_spec_flags, spec_from_args
 
-KINDS = {"train": TrainSpec, "sweep": SweepSpec, "export": ExportSpec, "promote": PromoteSpec}
+KINDS = {"train": TrainSpec, "sweep": SweepSpec, "export": ExportSpec, "promote": PromoteSpec,
+         "predict": PredictSpec}
 
 
 def cmd_jobs(args: argparse.Namespace) -> int:
@@ -43,14 +45,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     """Add `waldo jobs` to the `waldo` command."""
     p = sub.add_parser("jobs", help="submit and follow jobs through the jobs API",
                        description="A client of the jobs API (services/jobs). Submitted specs are "
-                       "the ones `waldo train`, `waldo sweep`, `waldo export` and `waldo promote` take "
-                       "(promote's NAME and VERSION as --name and --version).")
+                       "the ones `waldo train`, `waldo sweep`, `waldo export`, `waldo promote` and "
+                       "`waldo predict --model` take (promote's NAME and VERSION as --name and "
+                       "--version, predict's SOURCEs as --source, repeated).")
     p.add_argument("--url", default=os.environ.get("WALDO_JOBS_URL", "http://127.0.0.1:8001"),
                    help="the jobs API (default: WALDO_JOBS_URL or %(default)s)")
     p.add_argument("--token", help="bearer token (default: WALDO_JOBS_TOKEN)")
     p.set_defaults(func=cmd_jobs)
     jobs = p.add_subparsers(dest="jobs_command", required=True, metavar="ACTION")
-    submit = jobs.add_parser("submit", help="submit a train, sweep, export or promote job")
+    submit = jobs.add_parser("submit", help="submit a train, sweep, export, promote or predict job")
     kinds = submit.add_subparsers(dest="kind", required=True, metavar="KIND")
     for kind, spec_cls in KINDS.items():
         add_spec_flags(kinds.add_parser(kind, help=f"a {kind} job (flags as in `waldo {kind}`)"),

@@ -4,7 +4,9 @@ worker node (token auth) checkpointing into the bucket, the jobs API and the inf
 watching `cnn@production`.
 
 Through the jobs API a train job runs on Ray and shows up in MLflow, an export job registers
-version 1 under the alias, the service picks it up by itself and classifies a held-out digit.
+version 1 under the alias, the service picks it up by itself and classifies a held-out digit,
+and a predict job scores digits in the bucket with the alias into Parquet there, as the service
+answers them.
 A submission without credentials is refused. Then headless Chromium opens the run in the MLflow
 UI and finds its metrics.
 """
@@ -59,7 +61,7 @@ def stack(tmp_path_factory, s3_endpoint):
             workdir=root / "jobs", timeout=180,
             env={**ray.env, "WALDO_JOBS_TOKEN": jobs_token, "WALDO_JOBS_RAY_ADDRESS": ray.dashboard,
                  "WALDO_JOBS_TRACKING_URI": mlflow.url, "WALDO_JOBS_STORAGE": f"s3://{BUCKET}/ray",
-                 "WALDO_JOBS_STORAGE_ROOTS": f"s3://{BUCKET}"})
+                 "WALDO_JOBS_STORAGE_ROOTS": f"s3://{BUCKET}", "WALDO_JOBS_DATA_ROOTS": f"s3://{BUCKET}"})
         servers.callback(jobs.stop)
         # The service reaches the registry's files through MLflow (proxied artifacts): no S3
         # credentials of its own, as in compose.
@@ -158,6 +160,28 @@ def test_train_register_and_serve_through_the_jobs_api(stack):
     answer = httpx.post(f"{stack['serving']}/v1/models/{MODEL}/predict",
                         files=[("file", ("digit.png", image, "image/png"))]).json()
     assert answer["version"] == "1" and answer["predictions"][0]["label"] == label
+
+    # 6. A predict job scores the digit (and a broken object) in the bucket into Parquet there.
+    stack["bucket"].put_object(Bucket=BUCKET, Key="uploads/digit.png", Body=image)
+    stack["bucket"].put_object(Bucket=BUCKET, Key="uploads/broken.png", Body=b"not a png")
+    scoring = client.post("/v1/jobs", json={"kind": "predict", "spec": {
+        "model": f"models:/{MODEL}@production", "sources": [f"s3://{BUCKET}/uploads"],
+        "output": f"s3://{BUCKET}/scores"}})
+    assert scoring.status_code == 201, scoring.text
+    scored = wait_job(client, scoring.json()["id"])
+    assert scored["status"] == "SUCCEEDED", client.get(f"/v1/jobs/{scored['id']}/logs").text[-3000:]
+    assert (scored["result"]["scored"], scored["result"]["errors"]) == (1, 1)
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    keys = [o["Key"] for o in stack["bucket"].list_objects_v2(Bucket=BUCKET, Prefix="scores/")["Contents"]]
+    (part,) = [k for k in keys if k.rsplit("/", 1)[-1].startswith("part-")]
+    body = stack["bucket"].get_object(Bucket=BUCKET, Key=part)["Body"].read()
+    (row,) = pq.read_table(pa.BufferReader(body)).to_pylist()
+    assert row["path"] == f"s3://{BUCKET}/uploads/digit.png" and row["model_version"] == "1"
+    assert row["label"] == answer["predictions"][0]["label"]
+    assert abs(row["probability"] - answer["predictions"][0]["probability"]) < 1e-6
+    assert "scores/_errors.csv" in keys and "scores/_manifest.json" in keys
 
     stack["run"] = (run.info.experiment_id, run_id)
 

@@ -30,6 +30,10 @@ PROBES = {
     # mlflow only once a models:/ URI is resolved (tests/integration/test_serving_registry.py)
     "serving.repository": (f"import serving.repository\nserving.repository.scan({str(REPO_ROOT)!r})",
                            {"serving", "pydantic"}, HEAVY | {"training"}),
+    # offline scoring: what its Ray Data tasks and actors import, and a pack's manifest
+    "training.scoring": ("import training.scoring.raydata, training.scoring.local, "
+                         "training.data.packmanifest, training.running.rayinit",
+                         {"training", "numpy", "PIL"}, HEAVY - {"ray"}),
 }
 
 

@@ -126,9 +126,12 @@ BASES = [{}, {"run": "0123456789abcdef0123456789abcdef"}, {"name": "cnn", "versi
          {"workers": 1}, {"workers": 1, "search": {"lr": "uniform(0.1, 1)"}}]
 
 
-def valid_with(spec_cls, fields: dict) -> dict:
-    """The smallest spec of `spec_cls` that holds `fields` and validates."""
-    for base in BASES:
+def valid_with(spec_cls, fields: dict, roots: dict[str, str] | None = None) -> dict:
+    """The smallest spec of `spec_cls` that holds `fields` and validates; with `roots`, also a
+    predict job's, whose required locations lie under them."""
+    predict = [{"model": "models:/cnn@production", "sources": [f"{roots['data']}/images"],
+                "output": f"{roots['storage']}/scores"}] if roots else []
+    for base in BASES + predict:
         try:
             spec_cls.model_validate({**base, **fields})
             return {**base, **fields}
@@ -151,22 +154,28 @@ def _sent(fake, answer) -> dict:
 def test_every_located_field_is_refused_outside_its_root_and_normalized_inside(client, fake, roots,
                                                                                 kind, name, rules):
     spec_cls = JOB_SPECS[kind]
+    listed = typing.get_origin(spec_cls.model_fields[name].annotation) is list  # a predict job's sources
+
+    def value(location: str):
+        return [f"{roots[rules.root]}/fine", location] if listed else location
+
     for outside in ("/etc/passwd", f"{roots[rules.root]}/../elsewhere", "relative/path",
                     *(f"{path}/x" for root, path in roots.items() if root != rules.root)):
-        answer = client.post("/v1/jobs", json={"kind": kind, "spec": valid_with(spec_cls, {name: outside})})
+        answer = client.post("/v1/jobs", json={"kind": kind, "spec": valid_with(
+            spec_cls, {name: value(outside)}, roots)})
         assert answer.status_code == 422, (name, outside, answer.text)
         error = answer.json()["error"]
         assert error["code"] == "path_not_allowed" and f"field {name!r}" in error["message"], error
     assert not fake.jobs
-    inside = valid_with(spec_cls, {name: f"{roots[rules.root]}/a/../b/"})
+    inside = valid_with(spec_cls, {name: value(f"{roots[rules.root]}/a/../b/")}, roots)
     assert _sent(fake, client.post("/v1/jobs", json={"kind": kind, "spec": inside}))[name] == \
-        f"{roots[rules.root]}/b"
+        value(f"{roots[rules.root]}/b")
 
 
 @pytest.mark.parametrize("kind, name, rules", _declared("server"), ids=lambda v: getattr(v, "server", v))
-def test_every_server_field_is_refused(client, fake, kind, name, rules):
+def test_every_server_field_is_refused(client, fake, roots, kind, name, rules):
     answer = client.post("/v1/jobs", json={"kind": kind, "spec": valid_with(JOB_SPECS[kind],
-                                                                             {name: "http://x:1"})})
+                                                                             {name: "http://x:1"}, roots)})
     assert answer.status_code == 422
     error = answer.json()["error"]
     assert error["code"] == "server_field" and f"field {name!r}" in error["message"]
@@ -175,14 +184,15 @@ def test_every_server_field_is_refused(client, fake, kind, name, rules):
 
 
 @pytest.mark.parametrize("kind, name, rules", _declared("bound"), ids=lambda v: getattr(v, "bound", v))
-def test_every_bounded_field_is_refused_over_its_bound_and_taken_at_it(client, fake, kind, name, rules):
+def test_every_bounded_field_is_refused_over_its_bound_and_taken_at_it(client, fake, roots, kind, name,
+                                                                       rules):
     limit = getattr(JobsSettings(token=TOKEN), rules.bound)
-    over = valid_with(JOB_SPECS[kind], {name: limit + 1})
+    over = valid_with(JOB_SPECS[kind], {name: limit + 1}, roots)
     answer = client.post("/v1/jobs", json={"kind": kind, "spec": over})
     assert answer.status_code == 422 and answer.json()["error"]["code"] == "over_limit", answer.text
     assert f"field {name!r}" in answer.json()["error"]["message"]
     assert not fake.jobs
-    at = valid_with(JOB_SPECS[kind], {name: limit})
+    at = valid_with(JOB_SPECS[kind], {name: limit}, roots)
     assert _sent(fake, client.post("/v1/jobs", json={"kind": kind, "spec": at}))[name] == limit
 
 

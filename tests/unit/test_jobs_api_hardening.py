@@ -184,7 +184,8 @@ def test_a_body_of_no_known_kind_is_refused_in_a_short_line(api, fake, body):
     answer = api().post("/v1/jobs", json=body)
     assert answer.status_code == 422
     assert answer.json() == {"error": {"code": "invalid_input",
-                                       "message": "body: give kind: one of train, sweep, export, promote"}}
+                                       "message": "body: give kind: one of train, sweep, export, promote, "
+                                                  "predict"}}
     assert not fake.jobs
 
 

@@ -13,7 +13,7 @@ import os
 import re
 
 from training.errors import WaldoError
-from training.spec import ExportSpec, SweepSpec, TrainSpec, fields_with
+from training.spec import ExportSpec, PredictSpec, SweepSpec, TrainSpec, fields_with
 from training.spec.flags import Number, add_spec_flags, spec_from_args
 
 
@@ -125,9 +125,21 @@ def cmd_summary(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
+    if args.checkpoint is None:
+        return _score(args)
+    given = sorted(k for k in vars(args) if k in PredictSpec.model_fields and k not in ("top_k", "threshold"))
+    if given or args.config or args.print_spec:
+        flags = ", ".join(map(_flag, given + ["config"] * bool(args.config)
+                              + ["print_spec"] * bool(args.print_spec)))
+        raise WaldoError(f"--checkpoint predicts IMAGE files and prints the answers; {flags} "
+                         "belong to --model MODEL --output DEST SOURCE...: give one of the two")
+    if not args.images:
+        raise WaldoError("--checkpoint needs IMAGE files to predict (waldo predict --checkpoint CKPT "
+                         "IMAGE...)")
     from training.commands.predict import predict
 
-    results = predict(args.checkpoint, args.images, top_k=args.top_k, threshold=args.threshold)
+    results = predict(args.checkpoint, args.images, top_k=getattr(args, "top_k", 3),
+                      threshold=getattr(args, "threshold", 0.5))
     if args.json:
         print(json.dumps(results, indent=2))
         return 0
@@ -142,6 +154,27 @@ def cmd_predict(args: argparse.Namespace) -> int:
         else:
             line += f"{result['label']} ({result['probability']:.3f})"
         print(line)
+    return 0
+
+
+def _score(args: argparse.Namespace) -> int:
+    """`waldo predict --model MODEL --output DEST SOURCE...`: offline scoring into Parquet."""
+    if args.json:
+        raise WaldoError("--json prints the answers of --checkpoint; --model writes them to --output "
+                         "as Parquet")
+    if args.images:
+        args.sources = args.images
+    if not getattr(args, "model", None) and not args.config:
+        raise WaldoError("give --model MODEL --output DEST SOURCE... (an exported model), or "
+                         "--checkpoint CKPT IMAGE... (a training checkpoint)")
+    spec = spec_from_args(args, spec_cls=PredictSpec)
+    if _printed(args, spec):
+        return 0
+    from training.scoring import predict
+
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    result = predict(spec)
+    print("\n".join(result.summary()))
     return 0
 
 
@@ -254,16 +287,24 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=cmd_summary)
 
-    p = sub.add_parser("predict", help="predict images with a trained checkpoint",
-                       description="Classify (or localize) images with a checkpoint, using the "
-                       "same pre- and post-processing as the inference service.")
-    p.add_argument("--checkpoint", required=True, help="a .ckpt file written by `waldo train`")
-    p.add_argument("images", nargs="+", metavar="IMAGE")
-    p.add_argument("--top-k", type=Number("an integer", low=1), default=3,
-                   help="classes to report (classification)")
-    p.add_argument("--threshold", type=Number("a number", low=0, high=1), default=0.5,
-                   help="p_c above which an object is found")
-    p.add_argument("--json", action="store_true", help="print JSON")
+    p = sub.add_parser("predict", help="score images with an exported model (or a checkpoint)",
+                       description="With --model: score every image of SOURCEs (folders, s3:// "
+                       "prefixes, packs made by `waldo data pack`, files listing images, image "
+                       "files) with an exported model into Parquet at --output, in-process or on "
+                       "Ray Data (--workers N), with the inference service's pre- and "
+                       "post-processing; a run started again with the same --output scores only "
+                       "what is missing. With --checkpoint: classify (or localize) IMAGE files "
+                       "with a training checkpoint and print the answers.")
+    p.add_argument("images", nargs="*", metavar="SOURCE",
+                   help="what to score (with --checkpoint: image files)")
+    p.add_argument("--checkpoint", help="a .ckpt file written by `waldo train` (prints the answers)")
+    p.add_argument("--top-k", type=Number("an integer", low=1, high=1000), default=argparse.SUPPRESS,
+                   help="classes to report per image (classification; default 5, 3 with --checkpoint)")
+    p.add_argument("--threshold", type=Number("a number", low=0, high=1), default=argparse.SUPPRESS,
+                   help="p_c above which an object is found (default 0.5)")
+    p.add_argument("--json", action="store_true", help="with --checkpoint: print JSON")
+    add_spec_flags(p, spec_cls=PredictSpec, exclude={"sources", "top_k", "threshold"})
+    p.add_argument("--print-spec", action="store_true", help=_PRINT_SPEC)
     p.set_defaults(func=cmd_predict)
 
     from training.commands.explain import add_parser as add_explain  # light: torch is imported late

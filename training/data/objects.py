@@ -133,10 +133,10 @@ def _existing_bucket(key: str, doing: str, advice: str = ""):
     return filesystem
 
 
-def list_tree(location: str) -> dict[str, Folder]:
-    """The image folders under `location`: {"train": .., "val": .., "test": ..} (those present)
-    when it holds a `train/` folder, else {"all": ..}. One line naming the location when the
-    bucket, the prefix, the credentials or the endpoint is wrong."""
+def list_objects(location: str) -> dict[str, int]:
+    """Every object under the prefix `location` (s3://bucket/prefix), sub-prefixes included:
+    {key relative to the prefix: size}, without the keys `_plain_keys` skips. One line naming
+    the location when the bucket, the credentials or the endpoint is wrong."""
     from pyarrow import fs
 
     location = location.rstrip("/")
@@ -147,7 +147,15 @@ def list_tree(location: str) -> dict[str, Folder]:
     except OSError as exc:  # pyarrow raises OSError for every S3 failure
         raise WaldoError(f"cannot list {location}: {_problem(exc)}") from None
     files = {info.path[len(base) + 1:]: info.size for info in infos if info.type == fs.FileType.File}
-    files = _plain_keys(location, files)
+    return _plain_keys(location, files)
+
+
+def list_tree(location: str) -> dict[str, Folder]:
+    """The image folders under `location`: {"train": .., "val": .., "test": ..} (those present)
+    when it holds a `train/` folder, else {"all": ..}. One line naming the location when the
+    bucket, the prefix, the credentials or the endpoint is wrong."""
+    location = location.rstrip("/")
+    files = list_objects(location)
     if not files:
         raise WaldoError(f"{location} holds no objects: --data-dir must be a folder of images "
                          "(one sub-folder per class)")
@@ -240,4 +248,4 @@ def mirror(location: str) -> Path:
 
 
 __all__ = ["Folder", "IMAGE_EXTENSIONS", "cache_root", "check_writable", "is_object_store",
-           "list_tree", "mirror", "read_objects", "s3_filesystem"]
+           "list_objects", "list_tree", "mirror", "read_objects", "s3_filesystem"]

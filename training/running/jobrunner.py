@@ -1,10 +1,11 @@
 """The fixed entrypoint of every job the jobs API submits to Ray: `python -m training.jobrunner`.
 
 The job comes as data, never as a command line: the environment variable `WALDO_JOB` holds
-`{"kind": "train"|"sweep"|"export"|"promote", "spec": {...}}` (the job contract in
+`{"kind": "train"|"sweep"|"export"|"promote"|"predict", "spec": {...}}` (the job contract in
 training.spec), validated again here with the same spec classes the CLI and the API use. The last line of
 output is `WALDO_RESULT {json}`: the MLflow run and, when something was registered, the model
-version, and a promotion's verdict and evaluation run. The API reads it from the job's logs.
+version, a promotion's verdict and evaluation run, and a scoring run's output and counts. The
+API reads it from the job's logs.
 A refused promotion is a result, not a failure: the job succeeds with `"verdict": "refused"`
 (the API shows the results of jobs that succeeded).
 """
@@ -53,6 +54,17 @@ def run_job(kind: str, spec_data: dict[str, Any]) -> dict[str, Any]:
         return {"run_id": result.parent_run_id, "best_config": result.best_config,
                 "best_metric": result.best_metric, "best_run_id": result.best_run_id,
                 **_export_fields(result.export)}
+    if kind == "predict":
+        from training.scoring import predict
+
+        scoring = predict(spec)
+        print("\n".join(scoring.summary()))
+        manifest = scoring.manifest
+        return {"run_id": scoring.run_id, "model_name": scoring.model, "model_version": scoring.version,
+                "model_uri": spec.model, "alias": None, "output": scoring.output,
+                "images": scoring.images, "scored": scoring.scored, "errors": scoring.errors,
+                "scored_before": scoring.before, "output_rows": manifest.get("scored"),
+                "output_errors": manifest.get("errors"), "seconds": round(scoring.seconds, 3)}
     if kind == "promote":
         from training.promotion import promote
 

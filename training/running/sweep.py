@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from training.errors import WaldoError
-from training.running.distributed import connect, scratch_folder, train_distributed
+from training.running.distributed import scratch_folder, train_distributed
+from training.running.rayinit import connect
 from training.running.steps import monitor_of, resolve_locations
 from training.spec import SweepSpec, TrainSpec, parse_distribution
 from training.tracking import storage

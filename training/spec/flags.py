@@ -81,10 +81,17 @@ class Number:
 def resolved_defaults(spec_cls: type[BaseModel], given: dict[str, Any]) -> dict[str, Any]:
     """The value each field of `spec_cls` takes when left out, for the task and data in `given`
     (the declared default, or the recipe's for that task and data kind)."""
-    values = {name: field.get_default(call_default_factory=True)
+    values = {name: None if field.is_required() else field.get_default(call_default_factory=True)
               for name, field in spec_cls.model_fields.items()}
+    if not _has_recipe(spec_cls):  # a spec without data (predict): its own defaults only
+        return values
     row = recipe_row(given.get("task", DEFAULT_TASK), given.get("data", DEFAULT_DATA)) or {}
     return {**values, **{k: v for k, v in row.items() if k in values}}
+
+
+def _has_recipe(spec_cls: type[BaseModel]) -> bool:
+    """Whether the recipe's defaults per task and data apply to `spec_cls` (it names the data)."""
+    return "data" in spec_cls.model_fields and "batch_size" in spec_cls.model_fields
 
 
 def _shown(value: Any) -> str:
@@ -108,13 +115,14 @@ class SpecHelp(argparse.Action):
         given.update({k: v for k, v in vars(namespace).items() if k in ("task", "data", "model")})
         defaults = {**resolved_defaults(self.spec_cls, given), **self.fixed}
         on = f"{given.get('task', DEFAULT_TASK)} on {given.get('data', DEFAULT_DATA)}"
+        recipe = _has_recipe(self.spec_cls)
         for name, (action, text) in self.texts.items():
             default = defaults.get(name)
             if name in self.fixed:  # the command's own: whatever the data
                 action.help = f"{text} (default: {_shown(default)})"
-            elif name not in VARYING and (default is None or default == {}):
+            elif (name not in VARYING or not recipe) and (default is None or default == {}):
                 action.help = text
-            elif name in VARYING:  # epochs, batch_size, augment, ...: per task and data kind
+            elif name in VARYING and recipe:  # epochs, batch_size, augment, ...: per task and data kind
                 action.help = f"{text} (default for {on}: {_shown(default)}; see --data)"
             else:
                 action.help = f"{text} (default: {_shown(default)})"
@@ -150,6 +158,11 @@ def add_spec_flags(parser: argparse.ArgumentParser, exclude: set[str] = frozense
         extra = field.json_schema_extra if isinstance(field.json_schema_extra, dict) else {}
         flags = list(extra.get("flags") or ["--" + name.replace("_", "-")])
         help_text = field.description or ""
+        if typing.get_origin(field.annotation) is list:  # sources -> repeated --source VALUE
+            flag = "--" + name.removesuffix("s").replace("_", "-")
+            group.add_argument(flag, dest=name, action="append", default=argparse.SUPPRESS,
+                               metavar=name.removesuffix("s").upper(), help=f"{help_text} (repeat it)")
+            continue
         if name.endswith("_args"):  # model_args -> repeated --model-arg KEY=VALUE
             group.add_argument("--" + name.removesuffix("s").replace("_", "-"), dest=name,
                                action="append", metavar="KEY=VALUE", default=argparse.SUPPRESS,
