@@ -79,7 +79,8 @@ def test_export_a_run_into_the_repository(cnn, capsys, tmp_path):
         task = load_task_file(cnn.checkpoint)
         assert {p.name for p in folder.iterdir()} == {MODEL_FILE, CARD_FILE}
         model = onnx.load(folder / MODEL_FILE)
-        assert [o.name for o in model.graph.output] == [o.name for o in card.outputs] == ["logits"]
+        assert [o.name for o in card.outputs] == ["logits"]  # the prediction, then the extras
+        assert [o.name for o in model.graph.output] == ["logits", *card.explain.shapes()]
         assert card.source_run == cnn.run_id and card.version == "1" and card.opset == 18
         assert card.precision == "fp32" and card.labels == [str(d) for d in range(10)]
         assert card.input.mean == list(task.hparams.mean) and card.input.height == task.hparams.image_size

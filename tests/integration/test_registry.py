@@ -48,7 +48,8 @@ for name in images:
     with Image.open(name) as image:
         sizes.append(image.size)
         arrays.append(preprocess(card, image))
-(out,) = session.run(None, {session.get_inputs()[0].name: np.stack(arrays)})
+# the prediction is the card's output; the file's other outputs explain it (ModelCard.explain)
+(out,) = session.run([card.outputs[0].name], {session.get_inputs()[0].name: np.stack(arrays)})
 results = postprocess(card, out, sizes)
 loaded = {m.split(".")[0] for m in sys.modules}
 print(json.dumps({
