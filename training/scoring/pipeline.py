@@ -77,10 +77,12 @@ class PredictResult:
         lines = [f"scored {self.scored:,} images with {self.model} version {self.version} in "
                  f"{self.seconds:.1f} s ({self.images_per_second:,.0f} images/s) into {self.output}"]
         if self.before:
-            lines.append(f"{self.before:,} of the {self.images:,} images were scored by an earlier run")
-        if self.errors or self.manifest.get("errors"):
-            lines.append(f"{self.manifest.get('errors', self.errors):,} images could not be read: "
-                         f"{self.output.rstrip('/')}/{ERRORS}")
+            lines.append(f"{self.before:,} of the {self.images:,} images were done by an earlier "
+                         "run (scored, or listed as unreadable)")
+        unreadable = self.manifest.get("errors", self.errors)
+        if unreadable:
+            lines.append(f"{unreadable:,} {'image' if unreadable == 1 else 'images'} could not be "
+                         f"read: {self.output.rstrip('/')}/{ERRORS}")
         lines.append(f"see the run: {self.ui_hint}")
         return lines
 
