@@ -194,6 +194,12 @@ def test_a_pack_and_a_list_of_images_score_as_their_files(tiny_repo, tmp_path, m
     assert listed == {path: files[path] for path in wanted}
     errors = (tmp_path / "from-list" / "_errors.csv").read_text().splitlines()
     assert errors[1:] == [f"{folder / 'gone.png'},does not exist"]
+    # a file that could not be read is no verdict: once it is there, the next run scores it alone
+    (folder / "gone.png").write_bytes((folder / "grey4.png").read_bytes())
+    again = score("from-list", listing)
+    gone = str(folder / "gone.png")
+    assert set(again) == {*wanted, gone} and again[gone] == files[wanted[0]]
+    assert (tmp_path / "from-list" / "_errors.csv").read_text() == "path,reason\n"
 
 
 # --- killed and resumed ---------------------------------------------------------------------------

@@ -10,7 +10,7 @@ from support import user_error_line, waldo_main
 
 from training.errors import WaldoError
 from training.scoring.sources import expand
-from training.scoring.writer import Output, columns, part_name
+from training.scoring.writer import Output, Problem, columns, part_name
 from training.spec import PredictSpec
 
 SETTINGS = {"model": "cnn", "version": "1", "task": "classify", "top_k": 2, "threshold": 0.5}
@@ -56,6 +56,29 @@ def test_parts_are_committed_whole_and_say_what_they_cover(tmp_path):
     assert done.errors == [("/x/bad.png", "empty (0 bytes)")]
     with pytest.raises(WaldoError, match=r"another run \(version '1' \(this run: '2'\)\)"):
         output.done({**SETTINGS, "version": "2"})
+
+
+def test_an_image_that_could_not_be_read_is_tried_again_by_the_next_run(tmp_path):
+    """A read failure (a lost connection, an expired credential, a file missing for now) is no
+    verdict on the image: the next run scores it, and its answer then replaces the error. An
+    image that was read and did not decode stays done."""
+    output = Output(str(tmp_path / "out"))
+    output.check()
+    output.prepare()
+    result = {"label": "1", "probability": 1.0, "top_k": [{"label": "1", "probability": 1.0}]}
+    output.commit("classify", columns("classify", "cnn", "1", [], [], []),
+                  [Problem("/x/flaky.png", "cannot be read: connection reset", True),
+                   Problem("/x/gone.png", "does not exist", True),
+                   Problem("/x/bad.png", "empty (0 bytes)")], SETTINGS, part_name("r1", 0))
+    first = output.done(SETTINGS)
+    assert first.paths == {"/x/bad.png"} and first.unread == 2 and len(first.errors) == 3
+    # the next run: the flaky one is read and scored, the gone one is still missing
+    output.commit("classify", columns("classify", "cnn", "1", ["/x/flaky.png"], [(28, 28)], [result]),
+                  [Problem("/x/gone.png", "does not exist", True)], SETTINGS, part_name("r2", 0))
+    second = output.done(SETTINGS)
+    assert second.paths == {"/x/bad.png", "/x/flaky.png"} and second.scored == 1
+    assert sorted(second.errors) == [("/x/bad.png", "empty (0 bytes)"), ("/x/gone.png", "does not exist")]
+    assert second.unread == 1
 
 
 def test_the_spec_takes_one_source_or_many_and_refuses_none():

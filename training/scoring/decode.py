@@ -61,12 +61,15 @@ def _line(exc: BaseException) -> str:
 
 def decode_batch(card: ModelCard, blobs: list[bytes | str]) -> dict[str, Any]:
     """Encoded images (or, as text, why they could not be read) -> `x` (n, C, H, W) of those
-    that decode, `kept` (their positions in `blobs`), `sizes` (width, height of each kept one)
-    and `problems` ({position: reason} of the others)."""
-    rows, kept, sizes, problems = [], [], [], {}
+    that decode, `kept` (their positions in `blobs`), `sizes` (width, height of each kept one),
+    `problems` ({position: reason} of the others) and `unread` (the positions of those that
+    could not be read, which a later run tries again: a lost connection, an expired credential
+    or a file that comes back must not make an image unreadable for good)."""
+    rows, kept, sizes, problems, unread = [], [], [], {}, []
     for i, blob in enumerate(blobs):
         if isinstance(blob, str):
             problems[i] = blob
+            unread.append(i)
             continue
         try:
             x, size = decode(card, blob)
@@ -79,7 +82,7 @@ def decode_batch(card: ModelCard, blobs: list[bytes | str]) -> dict[str, Any]:
     spec = card.input
     x = (np.stack(rows) if rows
          else np.zeros((0, spec.channels, spec.height, spec.width), dtype=np.float32))
-    return {"x": x, "kept": kept, "sizes": sizes, "problems": problems}
+    return {"x": x, "kept": kept, "sizes": sizes, "problems": problems, "unread": unread}
 
 
 def answers(card: ModelCard, out: np.ndarray, sizes: list[tuple[int, int]], *, top_k: int,

@@ -19,7 +19,7 @@ from typing import Any
 from training.scoring.decode import answers, decode_batch
 from training.scoring.model import Model, Runner, open_session
 from training.scoring.sources import Item, read_blobs
-from training.scoring.writer import Output, columns, part_name
+from training.scoring.writer import Output, Problem, columns, part_name
 
 
 @dataclass
@@ -43,7 +43,7 @@ class PartBuffer:
         self.paths: list[str] = []
         self.sizes: list[tuple[int, int]] = []
         self.results: list[dict] = []
-        self.errors: list[tuple[str, str]] = []
+        self.errors: list[Problem] = []
         self.committed: list[str] = []
 
     def add(self, paths, sizes, results, errors) -> None:
@@ -95,7 +95,9 @@ def score_local(model: Model, items: Sequence[Item], output: Output, settings: d
             out = runner(decoded["x"]) if kept else None
             results = answers(card, out, decoded["sizes"], top_k=settings["top_k"],
                               threshold=settings["threshold"]) if kept else []
-            errors = [(batch[i].path, reason) for i, reason in sorted(decoded["problems"].items())]
+            unread = set(decoded["unread"])
+            errors = [Problem(batch[i].path, reason, i in unread)
+                      for i, reason in sorted(decoded["problems"].items())]
             buffer.add([batch[i].path for i in kept], decoded["sizes"], results, errors)
             counts.scored += len(kept)
             counts.errors += len(errors)

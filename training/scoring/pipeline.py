@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
+from training.errors import WaldoError, one_line
 from training.scoring.model import open_model
 from training.scoring.sources import expand
 from training.scoring.writer import ERRORS, FORMAT, MANIFEST, Output, new_run_token
@@ -83,6 +84,9 @@ class PredictResult:
         if unreadable:
             lines.append(f"{unreadable:,} {'image' if unreadable == 1 else 'images'} could not be "
                          f"read: {self.output.rstrip('/')}/{ERRORS}")
+        if self.manifest.get("unread"):
+            lines.append(f"{self.manifest['unread']:,} of them could not be fetched or opened; a run "
+                         "with the same model and --output tries them again")
         lines.append(f"see the run: {self.ui_hint}")
         return lines
 
@@ -115,8 +119,13 @@ def predict(spec: PredictSpec, *, stream: TextIO | None = None) -> PredictResult
                 "top_k": spec.top_k, "threshold": spec.threshold})
             started = time.monotonic()
             progress.start()
-            counts = _score(spec, model, todo, output, settings, run_token, sources.shard_rows,
-                            progress) if todo else None
+            try:
+                counts = _score(spec, model, todo, output, settings, run_token, sources.shard_rows,
+                                progress) if todo else None
+            except OSError as exc:  # a full disk, a bucket that stopped answering, ...
+                raise WaldoError(f"scoring into {output.location} stopped: {one_line(exc)}; the "
+                                 "parts written so far are kept, and the same command goes on "
+                                 "from them") from None
             seconds = time.monotonic() - started
             scored, errors = (counts.scored, counts.errors) if counts else (0, 0)
             progress(scored, errors, final=True)
@@ -127,7 +136,8 @@ def predict(spec: PredictSpec, *, stream: TextIO | None = None) -> PredictResult
                           "task": model.card.task, "labels": model.card.labels},
                 "settings": {"top_k": spec.top_k, "threshold": spec.threshold},
                 "sources": sources.described, "images": len(sources),
-                "scored": final.scored, "errors": len(final.errors), "parts": final.parts,
+                "scored": final.scored, "errors": len(final.errors), "unread": final.unread,
+                "parts": final.parts,
                 "missing": len(sources) - len(set(i.path for i in sources.items) & final.paths),
                 "last_run": {"mlflow_run_id": run.run_id, "scored": scored, "errors": errors,
                              "before": before, "seconds": round(seconds, 3),

@@ -34,7 +34,7 @@ from training.scoring.decode import answers, decode_batch
 from training.scoring.local import Counts
 from training.scoring.model import GPU_PROVIDER, Model, Runner, open_session
 from training.scoring.sources import Item, read_blobs
-from training.scoring.writer import META_KEY, Output, columns, part_name
+from training.scoring.writer import META_KEY, Output, Problem, columns, part_name
 
 DECODE_CPUS = 1.0  # CPUs the job keeps beside its actors for decoding and writing
 DECODE_MEMORY = 192 * 2**20  # a decode task's worker beside its batch: Python, numpy, Pillow, Arrow
@@ -61,8 +61,10 @@ def decode_rows(batch: dict[str, np.ndarray], card: str) -> dict[str, np.ndarray
         x[i] = decoded["x"][row]
         width[i], height[i] = decoded["sizes"][row]
     problem = [decoded["problems"].get(i, "") for i in range(n)]
+    unread = np.zeros(n, bool)
+    unread[decoded["unread"]] = True
     return {"path": np.asarray(paths, dtype=object), "x": x, "width": width, "height": height,
-            "problem": np.asarray(problem, dtype=object)}
+            "problem": np.asarray(problem, dtype=object), "unread": unread}
 
 
 class ScoringActor:
@@ -87,7 +89,8 @@ class ScoringActor:
                                              threshold=self.threshold)):
                 answer[i] = json.dumps(result)
         return {"path": batch["path"], "answer": np.asarray(answer, dtype=object),
-                "width": batch["width"], "height": batch["height"], "problem": batch["problem"]}
+                "width": batch["width"], "height": batch["height"], "problem": batch["problem"],
+                "unread": batch["unread"]}
 
 
 def _sink_class():
@@ -105,6 +108,12 @@ def _sink_class():
         def min_rows_per_write(self) -> int:
             return self.part_size
 
+        @property
+        def supports_distributed_writes(self) -> bool:
+            """A folder is on the driver's machine: its write tasks run there (on a cluster,
+            another node's disk would hold parts that the driver and a resumed run never see)."""
+            return self.output.remote
+
         def write(self, blocks, ctx) -> dict[str, Any]:
             from ray.data.block import BlockAccessor
 
@@ -113,7 +122,8 @@ def _sink_class():
 
             def commit() -> None:
                 good = [r for r in rows if not r["problem"]]
-                errors = [(str(r["path"]), str(r["problem"])) for r in rows if r["problem"]]
+                errors = [Problem(str(r["path"]), str(r["problem"]), bool(r["unread"]))
+                          for r in rows if r["problem"]]
                 data = columns(self.task, self.name, self.version, [str(r["path"]) for r in good],
                                [(int(r["width"]), int(r["height"])) for r in good],
                                [json.loads(r["answer"]) for r in good])
@@ -125,7 +135,8 @@ def _sink_class():
 
             for block in blocks:
                 for row in BlockAccessor.for_block(block).iter_rows(public_row_format=False):
-                    rows.append({k: row[k] for k in ("path", "answer", "width", "height", "problem")})
+                    rows.append({k: row[k] for k in ("path", "answer", "width", "height", "problem",
+                                                     "unread")})
                     if len(rows) >= self.part_size:
                         commit()
             if rows:
@@ -179,13 +190,24 @@ def _datasets(items: Sequence[Item], card: str, batch_size: int, all_rows: dict[
     out = []
     for remote in (False, True):  # local packs, then packs in a bucket: one filesystem each
         paths = [w.split("://", 1)[1] if remote else w for w in whole if is_object_store(w) == remote]
-        if paths:
+        if paths:  # a local pack is read on this node (on a cluster, the others lack it)
             shards = ray.data.read_parquet(paths, filesystem=s3_filesystem() if remote else None,
-                                           columns=["image", "name"])
+                                           columns=["image", "name"],
+                                           label_selector=None if remote else _this_node())
             out.append(shards.map_batches(**decode))
     if named:
-        out.append(ray.data.from_items(named).map_batches(**decode))
+        local = any(not is_object_store(row["where"]) for row in named)
+        out.append(ray.data.from_items(named).map_batches(
+            **decode, label_selector=_this_node() if local else None))
     return out
+
+
+def _this_node() -> dict[str, str]:
+    """A label selector that keeps tasks on this (the driver's) node, where the local files
+    are: Ray labels every node with its id."""
+    import ray
+
+    return {"ray.io/node-id": ray.get_runtime_context().get_node_id()}
 
 
 def _watch(output: Output, before: set[str], progress: Callable[[int, int], None],

@@ -13,7 +13,9 @@ A part appears whole or not at all: a local part is written under a temporary na
 (an atomic step), an object in a bucket appears only once its upload completes. So the parts
 that exist are the record of what is done: a run killed part way and started again with the
 same model and DEST reads their `path` columns and error lists, skips those images and scores
-the rest, and every image ends in exactly one part. `_errors.csv` and `_manifest.json` are
+the rest, and every image ends in exactly one part's rows. An image that could not even be read
+(a lost connection, an expired credential, a file missing for now) is tried again by that later
+run; one that was read and did not decode is not. `_errors.csv` and `_manifest.json` are
 written last, from all parts (the names start with `_`, which Parquet readers such as
 `pandas.read_parquet(DEST)` skip).
 """
@@ -27,7 +29,7 @@ import os
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from training.errors import WaldoError, one_line
 
@@ -73,13 +75,23 @@ def columns(task: str, name: str, version: str, paths: Sequence[str], sizes: Seq
     return out
 
 
+class Problem(NamedTuple):
+    """An image that was not scored: why, and whether it could not even be read (then a later
+    run with the same DEST tries it again) or was read and did not decode (for good)."""
+
+    path: str
+    reason: str
+    unread: bool = False
+
+
 @dataclass
 class Done:
     """What the committed parts of DEST hold."""
 
-    paths: set[str] = field(default_factory=set)
+    paths: set[str] = field(default_factory=set)  # answered, or unreadable for good
     scored: int = 0
-    errors: list[tuple[str, str]] = field(default_factory=list)
+    errors: list[tuple[str, str]] = field(default_factory=list)  # (path, reason), one per image
+    unread: int = 0  # of the errors, images that could not be read: the next run tries them
     parts: list[str] = field(default_factory=list)
 
 
@@ -136,7 +148,7 @@ class Output:
         would mix two runs' answers."""
         import pyarrow.parquet as pq
 
-        done = Done()
+        done, problems = Done(), {}
         for name in self.part_names():
             try:
                 table = pq.read_table(f"{self.base}/{name}", filesystem=self.fs, columns=["path"])
@@ -153,13 +165,17 @@ class Output:
             paths = table.column("path").to_pylist()
             done.paths.update(paths)
             done.scored += len(paths)
-            errors = [(str(p), str(r)) for p, r in meta.get("errors", [])]
-            done.paths.update(p for p, _ in errors)
-            done.errors += errors
+            problems.update((str(e[0]), Problem(str(e[0]), str(e[1]), bool(e[2:3] and e[2])))
+                            for e in meta.get("errors", []))
             done.parts.append(name)
+        # An image read again by a later run has its answer or its newer problem.
+        problems = {path: p for path, p in problems.items() if path not in done.paths}
+        done.paths.update(path for path, p in problems.items() if not p.unread)
+        done.errors = [(p.path, p.reason) for p in problems.values()]
+        done.unread = sum(p.unread for p in problems.values())
         return done
 
-    def commit(self, task: str, data: dict[str, list], errors: Sequence[tuple[str, str]],
+    def commit(self, task: str, data: dict[str, list], errors: Sequence[Problem],
                settings: dict[str, Any], name: str) -> str:
         """Write one part (rows `data`, `columns`' layout; `errors` in its metadata) whole or not
         at all; its name."""
@@ -210,5 +226,5 @@ def new_run_token() -> str:
     return uuid.uuid4().hex[:8]
 
 
-__all__ = ["ERRORS", "FORMAT", "MANIFEST", "META_KEY", "Done", "Output", "columns", "new_run_token",
-           "part_name", "schema"]
+__all__ = ["ERRORS", "FORMAT", "MANIFEST", "META_KEY", "Done", "Output", "Problem", "columns",
+           "new_run_token", "part_name", "schema"]
