@@ -100,3 +100,19 @@ def test_the_spec_takes_one_source_or_many_and_refuses_none():
 def test_predict_flags_that_do_not_go_together_are_one_line(capsys, argv, expected):
     status, out, err = waldo_main(capsys, "predict", *argv)
     assert expected in user_error_line(status, err) and out == ""
+
+
+def test_a_pack_shard_that_cannot_be_read_is_every_rows_reason_and_is_read_once(tmp_path):
+    """Its rows get the reason as text (an unread image: the next run tries them again), from
+    one attempt: a batch of a broken shard's rows does not read it once per row."""
+    from training.scoring import sources
+
+    shard = tmp_path / "shard-00000.parquet"
+    shard.write_bytes(b"not parquet")
+    sources.forget_shards()
+    items = [sources.Item(f"photo{row}.png", str(shard), row) for row in range(3)]
+    blobs = sources.read_blobs(items)
+    assert len(set(blobs)) == 1 and blobs[0].startswith(f"cannot read its pack shard {shard}")
+    assert sources._shard_images.cache_info().misses == 1
+    sources.forget_shards()
+    assert sources._shard_images.cache_info().currsize == 0

@@ -20,7 +20,7 @@ from typing import Any, TextIO
 
 from training.errors import WaldoError, one_line
 from training.scoring.model import open_model
-from training.scoring.sources import expand
+from training.scoring.sources import expand, forget_shards
 from training.scoring.writer import ERRORS, FORMAT, MANIFEST, Output, new_run_token
 from training.spec import PredictSpec
 
@@ -126,6 +126,8 @@ def predict(spec: PredictSpec, *, stream: TextIO | None = None) -> PredictResult
                 raise WaldoError(f"scoring into {output.location} stopped: {one_line(exc)}; the "
                                  "parts written so far are kept, and the same command goes on "
                                  "from them") from None
+            finally:
+                forget_shards()
             seconds = time.monotonic() - started
             scored, errors = (counts.scored, counts.errors) if counts else (0, 0)
             progress(scored, errors, final=True)

@@ -21,6 +21,7 @@ from __future__ import annotations
 import functools
 import os
 import posixpath
+import threading
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -112,7 +113,10 @@ def _folder(root: Path) -> list[Item]:
     """The image files under `root`, each folder's files (sorted) before its sub-folders' (in
     sorted order)."""
     found = []
-    for folder, dirs, names in os.walk(root):  # links to folders stay in `dirs`, unentered
+    def unreadable(exc: OSError) -> None:  # os.walk would leave such a folder out silently
+        raise WaldoError(f"cannot list {exc.filename}: {exc.strerror or exc}")
+
+    for folder, dirs, names in os.walk(root, onerror=unreadable):  # links to folders: unentered
         dirs.sort()
         found += [os.path.abspath(os.path.join(folder, name)) for name in sorted(names)
                   if is_image_name(name)]
@@ -192,18 +196,41 @@ def _pack(location: str) -> list[Item]:
 
 
 # -- reading ----------------------------------------------------------------------------------
+_SHARD_LOCKS: dict[str, threading.Lock] = {}
+_SHARD_LOCKS_LOCK = threading.Lock()
+
+
+def shard_images(where: str) -> list[bytes] | str:
+    """The `image` column of a pack shard, or why it cannot be read. A few are kept
+    (consecutive batches share one), a failure too (one reason for all its rows); threads that
+    want the same shard wait for one read of it."""
+    with _SHARD_LOCKS_LOCK:
+        lock = _SHARD_LOCKS.setdefault(where, threading.Lock())
+    with lock:
+        return _shard_images(where)
+
+
 @functools.lru_cache(maxsize=4)
-def shard_images(where: str) -> list[bytes]:
-    """The `image` column of a pack shard (a few are kept: consecutive batches share one)."""
+def _shard_images(where: str) -> list[bytes] | str:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     from training.tracking import storage
 
-    fs, path = storage.filesystem(where)
-    data = fs.cat_file(path)
-    # Arrow's own buffer, not a Python file object (see training.data.packed.read_pack).
-    return pq.read_table(pa.BufferReader(data), columns=["image"]).column("image").to_pylist()
+    try:
+        fs, path = storage.filesystem(where)
+        data = fs.cat_file(path)
+        # Arrow's own buffer, not a Python file object (see training.data.packed.read_pack).
+        return pq.read_table(pa.BufferReader(data), columns=["image"]).column("image").to_pylist()
+    except Exception as exc:
+        return f"cannot read its pack shard {where}: {one_line(exc)}"
+
+
+def forget_shards() -> None:
+    """Drop the kept shards (at the end of a run: they hold encoded images)."""
+    _shard_images.cache_clear()
+    with _SHARD_LOCKS_LOCK:
+        _SHARD_LOCKS.clear()
 
 
 @functools.lru_cache(maxsize=1)
@@ -242,10 +269,8 @@ def read_blobs(items: Sequence[Item], filesystem=None) -> list[bytes | str]:
     remote = []
     for i, item in enumerate(items):
         if item.packed:
-            try:
-                out[i] = shard_images(item.where)[item.row]
-            except Exception as exc:
-                out[i] = f"cannot read its pack shard {item.where}: {one_line(exc)}"
+            images = shard_images(item.where)
+            out[i] = images if isinstance(images, str) else images[item.row]
         elif is_object_store(item.where):
             remote.append(i)
         else:
@@ -259,4 +284,4 @@ def read_blobs(items: Sequence[Item], filesystem=None) -> list[bytes | str]:
     return out
 
 
-__all__ = ["ACCEPTED", "Item", "Sources", "expand", "read_blobs", "shard_images"]
+__all__ = ["ACCEPTED", "Item", "Sources", "expand", "forget_shards", "read_blobs", "shard_images"]
