@@ -101,21 +101,16 @@ def first_conv_spec(conv: nn.Conv2d, name: str, x: torch.Tensor,
     with it (`serving.explain.first_layer_maps`) gives `maps`, the layer's output for `x`.
     None for a layer it does not describe (groups, a padding other than zeros)."""
     from serving.explain import first_layer_maps
+    from training.tracking.explain import conv_window
 
     if conv.groups != 1 or conv.padding_mode != "zeros":
         return None
-    k, d = conv.kernel_size, conv.dilation
-    if conv.padding == "valid":
-        padding = [0, 0]
-    elif conv.padding == "same":
-        if any(dk * (kk - 1) % 2 for kk, dk in zip(k, d)):  # torch pads such a layer unevenly
-            return None
-        padding = [dk * (kk - 1) // 2 for kk, dk in zip(k, d)]
-    else:
-        padding = list(conv.padding)
+    # (kernel, stride, padding, dilation) per axis; a "same" padding that torch splits unevenly
+    # is not described, and the check below finds it
+    _, stride, padding, dilation = (list(values) for values in zip(*conv_window(conv)))
     bias = None if conv.bias is None else [float(b) for b in conv.bias.detach()]
-    spec = FirstConvSpec(module=name, stride=list(conv.stride), padding=padding,
-                         dilation=list(d), bias=bias, shape=list(maps.shape[1:]))
+    spec = FirstConvSpec(module=name, stride=stride, padding=padding, dilation=dilation, bias=bias,
+                         shape=list(maps.shape[1:]))
     weight = conv.weight.detach().float().numpy()
     got = first_layer_maps(spec, x[0].numpy(), weight)
     want = maps[0].numpy()

@@ -293,7 +293,7 @@ def evaluation_pictures(net: nn.Module, x: torch.Tensor, targets: torch.Tensor, 
 _WINDOWS = (nn.Conv2d, nn.MaxPool2d, nn.AvgPool2d)
 
 
-def _window(module: nn.Module) -> list[tuple[int, int, int, int]]:
+def conv_window(module: nn.Module) -> list[tuple[int, int, int, int]]:
     """(kernel, stride, padding, dilation) per axis of a convolution or pooling."""
     def pair(value: Any) -> tuple[int, int]:
         return (value, value) if isinstance(value, int) else tuple(value)
@@ -330,7 +330,7 @@ def stage_grid(net: nn.Module, layer: nn.Module, x: torch.Tensor) -> pointing.Gr
         grid = grid_of(source) if source is not None and source.ndim == 4 else None
         if grid is not None and isinstance(module, _WINDOWS):
             grid = tuple((start + (d * (k - 1) / 2 - p) * step, step * s)
-                         for (start, step), (k, s, p, d) in zip(grid, _window(module)))
+                         for (start, step), (k, s, p, d) in zip(grid, conv_window(module)))
         elif grid is None or output.shape[-2:] != source.shape[-2:]:
             grid = grid_of(output)
         if grid is not None:
@@ -432,7 +432,7 @@ def log_pointing_game(run: Any, net: nn.Module, sample: tuple[torch.Tensor, torc
 
 
 __all__ = ["FILTERS_FILE", "PICTURES_DIR", "Answers", "answer_tile", "caption", "class_map_cells",
-           "class_map_method", "display_images", "evaluation_pictures", "explainable",
+           "class_map_method", "conv_window", "display_images", "evaluation_pictures", "explainable",
            "feature_sheets", "filter_picture", "forward_with_stages", "grad_cam", "held_out_sample",
            "log_pointing_game", "log_run_pictures", "pointing_game_for", "pools_globally",
            "read_answers", "stage_grid"]
