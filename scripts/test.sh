@@ -5,7 +5,9 @@
 #                             runs containers or a browser, or is slow otherwise (markers in
 #                             pyproject.toml)
 # Other arguments go to pytest (e.g. `scripts/test.sh --fast tests/unit -x`). Both print the
-# 25 slowest tests.
+# 25 slowest tests. The tests run in WALDO_TEST_WORKERS pytest-xdist workers (default 2; 0 runs
+# them in this process), a test module at a time, every module that starts Ray on one worker
+# (tests/conftest.py).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -23,4 +25,4 @@ fi
 
 # The import-linter contracts and the import-cycle check run inside the suite
 # (tests/unit/test_import_rules.py), once.
-.venv/bin/python -m pytest --durations=25 ${tier[@]+"${tier[@]}"} "$@"
+.venv/bin/python -m pytest --durations=25 -n "${WALDO_TEST_WORKERS:-2}" ${tier[@]+"${tier[@]}"} "$@"

@@ -5,6 +5,7 @@ built with onnx.helper."""
 
 from __future__ import annotations
 
+import importlib.util
 import io
 import os
 import shutil
@@ -63,9 +64,49 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         if wrong and item.path.is_relative_to(UNIT):
             raise pytest.UsageError(f"{item.nodeid} is marked {', '.join(sorted(wrong))}: "
                                     "move it to tests/integration")
-    # The tests on the session's local Ray run last, one after the other: the Ray they share
-    # then idles beside no other test.
-    items.sort(key=lambda item: "local_ray" in getattr(item, "fixturenames", ()))
+        if "ray" in {m.name for m in item.iter_markers()} and _module(item.nodeid) not in RAY_MODULES:
+            raise pytest.UsageError(f"{item.nodeid} starts Ray: add its module to RAY_MODULES "
+                                    "in tests/conftest.py")
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        # The Ray modules go out first: together they are the longest unit of work.
+        items.sort(key=lambda item: _module(item.nodeid) not in RAY_MODULES)
+    else:
+        # The tests on the session's local Ray run last, one after the other: the Ray they
+        # share then idles beside no other test.
+        items.sort(key=lambda item: "local_ray" in getattr(item, "fixturenames", ()))
+
+
+# --- two workers (scripts/test.sh runs pytest-xdist's `-n 2`) ---------------------------------
+# A worker takes a whole module at a time, so a module's session fixtures (trained runs,
+# servers) are built once. Every module that starts Ray (the session's local Ray, `ray start`
+# nodes, a driver's own Ray) goes to one worker, one after the other: two Rays at once on 2
+# cores starved each other (load average 20). The collection hook above checks the list.
+RAY_MODULES = frozenset({
+    "tests/e2e/test_stack.py",
+    "tests/integration/test_batch_predict.py",
+    "tests/integration/test_cluster_cli.py",
+    "tests/integration/test_ray.py",
+    "tests/integration/test_ray_cluster.py",
+    "tests/integration/test_ray_data.py",
+})
+
+
+def _module(nodeid: str) -> str:
+    return nodeid.split("::", 1)[0]
+
+
+if importlib.util.find_spec("xdist") is not None:
+    def pytest_xdist_make_scheduler(config: pytest.Config, log):
+        """Modules as units of work, the Ray modules one unit, sent out in collection order."""
+        from xdist.scheduler import LoadScopeScheduling
+
+        class ByModuleRayTogether(LoadScopeScheduling):
+            def _split_scope(self, nodeid: str) -> str:
+                module = _module(nodeid)
+                return "ray" if module in RAY_MODULES else module
+
+        config.option.loadscopereorder = False  # by test count, it would send unit modules first
+        return ByModuleRayTogether(config, log)
 
 
 @pytest.fixture

@@ -46,10 +46,13 @@ def test_elastic_job_keeps_training_when_a_node_dies(two_node_cluster, tmp_path,
     from support import wait_until
 
     epochs, cluster = 6, two_node_cluster
+    # The cluster finds a dead node in about 5 s, so the restart's wait for the old group size
+    # (60 s by default for an elastic job) can be 20 s: the job still gives up on it, sooner.
+    env = {**cluster.env, "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": "20"}
     job = waldo.start("train", "--model", "cnn", "--data", "digits", "--epochs", str(epochs),
                       "--workers", "1-2", "--ray-address", cluster.address, "--tracking-uri",
                       mlflow_server, "--experiment", "elastic", "--run-name", "elastic",
-                      "--augment", "none", "--no-progress-bar", cwd=tmp_path, env=cluster.env)
+                      "--augment", "none", "--no-progress-bar", cwd=tmp_path, env=env)
     client = MlflowClient(mlflow_server)
 
     def workers_logged() -> list[float]:

@@ -93,6 +93,35 @@ def _report_callback():
     return WaldoRayTrainReportCallback()
 
 
+def controller_env(spec: TrainSpec) -> dict[str, str]:
+    """The RAY_TRAIN_* settings of this job's Train controller, which Ray Train reads from the
+    driver's environment as `fit()` starts the controller. One set in the environment wins.
+
+    Right after a node dies, Ray still counts its CPUs, so an elastic restart may ask for the
+    old group size; it must give up on that soon (then it asks again, smaller), not after the
+    600 s a fixed-size job waits for slow workers."""
+    env = {key: value for key, value in WORKER_ENV.items() if key.startswith("RAY_TRAIN_")}
+    if spec.max_workers:
+        env["RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S"] = str(ELASTIC_START_TIMEOUT_S)
+    return {key: os.environ.get(key, value) for key, value in env.items()}
+
+
+@contextmanager
+def _environment(values: dict[str, str]) -> Iterator[None]:
+    """`values` in os.environ for the block only, so one job's settings never leak into the
+    next job this process runs."""
+    saved = {key: os.environ.get(key) for key in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
 def train_loop_per_worker(config: dict[str, Any]) -> None:
     """What every Ray worker runs: build, fit (resuming if Ray has a checkpoint), test."""
     import ray.train
@@ -229,14 +258,6 @@ def train_distributed(
     name = default_run_name(spec)
     spec = resolve_locations(spec).model_copy(update={"run_name": name})
     monitor, mode = monitor_of(spec)
-    for key, value in WORKER_ENV.items():  # Ray Train hands these on to its controller
-        if key.startswith("RAY_TRAIN_"):
-            os.environ.setdefault(key, value)
-    if spec.max_workers:
-        # Right after a node dies, Ray still counts its CPUs, so an elastic restart may ask for
-        # the old group size; it must give up on that soon (then it asks again, smaller), not
-        # after the 600 s a fixed-size job waits for slow workers.
-        os.environ["RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S"] = str(ELASTIC_START_TIMEOUT_S)
     streamed = spec.data in STREAMED
     data_cpus = DATA_CPUS if streamed else 0
     connect(spec.ray_address, min_cpus=spec.workers * spec.cpus_per_worker + data_cpus)
@@ -287,7 +308,8 @@ def train_distributed(
             ),
         )
         try:
-            result = trainer.fit()
+            with _environment(controller_env(spec)):
+                result = trainer.fit()
             if result.error is not None:  # Ray Train v2 raises it; earlier versions returned it
                 raise result.error
         except Exception as exc:
