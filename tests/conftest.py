@@ -60,11 +60,12 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         for fixture in getattr(item, "fixturenames", ()):
             for mark in FIXTURE_MARKS.get(fixture, ()):
                 item.add_marker(mark)
-        wrong = NOT_IN_UNIT & {m.name for m in item.iter_markers()}
+        marks = {m.name for m in item.iter_markers()}
+        wrong = NOT_IN_UNIT & marks
         if wrong and item.path.is_relative_to(UNIT):
             raise pytest.UsageError(f"{item.nodeid} is marked {', '.join(sorted(wrong))}: "
                                     "move it to tests/integration")
-        if "ray" in {m.name for m in item.iter_markers()} and _module(item.nodeid) not in RAY_MODULES:
+        if "ray" in marks and _module(item.nodeid) not in RAY_MODULES:
             raise pytest.UsageError(f"{item.nodeid} starts Ray: add its module to RAY_MODULES "
                                     "in tests/conftest.py")
     if os.environ.get("PYTEST_XDIST_WORKER"):
