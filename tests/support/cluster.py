@@ -28,6 +28,7 @@ from support.processes import (
     wait_http,
     wait_until,
 )
+from training.running.cluster import NO_DRAIN
 
 LOCAL_RAY_CPUS = 3  # the session's local Ray (the `local_ray` fixture): two workers and Ray Data
 STARTED = "Ray runtime started."  # what `ray start` prints once its node has joined
@@ -60,9 +61,10 @@ def ray_cluster(root: Path, *, workers: int = 1, num_cpus: int = 1, dashboard: b
     """A head node and `workers` worker nodes, `num_cpus` CPUs each, with token authentication
     (every node and client shares a fresh token). Logs go to `root/ray-*.log`."""
     root.mkdir(parents=True, exist_ok=True)
-    # No drain on SIGTERM: a test's node has nothing to hand over, and would wait out 30 s.
-    env = {**clean_env(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=secrets.token_hex(32),
-                       RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S="0"), **(env or {})}
+    # No drain on SIGTERM, as `waldo cluster up` starts its head: a test's node has nothing to
+    # hand over, and would wait out 30 s.
+    env = {**clean_env(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=secrets.token_hex(32), **NO_DRAIN),
+           **(env or {})}
     gcs, dashboard_port = free_port(), free_port()
     address, url = f"127.0.0.1:{gcs}", f"http://127.0.0.1:{dashboard_port}" if dashboard else None
     common = [f"--num-cpus={num_cpus}", "--disable-usage-stats", "--block"]

@@ -13,19 +13,29 @@ from training.running.workerenv import WORKER_ENV
 from training.spec import TrainSpec
 
 TIMEOUT = "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S"
+WATCHER = "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"
+CLUSTER = "10.0.0.5:6379"
 
 
 @pytest.fixture(autouse=True)
 def no_ray_train_env(monkeypatch):
     for key in [k for k in os.environ if k.startswith("RAY_TRAIN_")]:
         monkeypatch.delenv(key)
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
 
 
 def test_a_fixed_size_job_waits_for_slow_workers_and_an_elastic_one_gives_up_sooner():
-    fixed = controller_env(TrainSpec(model="cnn", workers=2))
-    elastic = controller_env(TrainSpec(model="cnn", workers=1, max_workers=2))
+    fixed = controller_env(TrainSpec(model="cnn", workers=2, ray_address=CLUSTER))
+    elastic = controller_env(TrainSpec(model="cnn", workers=1, max_workers=2, ray_address=CLUSTER))
     assert fixed == {k: v for k, v in WORKER_ENV.items() if k.startswith("RAY_TRAIN_")}
     assert fixed[TIMEOUT] == "600" and elastic[TIMEOUT] == "60"
+
+
+def test_only_a_job_on_a_cluster_watches_for_preempted_nodes(monkeypatch):
+    assert controller_env(TrainSpec(model="cnn", workers=2))[WATCHER] == "0"  # a local Ray
+    assert WATCHER not in controller_env(TrainSpec(model="cnn", workers=2, ray_address=CLUSTER))
+    monkeypatch.setenv("RAY_ADDRESS", CLUSTER)
+    assert WATCHER not in controller_env(TrainSpec(model="cnn", workers=2))
 
 
 def test_a_value_in_the_environment_wins(monkeypatch):

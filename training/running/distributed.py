@@ -99,10 +99,16 @@ def controller_env(spec: TrainSpec) -> dict[str, str]:
 
     Right after a node dies, Ray still counts its CPUs, so an elastic restart may ask for the
     old group size; it must give up on that soon (then it asks again, smaller), not after the
-    600 s a fixed-size job waits for slow workers."""
+    600 s a fixed-size job waits for slow workers.
+
+    On a local Ray (no address: the job's own, or one this process started) the controller
+    starts no preemption watcher, an actor (a process) per job that polls for nodes a cloud is
+    about to take away: this machine is the whole cluster."""
     env = {key: value for key, value in WORKER_ENV.items() if key.startswith("RAY_TRAIN_")}
     if spec.max_workers:
         env["RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S"] = str(ELASTIC_START_TIMEOUT_S)
+    if not (spec.ray_address or os.environ.get("RAY_ADDRESS")):
+        env["RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"] = "0"
     return {key: os.environ.get(key, value) for key, value in env.items()}
 
 
