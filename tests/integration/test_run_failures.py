@@ -238,3 +238,47 @@ def test_a_sweep_stopped_early_closes_its_trials_runs(tracking):
         _end_open_children(parent, "KILLED")
     assert client.get_run(child).info.status == "KILLED"
     assert client.get_run(done).info.status == "FINISHED"
+
+
+def test_a_ctrl_c_during_a_tracking_write_lands_after_it(tracking, monkeypatch):
+    """A KeyboardInterrupt inside a write to the SQLite store could leave the database locked
+    for the rest of the process (the run then stays RUNNING, and every later write fails after
+    20 s): a Ctrl-C that comes while a run writes is raised once the write is done."""
+    import os
+
+    from training.tracking.runs import start_run
+
+    # Python's own Ctrl-C handler, as in `waldo train` (a pytest-xdist worker ignores SIGINT).
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with pytest.raises(KeyboardInterrupt), start_run("waldo", tracking_uri=tracking) as run:
+            write = run.client.log_metric
+
+            def interrupted_write(*args, **kwargs):
+                os.kill(os.getpid(), signal.SIGINT)  # its handler runs at once, in this thread
+                return write(*args, **kwargs)
+
+            monkeypatch.setattr(run.client, "log_metric", interrupted_write)
+            run.log_metrics({"first": 1.0, "second": 2.0})
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # restored
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    finished = MlflowClient(tracking).get_run(run.run_id)
+    assert finished.data.metrics["first"] == 1.0 and finished.data.metrics["second"] == 2.0
+    assert finished.info.status == "KILLED"
+
+
+def test_the_lightning_logger_leaves_the_runs_status_to_its_owner(tracking):
+    """Lightning's MLflow logger ends the run when `fit` ends (FINISHED, with the test still to
+    come) or is interrupted (FAILED, where the run was KILLED); Waldo's does not."""
+    from training.running.steps import RunLogger
+    from training.tracking.runs import start_run
+
+    client = MlflowClient(tracking)
+    with start_run("waldo", tracking_uri=tracking) as run:
+        logger = RunLogger(experiment_name="waldo", tracking_uri=tracking, run_id=run.run_id)
+        logger.log_metrics({"val_loss": 0.5}, step=0)
+        logger.finalize("failed")
+        assert client.get_run(run.run_id).info.status == "RUNNING"
+    assert client.get_run(run.run_id).info.status == "FINISHED"
+    assert client.get_run(run.run_id).data.metrics["val_loss"] == 0.5

@@ -132,7 +132,6 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     """What every Ray worker runs: build, fit (resuming if Ray has a checkpoint), test."""
     import ray.train
     from mlflow.tracking import MlflowClient
-    from pytorch_lightning.loggers import MLFlowLogger
     from ray.train.lightning import RayLightningEnvironment, RayTrainReportCallback, prepare_trainer
 
     from training.running.finetune import finetune_callbacks
@@ -141,6 +140,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         log_pictures,
         prepare,
         provenance_params,
+        run_logger,
         standard_callbacks,
     )
 
@@ -162,15 +162,13 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     # network started (logging the same values again on a restarted worker is allowed).
     if ray.train.get_context().get_world_rank() == 0 and provenance_params(task):
         run.log_params(provenance_params(task))
-    logger = MLFlowLogger(experiment_name=spec.experiment, tracking_uri=run.tracking_uri,
-                          run_id=run.run_id)
     # The standard callbacks come first: their stop on a nan or inf loss must see an epoch
     # before the report callback checkpoints it.
     callbacks = [*standard_callbacks(spec, run, dm), _report_callback(),
                  *finetune_callbacks(spec), *config.get("callbacks", [])]
     with tempfile.TemporaryDirectory(prefix="waldo-") as root:
         trainer = build_trainer(
-            spec, callbacks=callbacks, logger=logger, root=root,
+            spec, callbacks=callbacks, logger=run_logger(spec, run), root=root,
             devices="auto", accelerator="gpu" if spec.gpus_per_worker > 0 else "cpu",
             strategy=_strategy(), plugins=[RayLightningEnvironment()],
             enable_checkpointing=False,  # RayTrainReportCallback checkpoints every epoch

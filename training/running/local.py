@@ -11,7 +11,6 @@ import tempfile
 from collections.abc import Sequence
 
 from pytorch_lightning.callbacks import Callback, ModelCheckpoint
-from pytorch_lightning.loggers import MLFlowLogger
 
 from training.errors import WaldoError
 from training.models import get_model_info
@@ -26,6 +25,7 @@ from training.running.steps import (
     prepare,
     provenance_params,
     resolve_locations,
+    run_logger,
     split_overlap_tags,
     standard_callbacks,
 )
@@ -63,12 +63,10 @@ def train(
         # Lightning writes through fsspec, so a dirpath in a bucket works like a folder.
         checkpoint = ModelCheckpoint(dirpath=storage.join(run_dir, "checkpoints"), filename="best",
                                      monitor=monitor, mode=mode, save_last=True)
-        logger = MLFlowLogger(experiment_name=spec.experiment, tracking_uri=run.tracking_uri,
-                              run_id=run.run_id)
         trainer = build_trainer(spec, callbacks=[checkpoint, *callbacks,
                                                  *standard_callbacks(spec, run, dm),
                                                  *finetune_callbacks(spec)],
-                                logger=logger, root=run_dir)
+                                logger=run_logger(spec, run), root=run_dir)
         trainer.fit(task, datamodule=dm)
         trainer.test(task, datamodule=dm, ckpt_path="best", verbose=False)
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 import pytorch_lightning as pl
 from lightning_fabric.utilities.exceptions import MisconfigurationException
 from pytorch_lightning.callbacks import Callback, EarlyStopping, LearningRateMonitor
+from pytorch_lightning.loggers import MLFlowLogger
 
 from training.data import ImageDataModule, create_datamodule, describe_data
 from training.data.leakage import MAX_SHARE
@@ -34,7 +35,7 @@ from training.running.init_from import Start, starting_point
 from training.spec import TrainSpec
 from training.tasks import TASKS, BaseTask, ClassificationTask
 from training.tracking import explain, storage, viz
-from training.tracking.runs import Run, absolute_tracking_uri, start_run
+from training.tracking.runs import Run, absolute_tracking_uri, start_run, uninterrupted
 
 if TYPE_CHECKING:
     from training.export import ExportResult
@@ -244,6 +245,33 @@ def open_run(spec: TrainSpec, name: str, *, parent_run_id: str | None = None,
         yield run
 
 
+class RunLogger(MLFlowLogger):
+    """Lightning's MLflow logger, writing into a run that `open_run` opened and will close.
+
+    Its writes to the tracking store are `uninterrupted`. Its `finalize` leaves the run's status
+    alone: Lightning's own ends the run FINISHED when `fit` returns (before the test, the
+    pictures and the checkpoint artifact) and FAILED on Ctrl-C, where the run's owner writes
+    KILLED; a write it made after an interrupt could also fail on a locked SQLite store and
+    print a traceback from Lightning's shutdown."""
+
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+        with uninterrupted():
+            super().log_metrics(metrics, step)
+
+    def log_hyperparams(self, params: Any) -> None:
+        with uninterrupted():
+            super().log_hyperparams(params)
+
+    def finalize(self, status: str = "success") -> None:
+        pass  # `open_run` closes the run, with its real outcome
+
+
+def run_logger(spec: TrainSpec, run: Run) -> RunLogger:
+    """The Lightning logger of `run`, on any rank (rank 0 alone writes)."""
+    return RunLogger(experiment_name=spec.experiment, tracking_uri=run.tracking_uri,
+                     run_id=run.run_id)
+
+
 def provenance_params(task: BaseTask) -> dict[str, str]:
     """Where the task's network started, as run params: weights.name/url/path/sha256 or
     init_from.run_id/model_uri/checkpoint; empty for random weights."""
@@ -274,7 +302,7 @@ def _log_curves(run: Run, task: BaseTask, dm: ImageDataModule) -> None:
         run.log_figure(viz.confusion_matrix(task.test_confusion, dm.labels), "confusion_matrix.png")
 
 
-__all__ = ["SPLIT_OVERLAP_TAG", "BoxPictures", "EpochFacts", "TrainResult", "build_task",
-           "build_trainer", "check_split_overlap", "default_run_name", "log_pictures", "monitor_of",
-           "open_run", "prepare", "provenance_params", "resolve_locations", "split_overlap_tags",
-           "standard_callbacks"]
+__all__ = ["SPLIT_OVERLAP_TAG", "BoxPictures", "EpochFacts", "RunLogger", "TrainResult",
+           "build_task", "build_trainer", "check_split_overlap", "default_run_name", "log_pictures",
+           "monitor_of", "open_run", "prepare", "provenance_params", "resolve_locations",
+           "run_logger", "split_overlap_tags", "standard_callbacks"]

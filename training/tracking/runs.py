@@ -72,9 +72,35 @@ def absolute_tracking_uri(uri: str | None = None) -> str:
     return uri
 
 
+@contextmanager
+def uninterrupted() -> Iterator[None]:
+    """Hold a Ctrl-C (SIGINT) that arrives inside the block until the block has ended.
+
+    A KeyboardInterrupt raised in the middle of a write to MLflow's SQLite store can leave that
+    write's connection holding the database lock for as long as the process lives: the run can
+    then not be closed KILLED, and every later write waits out MLflow's 20 s busy timeout and
+    fails with a traceback. The tracking writes of this process (`Run`, `start_run`, the
+    Lightning logger of `training.running.steps`) run in this block, so a Ctrl-C lands between
+    writes. Only in the main thread, where Python runs signal handlers, and only where Ctrl-C
+    raises KeyboardInterrupt (not where it is ignored, as Lightning does while it shuts down)."""
+    previous = signal.getsignal(signal.SIGINT)
+    if threading.current_thread() is not threading.main_thread() or not callable(previous):
+        yield
+        return
+    caught: list[tuple[int, Any]] = []
+    signal.signal(signal.SIGINT, lambda signum, frame: caught.append((signum, frame)))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        if caught:
+            previous(*caught[0])
+
+
 @dataclass
 class Run:
-    """An open MLflow run and the client that writes to it."""
+    """An open MLflow run and the client that writes to it. Its writes to the tracking store
+    are `uninterrupted`; artifacts are files, which a Ctrl-C may cut short."""
 
     client: MlflowClient
     run_id: str
@@ -82,16 +108,19 @@ class Run:
     tracking_uri: str
 
     def log_params(self, params: dict[str, Any]) -> None:
-        for key, value in params.items():
-            self.client.log_param(self.run_id, key, value)
+        with uninterrupted():
+            for key, value in params.items():
+                self.client.log_param(self.run_id, key, value)
 
     def set_tags(self, tags: dict[str, Any]) -> None:
-        for key, value in tags.items():
-            self.client.set_tag(self.run_id, key, str(value))
+        with uninterrupted():
+            for key, value in tags.items():
+                self.client.set_tag(self.run_id, key, str(value))
 
     def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
-        for key, value in metrics.items():
-            self.client.log_metric(self.run_id, key, float(value), step=step)
+        with uninterrupted():
+            for key, value in metrics.items():
+                self.client.log_metric(self.run_id, key, float(value), step=step)
 
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
         self.client.log_artifact(self.run_id, str(path), artifact_path)
@@ -124,7 +153,8 @@ class Run:
                           source=json.dumps({"uri": source}),
                           profile=json.dumps({f"{k}_size": v for k, v in sizes.items()}))
         tags = [InputTag(key="mlflow.data.context", value=context)]
-        self.client.log_inputs(self.run_id, datasets=[DatasetInput(dataset, tags=tags)])
+        with uninterrupted():
+            self.client.log_inputs(self.run_id, datasets=[DatasetInput(dataset, tags=tags)])
         self.set_tags({f"data.{k}_size": v for k, v in sizes.items()})
 
     def metric_history(self, key: str) -> list[float]:
@@ -330,7 +360,7 @@ def start_run(
         run: Run | None = None
         monitor: _SystemMetrics | None = None
         try:
-            with sigterm.held():  # a SIGTERM now raises when the run exists, inside this try
+            with sigterm.held(), uninterrupted():  # a SIGTERM now raises when the run exists, inside this try
                 if run_id is not None:
                     client.update_run(run_id, status=RunStatus.to_string(RunStatus.RUNNING))
                     for key, value in all_tags.items():
@@ -343,17 +373,17 @@ def start_run(
             yield run
         except (KeyboardInterrupt, SystemExit):
             if run is not None:
-                with sigterm.held():
+                with sigterm.held(), uninterrupted():
                     _stop(monitor)
                     _end_run(client, run.run_id, RunStatus.KILLED)
             raise
         except BaseException:
             if run is not None:
-                with sigterm.held():
+                with sigterm.held(), uninterrupted():
                     _stop(monitor)
                     _end_run(client, run.run_id, RunStatus.FAILED)
             raise
-        with sigterm.held():
+        with sigterm.held(), uninterrupted():
             _stop(monitor)
             client.set_terminated(run.run_id, RunStatus.to_string(RunStatus.FINISHED))
 
