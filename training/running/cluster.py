@@ -145,8 +145,8 @@ def _session(sid: int) -> list[int]:
 
 
 def _end(sid: int, timeout: float = 30.0) -> None:
-    """SIGTERM the head (`ray start --block` then drains its node and stops what it started, in
-    order), then SIGKILL whatever of its session is left.
+    """SIGTERM the head (`ray start --block` then stops what it started, in order), then
+    SIGKILL whatever of its session is left.
 
     The head alone gets the signal: sent to the whole session, it also reached the GCS at once,
     and the raylet, its GCS gone, never exited on its own (every `down` waited out the 30 s and

@@ -20,7 +20,7 @@ from typing import Any
 from training.data import create_datamodule
 from training.data.raydata import DATA_CPUS, STREAMED, ShardData, plan
 from training.errors import WaldoError
-from training.running.rayinit import connect
+from training.running.rayinit import connect, named_address
 from training.running.steps import (
     TrainResult,
     check_split_overlap,
@@ -107,7 +107,7 @@ def controller_env(spec: TrainSpec) -> dict[str, str]:
     env = {key: value for key, value in WORKER_ENV.items() if key.startswith("RAY_TRAIN_")}
     if spec.max_workers:
         env["RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S"] = str(ELASTIC_START_TIMEOUT_S)
-    if not (spec.ray_address or os.environ.get("RAY_ADDRESS")):
+    if not named_address(spec.ray_address):
         env["RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"] = "0"
     return {key: os.environ.get(key, value) for key, value in env.items()}
 

@@ -11,7 +11,6 @@ Each runner makes the spec's relative locations absolute before it starts anythi
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -28,9 +27,11 @@ def join_cluster(spec: TrainSpec) -> TrainSpec:
     """A Ray job that names no cluster (no ray_address, no RAY_ADDRESS) joins the head that
     `waldo cluster up` keeps running, if one runs. Called before Ray is imported: Ray reads the
     cluster's token settings (which this sets in the environment) when it is imported."""
-    if spec.ray_address or os.environ.get("RAY_ADDRESS"):
-        return spec
     from training.running import cluster
+    from training.running.rayinit import named_address
+
+    if named_address(spec.ray_address):
+        return spec
 
     address = cluster.address()
     return spec.model_copy(update={"ray_address": address}) if address else spec

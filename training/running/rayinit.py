@@ -13,6 +13,12 @@ from training.errors import WaldoError
 from training.running.workerenv import WORKER_ENV
 
 
+def named_address(address: str | None) -> str | None:
+    """The Ray cluster a job names: its own `address`, else $RAY_ADDRESS; None when it names
+    none (it may then join `waldo cluster up`'s head, or start a Ray of its own)."""
+    return address or os.environ.get("RAY_ADDRESS") or None
+
+
 def connect(address: str | None, min_cpus: float = 0) -> None:
     """Join the Ray cluster at `address` (or $RAY_ADDRESS), else start a local Ray with at
     least `min_cpus` logical CPUs (a job whose workers take every core still needs one for its
@@ -21,7 +27,7 @@ def connect(address: str | None, min_cpus: float = 0) -> None:
 
     if ray.is_initialized():
         return
-    address = address or os.environ.get("RAY_ADDRESS")
+    address = named_address(address)
     _check_reachable(address)
     try:
         # Workers must find this project's code: in a dev checkout it is on sys.path already;
@@ -110,4 +116,4 @@ def _check_reachable(address: str | None, timeout: float = 5.0) -> None:
                          "(is the head node up? check --ray-address / RAY_ADDRESS)") from None
 
 
-__all__ = ["configure_ray_data", "connect", "start_local_ray"]
+__all__ = ["configure_ray_data", "connect", "named_address", "start_local_ray"]

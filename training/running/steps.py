@@ -263,7 +263,7 @@ class RunLogger(MLFlowLogger):
             super().log_hyperparams(params)
 
     def finalize(self, status: str = "success") -> None:
-        pass  # `open_run` closes the run, with its real outcome
+        """Nothing: `open_run` closes the run, with its real outcome."""
 
 
 def run_logger(spec: TrainSpec, run: Run) -> RunLogger:

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import threading
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -237,9 +236,9 @@ def score_ray(model: Model, items: Sequence[Item], output: Output, settings: dic
     from ray.data import DataContext
 
     from training.running import cluster
-    from training.running.rayinit import connect
+    from training.running.rayinit import connect, named_address
 
-    address = ray_address or os.environ.get("RAY_ADDRESS") or cluster.address()
+    address = named_address(ray_address) or cluster.address()
     connect(address, min_cpus=workers * cpus_per_worker + DECODE_CPUS)
     DataContext.get_current().enable_progress_bars = False  # our own line instead
     card = model.card.model_dump_json()
